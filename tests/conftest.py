@@ -1,0 +1,10 @@
+"""Shared test setup: the library in _utils/ is importable by plain name."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+for path in (ROOT / "_utils", ROOT / "tests" / "doubles"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
