@@ -1,6 +1,6 @@
 {#- reliant: applies every component that pillar enables. -#}
 {%- from tpldir ~ "/map.jinja" import reliant with context %}
-{%- set components = [] %}
+{%- set components = [".config"] %}
 {%- for component in ["shards", "isolation", "snapshots", "volatile", "audit"] %}
 {%-   if reliant[component].enabled %}
 {%-     do components.append("." ~ component) %}

@@ -22,9 +22,8 @@ debootstrap --variant=minbase \
 
 echo "[image] salt==$salt_version into /opt/salt (system site-packages, like dom0's system salt)"
 mkdir -p "$work/root/tmp/wheels"
-python3 -m pip download -q --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --implementation cp \
-  -d "$work/root/tmp/wheels" "salt==$salt_version"
+# Wheels are built/downloaded on the host (same CPython minor, same glibc family).
+python3 -m pip wheel -q -w "$work/root/tmp/wheels" "salt==$salt_version"
 chroot "$work/root" python3 -m venv --system-site-packages /opt/salt
 chroot "$work/root" /opt/salt/bin/pip install -q --no-index --find-links /tmp/wheels "salt==$salt_version"
 rm -rf "$work/root/tmp/wheels"
