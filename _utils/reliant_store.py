@@ -1,0 +1,201 @@
+"""Read and write qubesd-format XML stores safely.
+
+Public API (used by reliant_shards and, through it, by the CLI and Salt modules):
+
+- ``StoreError``: every failure, with a message naming the file.
+- ``MAX_BYTES``: the default size limit of a store (64 MiB).
+- ``parse(data, source)``: hardened parse of bytes -> lxml root element. No DTD,
+  no entities, no network, no huge trees; blank text is dropped so that
+  ``serialize`` reproduces qubesd's own pretty-printed form.
+- ``serialize(root)``: bytes exactly as qubesd writes them
+  (``ElementTree.write(encoding="utf-8", pretty_print=True)``, no declaration).
+- ``read(path, max_bytes)``: the file's bytes, read under a shared ``lockf``.
+- ``load(path, max_bytes)``: ``parse(read(path))``.
+- ``write(path, data, mode)``: atomic replace like qubesd (temp file in the same
+  directory, fchmod, fsync, rename, directory fsync) under an exclusive
+  ``lockf`` of the current file; writes nothing and returns False when the file
+  already holds exactly ``data``.
+- ``fsync_dir(path)``: make a rename or unlink in a directory durable.
+
+Locking follows qubesd (qubes/app.py ``_acquire_lock``): ``fcntl.lockf`` on the
+store file itself, retried when the file was replaced while we waited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+
+from lxml import etree
+
+MAX_BYTES = 64 * 1024 * 1024
+
+_FORBIDDEN = (b"<!DOCTYPE", b"<!ENTITY", b"<!doctype", b"<!entity")
+# qubesd sets the text of value elements even when empty ("<property ...></property>");
+# lxml reads that back as no text, which would print as "<property .../>".
+_EMPTY_VALUES = etree.XPath(
+    "//property[not(node())] | //feature[not(node())] | //option[not(node())]"
+)
+
+
+class StoreError(Exception):
+    """A store could not be read, parsed or written; the message names the file."""
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_blank_text=True,
+        remove_comments=False,
+        collect_ids=False,
+    )
+
+
+def parse(data: bytes, source: str) -> etree._Element:
+    """Parse untrusted store bytes; raise StoreError naming `source` on anything odd."""
+    for token in _FORBIDDEN:
+        if token in data:
+            raise StoreError(f"{source}: DTD or entity declarations are not allowed")
+    try:
+        root = etree.fromstring(data, _parser())
+    except etree.XMLSyntaxError as exc:
+        raise StoreError(f"{source}: malformed XML: {exc}") from None
+    for node in root.iter(etree.Entity, etree.ProcessingInstruction):
+        raise StoreError(f"{source}: unexpected {type(node).__name__} in store")
+    for node in _EMPTY_VALUES(root):
+        node.text = ""
+    return root
+
+
+def serialize(root: etree._Element) -> bytes:
+    """Bytes of `root` in qubesd's format (UTF-8, pretty-printed, no declaration)."""
+    return etree.tostring(root, encoding="utf-8", pretty_print=True)
+
+
+@contextlib.contextmanager
+def locked(path: str, exclusive: bool, create: bool = False) -> Iterator[int | None]:
+    """Hold `lockf` on `path` like qubesd; yield the fd (None if absent and not `create`)."""
+    while True:
+        flags = os.O_RDWR if exclusive else os.O_RDONLY
+        if create:
+            flags |= os.O_CREAT
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            if create:
+                raise
+            yield None
+            return
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield fd
+                return
+        finally:
+            os.close(fd)
+
+
+def _read_fd(fd: int, path: str, max_bytes: int) -> bytes:
+    size = os.fstat(fd).st_size
+    if size > max_bytes:
+        raise StoreError(f"{path}: {size} bytes is more than the limit of {max_bytes}")
+    chunks = []
+    remaining = max_bytes + 1
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise StoreError(f"{path}: more than the limit of {max_bytes} bytes")
+    return data
+
+
+def read(path: str, max_bytes: int = MAX_BYTES) -> bytes:
+    """Bytes of the store at `path`, read under a shared lock; StoreError if absent."""
+    try:
+        with locked(path, exclusive=False) as fd:
+            if fd is None:
+                raise StoreError(f"{path}: no such file")
+            return _read_fd(fd, path, max_bytes)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def load(path: str, max_bytes: int = MAX_BYTES) -> etree._Element:
+    """Parse the store at `path` (see `parse`)."""
+    return parse(read(path, max_bytes), path)
+
+
+def read_if_exists(path: str, max_bytes: int = MAX_BYTES) -> bytes | None:
+    """Like `read`, but None when the file does not exist."""
+    if not os.path.lexists(path):
+        return None
+    return read(path, max_bytes)
+
+
+def fsync_dir(path: str) -> None:
+    """fsync the directory `path` so that renames and unlinks in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def replace(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Atomically replace `path` with `data` (temp file, fsync, rename, dir fsync)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + "~")
+    try:
+        try:
+            _write_all(fd, data)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def write(path: str, data: bytes, mode: int = 0o600, max_bytes: int = MAX_BYTES) -> bool:
+    """Atomically store `data` at `path` unless it already holds it; True if written.
+
+    The current file (if any) stays locked with ``lockf`` during the write, so a
+    concurrent writer following the same protocol waits. On any failure the
+    previous file is intact and StoreError names `path`.
+    """
+    try:
+        with locked(path, exclusive=True) as fd:
+            if fd is not None:
+                current = _read_fd(fd, path, max(max_bytes, len(data)))
+                if current == data:
+                    return False
+            replace(path, data, mode)
+            return True
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot write: {exc.strerror or exc}") from None

@@ -1,0 +1,94 @@
+"""reliant_store: hardened parse, qubesd-identical serialization, atomic locked writes."""
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+import reliant_store
+from conftest import FIXTURES
+
+
+@pytest.mark.parametrize("name", ["qubes-r4.3-core.xml", "qubes-r4.3-merged.xml"])
+def test_serialize_reproduces_qubesd_bytes(name):
+    data = (FIXTURES / name).read_bytes()
+    assert reliant_store.serialize(reliant_store.parse(data, name)) == data
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"<qubes><domains>", "malformed XML"),
+        (b'<!DOCTYPE q [<!ENTITY a "aaaa">]><qubes>&a;</qubes>', "DTD or entity"),
+        (b'<!DOCTYPE qubes SYSTEM "http://example.org/x.dtd"><qubes/>', "DTD or entity"),
+        (b"<qubes><?php evil ?></qubes>", "ProcessingInstruction"),
+        (b"<qubes>&undefined;</qubes>", "malformed XML"),
+    ],
+)
+def test_parse_rejects_hostile_input_naming_the_source(data, words):
+    with pytest.raises(reliant_store.StoreError, match=words) as info:
+        reliant_store.parse(data, "/x/shard.xml")
+    assert str(info.value).startswith("/x/shard.xml: ")
+
+
+def test_read_enforces_the_size_limit(tmp_path):
+    path = tmp_path / "big.xml"
+    path.write_bytes(b"<qubes>" + b" " * 100 + b"</qubes>")
+    with pytest.raises(reliant_store.StoreError, match="limit of 50"):
+        reliant_store.read(str(path), max_bytes=50)
+
+
+def test_read_missing_file_names_it(tmp_path):
+    with pytest.raises(reliant_store.StoreError, match="no such file"):
+        reliant_store.read(str(tmp_path / "absent.xml"))
+    assert reliant_store.read_if_exists(str(tmp_path / "absent.xml")) is None
+
+
+def test_write_is_atomic_with_mode_and_skips_identical_content(tmp_path):
+    path = tmp_path / "qubes.xml"
+    assert reliant_store.write(str(path), b"<qubes/>\n", mode=0o660) is True
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    os.utime(path, (1, 1))
+    assert reliant_store.write(str(path), b"<qubes/>\n") is False
+    assert path.stat().st_mtime == 1
+    assert reliant_store.write(str(path), b"<qubes></qubes>\n") is True
+    assert path.read_bytes() == b"<qubes></qubes>\n"
+    assert sorted(os.listdir(tmp_path)) == ["qubes.xml"]
+
+
+def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "qubes.xml"
+    path.write_bytes(b"<old/>\n")
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(reliant_store.StoreError, match=r"qubes\.xml: cannot write: No space"):
+        reliant_store.write(str(path), b"<new/>\n")
+    assert path.read_bytes() == b"<old/>\n"
+    assert os.listdir(tmp_path) == ["qubes.xml"]
+
+
+def test_write_waits_for_lockf_held_by_another_process(tmp_path):
+    path = tmp_path / "qubes.xml"
+    path.write_bytes(b"<old/>\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl,os,sys\n"
+         f"fd=os.open({str(path)!r}, os.O_RDWR)\n"
+         "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True)\n"
+         "sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    writer = threading.Thread(target=reliant_store.write, args=(str(path), b"<new/>\n"))
+    writer.start()
+    writer.join(0.5)
+    blocked = writer.is_alive()
+    holder.communicate("\n")
+    writer.join(5)
+    assert blocked
+    assert path.read_bytes() == b"<new/>\n"
