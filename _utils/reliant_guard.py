@@ -1,0 +1,280 @@
+"""Decisions of the isolation guard: which group a qube belongs to, which references cross groups.
+
+A *group* is either core (tag ``reliant-core``) or one shard (tag ``reliant-shard-<ID>``);
+the names come from ``reliant_shards``. The same functions serve the core-admin extension
+(live qubes, through `QubeFacts` built from qubesd objects), the ``check`` command and the
+tests (through `facts_from_store`, on a merged qubes.xml).
+
+Rules (DESIGN.md sections 3 and 4):
+- a disposable (class DispVM) belongs to the group of its template;
+- any other qube belongs to the group of the pools that hold its own writable data
+  (volumes with rw and without snap_on_start); volumes in core pools do not count,
+  volumes in two different shards are an error;
+- core qubes and global properties never reference a shard qube; a shard qube may
+  reference core qubes, qubes of its own shard and of shards it depends on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Optional
+
+import reliant_shards
+from lxml import etree
+
+CORE_TAG = reliant_shards.CORE_TAG
+SHARD_TAG_PREFIX = reliant_shards.shard_tag("")
+
+#: Global properties that name a qube (qubes-core-admin qubes/app.py).
+GLOBAL_REFERENCE_PROPERTIES = (
+    "default_template", "default_netvm", "default_dispvm", "management_dispvm",
+    "updatevm", "clockvm", "default_guivm", "default_audiovm",
+)
+#: Per-qube properties that name another qube.
+QUBE_REFERENCE_PROPERTIES = (
+    "template", "netvm", "default_dispvm", "management_dispvm", "guivm", "audiovm", "relayvm",
+)
+
+
+class GuardError(ValueError):
+    """A qube or a change breaks isolation; the message names the qube and the property."""
+
+
+@dataclass(frozen=True)
+class QubeFacts:
+    """What the guard needs to know about one qube."""
+
+    name: str
+    klass: str
+    tags: frozenset[str] = frozenset()
+    #: property name -> name of the referenced qube (unset or empty properties left out)
+    references: Mapping[str, str] = field(default_factory=dict)
+    #: pools holding the qube's own writable data
+    data_pools: frozenset[str] = frozenset()
+    template_for_dispvms: bool = False
+
+
+def is_group_tag(tag: str) -> bool:
+    """True for ``reliant-core`` and any ``reliant-shard-<ID>`` tag."""
+    if tag == CORE_TAG:
+        return True
+    return tag.startswith(SHARD_TAG_PREFIX) and len(tag) > len(SHARD_TAG_PREFIX)
+
+
+def group_of(qube: QubeFacts) -> Optional[str]:
+    """The group tag a qube carries (dom0 is always core), None if it carries none.
+
+    GuardError if it carries two."""
+    tags = sorted(tag for tag in qube.tags if is_group_tag(tag))
+    if len(tags) > 1:
+        raise GuardError(f"qube {qube.name!r} carries more than one group tag: {', '.join(tags)}")
+    if qube.klass == "AdminVM":
+        if tags and tags[0] != CORE_TAG:
+            raise GuardError(f"dom0 carries the shard tag {tags[0]}")
+        return CORE_TAG
+    return tags[0] if tags else None
+
+
+def expected_group(qube: QubeFacts, pool_groups: Mapping[str, str],
+                   template_group: Optional[str] = None) -> str:
+    """The group tag `qube` must carry.
+
+    `pool_groups` maps each known pool to its group tag (pools missing from it are core);
+    `template_group` is the group of the qube's template, used for disposables.
+    """
+    if qube.klass == "DispVM":
+        if template_group is None:
+            raise GuardError(f"disposable {qube.name!r}: the group of its template is unknown")
+        return template_group
+    shards = sorted({pool_groups[pool] for pool in qube.data_pools
+                     if pool_groups.get(pool, CORE_TAG) != CORE_TAG})
+    if len(shards) > 1:
+        raise GuardError(f"qube {qube.name!r} keeps data in pools of several shards: "
+                         f"{', '.join(shards)}")
+    return shards[0] if shards else CORE_TAG
+
+
+def pool_groups(qubes: Iterable[QubeFacts]) -> dict[str, str]:
+    """Group of each pool, from the tagged qubes whose own data it holds.
+
+    GuardError if a pool holds data of qubes of two groups (a shard pool shared with core
+    or with another shard)."""
+    found: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for qube in qubes:
+        group = group_of(qube)
+        if group is None:
+            continue
+        for pool in qube.data_pools:
+            if found.setdefault(pool, group) != group:
+                raise GuardError(f"pool {pool!r} holds data of {owner[pool]!r} ({found[pool]}) "
+                                 f"and of {qube.name!r} ({group})")
+            owner.setdefault(pool, qube.name)
+    return found
+
+
+def unknown_shard_pools(pools: Iterable[str], known: Mapping[str, str],
+                        pool_paths: Mapping[str, str], shard_roots: Iterable[str]) -> list[str]:
+    """Pools among `pools` that no tagged qube uses yet but that lie under a shard root.
+
+    The group of such a pool cannot be decided (it belongs to some shard, but which?), so a
+    qube keeping data there must not be tagged core."""
+    roots = [os.path.normpath(root) for root in shard_roots]
+    unknown = []
+    for pool in sorted(pools):
+        if pool in known:
+            continue
+        path = os.path.normpath(pool_paths.get(pool) or "/")
+        if any(path == root or path.startswith(root + os.sep) for root in roots):
+            unknown.append(pool)
+    return unknown
+
+
+def reference_problem(holder: Optional[str], holder_group: Optional[str], prop: str,
+                      target: str, target_group: Optional[str],
+                      dependencies: Mapping[str, Iterable[str]]) -> Optional[str]:
+    """Why a reference from `holder` (None: a global property) to `target` breaks isolation.
+
+    Returns None when the reference is allowed; a holder or target without group tag is
+    refused (the guard cannot tell where it belongs)."""
+    where = f"global property {prop!r}" if holder is None else f"property {prop!r} of {holder!r}"
+    if target_group is None:
+        return f"{where}: {target!r} carries no group tag"
+    if target_group == CORE_TAG:
+        return None
+    if holder is None or holder_group == CORE_TAG:
+        return f"{where} would name {target!r}, a qube of a shard: core never references a shard"
+    if holder_group is None:
+        return f"{where}: {holder!r} carries no group tag"
+    if target_group == holder_group or target_group in set(dependencies.get(holder_group, ())):
+        return None
+    return (f"{where} would name {target!r} of another shard, which the shard of "
+            f"{holder!r} does not depend on")
+
+
+def dependencies_from_references(qubes: Iterable[QubeFacts]) -> dict[str, set[str]]:
+    """For each shard group, the shard groups its qubes already reference.
+
+    qubesd knows no shard metadata, so the extension allows new cross-shard references only
+    where suture already accepted one (a conservative under-approximation)."""
+    qubes = list(qubes)
+    groups = {qube.name: group_of(qube) for qube in qubes}
+    deps: dict[str, set[str]] = {}
+    for qube in qubes:
+        holder = groups[qube.name]
+        if holder is None or holder == CORE_TAG:
+            continue
+        for target in qube.references.values():
+            target_group = groups.get(target)
+            if target_group not in (None, CORE_TAG, holder):
+                deps.setdefault(holder, set()).add(target_group)
+    return deps
+
+
+def effective_default_dispvm(qube: QubeFacts,
+                             global_default_dispvm: Optional[str]) -> Optional[str]:
+    """The disposable template `@dispvm` resolves to for calls from `qube` (qubes/vm/*.py)."""
+    if "default_dispvm" in qube.references:
+        return qube.references["default_dispvm"] or None
+    if qube.klass == "DispVM":
+        return qube.references.get("template")
+    return global_default_dispvm
+
+
+# --- merged qubes.xml ---------------------------------------------------------------------
+
+
+def _property_map(node: Optional[etree._Element]) -> dict[str, Optional[str]]:
+    if node is None:
+        return {}
+    return {prop.get("name"): prop.text for prop in node.findall("property")}
+
+
+def facts_from_store(root: etree._Element) -> tuple[dict[str, QubeFacts], dict[str, str]]:
+    """Facts of every qube of a qubesd store, and its global properties naming a qube.
+
+    Unset and empty properties are left out ("" means None in qubesd)."""
+    qubes: dict[str, QubeFacts] = {}
+    for domain in root.iterfind("domains/domain"):
+        props = _property_map(domain.find("properties"))
+        klass = domain.get("class", "")
+        name = props.get("name") or ("dom0" if klass == "AdminVM" else "")
+        if not name:
+            raise GuardError(f"domain {domain.get('id')!r} has no name")
+        references = {prop: props[prop] for prop in QUBE_REFERENCE_PROPERTIES
+                      if props.get(prop)}
+        if "default_dispvm" in props and not props["default_dispvm"]:
+            references["default_dispvm"] = ""
+        data_pools = frozenset(
+            volume.get("pool") for volume in domain.iterfind("volume-config/volume")
+            if volume.get("pool") and volume.get("rw") == "True"
+            and volume.get("snap_on_start") != "True"
+        )
+        qubes[name] = QubeFacts(
+            name=name,
+            klass=klass,
+            tags=frozenset(tag.get("name") for tag in domain.iterfind("tags/tag")),
+            references=references,
+            data_pools=data_pools,
+            template_for_dispvms=props.get("template_for_dispvms") == "True",
+        )
+    global_props = _property_map(root.find("properties"))
+    global_refs = {prop: global_props[prop] for prop in GLOBAL_REFERENCE_PROPERTIES
+                   if global_props.get(prop)}
+    return qubes, global_refs
+
+
+def cross_group_dispvms(merged_root: etree._Element) -> list[str]:
+    """Problems: qubes whose `@dispvm` would start a disposable of another group.
+
+    Such calls are denied by the runtime policy, so the user should point the qube's
+    default_dispvm at a disposable template of its own group. One message per qube."""
+    qubes, global_refs = facts_from_store(merged_root)
+    problems = []
+    for name in sorted(qubes):
+        qube = qubes[name]
+        dispvm = effective_default_dispvm(qube, global_refs.get("default_dispvm"))
+        if qube.klass == "AdminVM" or dispvm is None or dispvm not in qubes:
+            continue
+        group, dispvm_group = group_of(qube), group_of(qubes[dispvm])
+        if group != dispvm_group:
+            problems.append(f"qube {name!r} ({group or 'no group'}): default_dispvm "
+                            f"{dispvm!r} is in another group ({dispvm_group or 'no group'}); "
+                            f"its @dispvm calls are denied")
+    return problems
+
+
+def reference_problems(merged_root: etree._Element,
+                       dependencies: Mapping[str, Iterable[str]]) -> list[str]:
+    """Every qube of a merged store without exactly one group tag, and every reference
+    that crosses groups the wrong way; `dependencies` maps a shard tag to the shard tags
+    it may reference."""
+    qubes, global_refs = facts_from_store(merged_root)
+    problems = []
+    groups: dict[str, Optional[str]] = {}
+    for name, qube in sorted(qubes.items()):
+        try:
+            groups[name] = group_of(qube)
+        except GuardError as exc:
+            problems.append(str(exc))
+            groups[name] = None
+            continue
+        if groups[name] is None:
+            problems.append(f"qube {name!r} carries no group tag")
+    for prop, target in sorted(global_refs.items()):
+        problem = reference_problem(None, CORE_TAG, prop, target, groups.get(target),
+                                    dependencies)
+        if problem:
+            problems.append(problem)
+    for name, qube in sorted(qubes.items()):
+        if groups[name] is None:
+            continue
+        for prop, target in sorted(qube.references.items()):
+            if target in groups:
+                problem = reference_problem(name, groups[name], prop, target,
+                                            groups[target], dependencies)
+                if problem:
+                    problems.append(problem)
+    return problems

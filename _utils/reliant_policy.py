@@ -1,0 +1,236 @@
+"""qrexec policy (format v5) that denies data-moving calls between deniable groups.
+
+Two files (DESIGN.md section 4):
+
+- the *persistent* file in /etc/qubes/policy.d names no shard: with shards hidden there is
+  nothing to separate, so it only reserves its place in the sort order and says where the
+  rules come from;
+- the *runtime* file, written at suture into /run/qubes/policy.d (tmpfs, read by qrexec
+  R4.3+), denies each listed service between every two groups, both directions, for named
+  targets (``@tag:``) and for disposables (``@dispvm:@tag:``, which is how qrexec matches
+  ``@dispvm`` resolved through the caller's default_dispvm and ``@dispvm:NAME``; ``@tag:``
+  never matches a disposable target). By default it has the persistent file's name, so it
+  replaces it while shards are open.
+
+Calls inside one group match no generated rule and fall through to the user's own rules.
+Settings (services, directions, notify, runtime file name) come from pillar through the
+settings file that reliant.isolation writes; it names no shard either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import reliant_guard
+import reliant_store
+from lxml import etree
+
+DEFAULT_SERVICES = (
+    "qubes.Filecopy", "qubes.OpenInVM", "qubes.OpenURL", "qubes.ClipboardPaste",
+    "qubes.VMShell", "qubes.VMExec", "qubes.StartApp",
+)
+#: Kinds of (source group, target group) pairs the rules may cover.
+DIRECTIONS = ("core-to-shard", "shard-to-core", "shard-to-shard")
+PERSISTENT_DIR = "/etc/qubes/policy.d"
+RUNTIME_DIR = "/run/qubes/policy.d"
+POLICY_FILE_NAME = "20-reliant-isolation.policy"
+SETTINGS_PATH = "/etc/reliant/isolation.json"
+SHARD_ROOTS = ("/run/shufflecake",)
+POLICY_MODE = 0o644
+
+# qrexec: policy file names (qrexec/policy/parser.py FILENAME_ALLOWED_CHARSET), service
+# names (RPCNAME_ALLOWED_CHARSET without "+"), tags (qubes/vm/__init__.py validate_tag).
+_FILE_NAME_CHARS = frozenset(string.digits + string.ascii_lowercase + "_.-")
+_SERVICE_RE = re.compile(r"\A[A-Za-z0-9._-]+\Z")
+_TAG_RE = re.compile(r"\A[A-Za-z0-9_-]+\Z")
+#: User files (30-user, 50-config-*, 90-default) must come after ours.
+_FIRST_USER_FILE = "30-user.policy"
+
+HEADER = """\
+# reliant-formula (reliant.isolation): qrexec calls between qubes on different deniable
+# volumes. Generated; do not edit: pillar reliant:isolation sets services and directions.
+"""
+PERSISTENT_NOTE = """\
+# While hidden volumes are open, a file of the same name in /run/qubes/policy.d replaces
+# this one with deny rules between the groups of qubes; with them closed there is nothing
+# to separate, so this file holds no rule.
+"""
+
+
+class PolicyError(ValueError):
+    """Bad settings or a store the rules cannot be generated from; the message says which."""
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Pillar reliant:isolation as the runtime needs it."""
+
+    services: tuple[str, ...] = DEFAULT_SERVICES
+    directions: tuple[str, ...] = DIRECTIONS
+    notify: bool = True
+    policy_file: str = POLICY_FILE_NAME
+    #: where shards are opened: a pool below one of them belongs to a shard
+    shard_roots: tuple[str, ...] = SHARD_ROOTS
+
+    def __post_init__(self) -> None:
+        validate_services(self.services)
+        for direction in self.directions:
+            if direction not in DIRECTIONS:
+                raise PolicyError(f"direction {direction!r}: expected one of "
+                                  f"{', '.join(DIRECTIONS)}")
+        validate_file_name(self.policy_file)
+        for root in self.shard_roots:
+            if not (isinstance(root, str) and os.path.isabs(root)):
+                raise PolicyError(f"shard root {root!r}: expected an absolute path")
+
+
+def validate_file_name(name: str) -> None:
+    """PolicyError unless qrexec would load `name` and sort it before the user's files."""
+    if not name.endswith(".policy") or name.startswith(".") or "/" in name:
+        raise PolicyError(f"policy file name {name!r}: must end in .policy, "
+                          "without a leading dot or a slash")
+    bad = sorted(set(name) - _FILE_NAME_CHARS)
+    if bad:
+        raise PolicyError(f"policy file name {name!r}: qrexec refuses the characters {bad}")
+    if name >= _FIRST_USER_FILE:
+        raise PolicyError(f"policy file name {name!r} sorts after {_FIRST_USER_FILE}: the user's "
+                          "rules would win over the deny rules")
+
+
+def validate_services(services: Iterable[str]) -> None:
+    """PolicyError unless every entry is a qrexec service name (or ``*``, every service)."""
+    services = list(services)
+    if not services:
+        raise PolicyError("services: the list is empty")
+    for service in services:
+        if not isinstance(service, str) or not (service == "*" or _SERVICE_RE.match(service)):
+            raise PolicyError(f"service {service!r}: not a qrexec service name")
+
+
+def settings_from_mapping(data: dict[str, Any]) -> PolicySettings:
+    """Settings from a mapping with the keys of `PolicySettings` (missing: default)."""
+    known = {item.name for item in fields(PolicySettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PolicyError(f"settings: unknown keys {', '.join(unknown)}")
+    values = dict(data)
+    for key in ("services", "directions", "shard_roots"):
+        if key in values:
+            if not isinstance(values[key], (list, tuple)):
+                raise PolicyError(f"settings: {key} must be a list")
+            values[key] = tuple(values[key])
+    if not isinstance(values.get("notify", True), bool):
+        raise PolicyError("settings: notify must be true or false")
+    if not isinstance(values.get("policy_file", ""), str):
+        raise PolicyError("settings: policy_file must be a string")
+    return PolicySettings(**values)
+
+
+def load_settings(path: str = SETTINGS_PATH) -> PolicySettings:
+    """Settings from the file reliant.isolation writes; the defaults if it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return PolicySettings()
+    except (OSError, ValueError) as exc:
+        raise PolicyError(f"{path}: cannot read the isolation settings: {exc}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: expected a JSON object")
+    return settings_from_mapping(data)
+
+
+def render_settings(settings: PolicySettings) -> bytes:
+    """The settings file (JSON, sorted keys, trailing newline)."""
+    return (json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n").encode()
+
+
+def render_persistent_policy() -> bytes:
+    """The persistent /etc file: names no shard, holds no rule."""
+    return (HEADER + PERSISTENT_NOTE).encode()
+
+
+def _direction(source: str, target: str) -> str:
+    if source == reliant_guard.CORE_TAG:
+        return "core-to-shard"
+    if target == reliant_guard.CORE_TAG:
+        return "shard-to-core"
+    return "shard-to-shard"
+
+
+def render_rules(groups: Iterable[str], settings: PolicySettings) -> list[str]:
+    """Deny rules for every ordered pair of distinct groups whose direction is enabled."""
+    ordered = sorted(set(groups), key=lambda tag: (tag != reliant_guard.CORE_TAG, tag))
+    for tag in ordered:
+        if not (_TAG_RE.match(tag) and reliant_guard.is_group_tag(tag)):
+            raise PolicyError(f"tag {tag!r} is not a group tag qrexec can match")
+    action = "deny" if settings.notify else "deny notify=no"
+    rules = []
+    for service in settings.services:
+        for source in ordered:
+            for target in ordered:
+                if source == target or _direction(source, target) not in settings.directions:
+                    continue
+                rules.append(f"{service}\t*\t@tag:{source}\t@tag:{target}\t{action}")
+                rules.append(f"{service}\t*\t@tag:{source}\t@dispvm:@tag:{target}\t{action}")
+    return rules
+
+
+def groups_of_store(merged_root: etree._Element) -> list[str]:
+    """The group tags of a merged store; PolicyError naming a qube with no or two."""
+    qubes, _ = reliant_guard.facts_from_store(merged_root)
+    groups = set()
+    for name, qube in sorted(qubes.items()):
+        try:
+            group = reliant_guard.group_of(qube)
+        except reliant_guard.GuardError as exc:
+            raise PolicyError(str(exc)) from None
+        if group is None:
+            raise PolicyError(f"qube {name!r} carries no group tag: cannot write its deny rules")
+        groups.add(group)
+    return sorted(groups)
+
+
+def render_runtime_policy(groups: Sequence[str], settings: PolicySettings) -> bytes | None:
+    """The runtime file for these groups, None when no shard is among them."""
+    if all(group == reliant_guard.CORE_TAG for group in groups):
+        return None
+    rules = render_rules(groups, settings)
+    return (HEADER + "\n".join(rules) + "\n").encode()
+
+
+def write_runtime_policy(policy_dir: str, merged_root: etree._Element,
+                         services: list[str] | None = None, *,
+                         settings_path: str = SETTINGS_PATH) -> bool:
+    """Write (or, with no shard present, remove) the runtime deny rules; True if changed.
+
+    Every domain of `merged_root` must carry one group tag. The file is replaced
+    atomically (temp file, fsync, rename, directory fsync), so qrexec never sees half a
+    file; on any failure the previous file stays. Settings come from `settings_path`;
+    `services`, if given, replaces the listed services.
+    """
+    settings = load_settings(settings_path)
+    if services is not None:
+        settings = replace(settings, services=tuple(services))
+    content = render_runtime_policy(groups_of_store(merged_root), settings)
+    path = os.path.join(policy_dir, settings.policy_file)
+    if content is None:
+        return remove_policy_file(path)
+    os.makedirs(policy_dir, mode=0o755, exist_ok=True)
+    return reliant_store.write(path, content, mode=POLICY_MODE)
+
+
+def remove_policy_file(path: str) -> bool:
+    """Remove a policy file durably; True if it existed."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    reliant_store.fsync_dir(os.path.dirname(path) or ".")
+    return True

@@ -1,0 +1,247 @@
+"""reliant_policy: the generated qrexec policy, checked by an independent oracle that
+parses it strictly and evaluates it the way qrexec does."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import isolation_helpers as helpers
+import pytest
+import qrexec_policy_oracle as oracle
+import reliant_policy
+import reliant_store
+
+SHARD_TAGS = ("reliant-shard-sflc_0_1", "reliant-shard-sflc_0_2")
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """(runtime dir, persistent dir) with the persistent file installed, as after converge."""
+    run, etc = tmp_path / "run", tmp_path / "etc"
+    run.mkdir()
+    etc.mkdir()
+    (etc / reliant_policy.POLICY_FILE_NAME).write_bytes(reliant_policy.render_persistent_policy())
+    return run, etc
+
+
+def write_settings(tmp_path: Path, **values) -> str:
+    path = tmp_path / "isolation.json"
+    settings = reliant_policy.settings_from_mapping(values)
+    path.write_bytes(reliant_policy.render_settings(settings))
+    return str(path)
+
+
+def targets_of(source: str, domains: dict[str, oracle.Domain]) -> list[tuple[str, str]]:
+    """Every target a call from `source` may name, with the group it reaches."""
+    group = {name: next(t for t in d.tags if t.startswith("reliant-"))
+             for name, d in domains.items()}
+    found = [(name, group[name]) for name in domains if name != source]
+    dispvm = domains[source].default_dispvm
+    if dispvm:
+        found.append(("@dispvm", group[dispvm]))
+    found += [(f"@dispvm:{name}", group[name]) for name, d in domains.items()
+              if d.template_for_dispvms]
+    return found
+
+
+def test_every_cross_group_call_is_denied_and_same_group_calls_fall_through(dirs, tmp_path):
+    run, etc = dirs
+    root = helpers.merged_tagged()
+    helpers.add_disposable(root, "disp4242", 4242, "secret-dvm")
+    helpers.add_disposable(root, "disp4343", 4343, "default-dvm")
+    assert reliant_policy.write_runtime_policy(
+        str(run), root, settings_path=str(tmp_path / "absent.json")) is True
+    rules = oracle.load_policy([run, etc])
+    assert rules, "the runtime file holds rules"
+    domains = helpers.system_info(root)
+    groups = {name: next(t for t in d.tags if t.startswith("reliant-"))
+              for name, d in domains.items()}
+    assert set(groups.values()) == {"reliant-core", *SHARD_TAGS}
+    assert groups["disp4242"] == "reliant-shard-sflc_0_1"
+    checked = {"deny": 0, "fall-through": 0}
+    for service in reliant_policy.DEFAULT_SERVICES:
+        for source in domains:
+            if source == "dom0":
+                continue  # qrexec does not ask policy for calls from dom0
+            for target, target_group in targets_of(source, domains):
+                rule = oracle.first_match(rules, service, "+", source, target, domains)
+                if groups[source] != target_group:
+                    assert rule is not None and rule.action == "deny", (service, source, target)
+                    checked["deny"] += 1
+                else:
+                    assert rule is None, (service, source, target, rule)
+                    checked["fall-through"] += 1
+    assert checked["deny"] > 1000 and checked["fall-through"] > 500
+
+
+def test_generated_rules_come_before_the_users_rules(dirs, tmp_path):
+    run, etc = dirs
+    (etc / "30-user.policy").write_text("qubes.Filecopy * @anyvm @anyvm allow\n")
+    (etc / "90-default.policy").write_text("qubes.Filecopy * @anyvm @anyvm ask\n"
+                                           "qubes.OpenInVM * @anyvm @dispvm allow\n")
+    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+                                        settings_path=str(tmp_path / "absent.json"))
+    rules = oracle.load_policy([run, etc])
+    domains = helpers.system_info(helpers.merged_tagged())
+    assert oracle.first_match(rules, "qubes.Filecopy", "+", "secret", "work",
+                              domains).action == "deny"
+    assert oracle.first_match(rules, "qubes.Filecopy", "+", "secret", "secret-vpn",
+                              domains).where.startswith(str(etc / "30-user.policy"))
+    # secret's @dispvm is secret-dvm (same shard): the user's rule applies
+    assert oracle.first_match(rules, "qubes.OpenInVM", "+", "secret", "@dispvm",
+                              domains).action == "allow"
+    # deep-mail's @dispvm is the global default-dvm (core): denied
+    assert oracle.first_match(rules, "qubes.OpenInVM", "+", "deep-mail", "@dispvm",
+                              domains).action == "deny"
+
+
+def test_runtime_file_replaces_the_persistent_file_of_the_same_name(dirs, tmp_path):
+    run, etc = dirs
+    (etc / reliant_policy.POLICY_FILE_NAME).write_text("qubes.Filecopy * @anyvm @anyvm allow\n")
+    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+                                        settings_path=str(tmp_path / "absent.json"))
+    files = oracle.policy_files([run, etc])
+    assert files == [run / reliant_policy.POLICY_FILE_NAME]
+    rules = oracle.load_policy([run, etc])
+    assert all(rule.action == "deny" for rule in rules)
+
+
+def test_every_generated_file_is_strict_policy_v5(dirs, tmp_path):
+    run, etc = dirs
+    settings = write_settings(tmp_path, notify=False, services=["*", "my.Service"],
+                              directions=["shard-to-core"])
+    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=settings)
+    for path in (run / reliant_policy.POLICY_FILE_NAME, etc / reliant_policy.POLICY_FILE_NAME):
+        assert set(path.name) <= oracle.FILE_NAME_CHARS
+        oracle.parse_policy(path.read_text(), path.name)
+    rules = oracle.load_policy([run])
+    assert {rule.params.get("notify") for rule in rules} == {"no"}
+    assert {rule.service for rule in rules} == {None, "my.Service"}
+    assert all(rule.target.endswith("reliant-core") for rule in rules)
+
+
+@pytest.mark.parametrize(("directions", "pairs"), [
+    (["core-to-shard"], {("reliant-core", s) for s in SHARD_TAGS}),
+    (["shard-to-core"], {(s, "reliant-core") for s in SHARD_TAGS}),
+    (["shard-to-shard"], set(itertools.permutations(SHARD_TAGS, 2))),
+])
+def test_directions_select_the_pairs(dirs, tmp_path, directions, pairs):
+    run, _ = dirs
+    settings = write_settings(tmp_path, directions=directions)
+    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=settings)
+    rules = oracle.load_policy([run])
+    found = {(r.source.removeprefix("@tag:"), r.target.split("@tag:")[1]) for r in rules}
+    assert found == pairs
+    assert len(rules) == 2 * len(pairs) * len(reliant_policy.DEFAULT_SERVICES)
+
+
+def test_services_argument_replaces_the_settings(dirs, tmp_path):
+    run, _ = dirs
+    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), ["qubes.Filecopy"],
+                                        settings_path=str(tmp_path / "absent.json"))
+    assert {rule.service for rule in oracle.load_policy([run])} == {"qubes.Filecopy"}
+
+
+def test_unchanged_content_is_not_rewritten_and_no_shard_removes_the_file(dirs, tmp_path):
+    run, _ = dirs
+    absent = str(tmp_path / "absent.json")
+    path = run / reliant_policy.POLICY_FILE_NAME
+    assert reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+                                               settings_path=absent)
+    inode = path.stat().st_ino
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert not reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+                                                   settings_path=absent)
+    assert path.stat().st_ino == inode
+    core_only = helpers.tagged(helpers.load(helpers.CORE))
+    assert reliant_policy.write_runtime_policy(str(run), core_only, settings_path=absent)
+    assert not path.exists()
+    assert not reliant_policy.write_runtime_policy(str(run), core_only, settings_path=absent)
+
+
+def test_missing_policy_dir_is_created(tmp_path):
+    run = tmp_path / "run" / "qubes" / "policy.d"
+    assert reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+                                               settings_path=str(tmp_path / "absent.json"))
+    assert oracle.load_policy([run])
+
+
+def test_a_failed_write_keeps_the_previous_file(dirs, tmp_path, monkeypatch):
+    run, _ = dirs
+    absent = str(tmp_path / "absent.json")
+    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=absent)
+    before = (run / reliant_policy.POLICY_FILE_NAME).read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(reliant_store.StoreError, match="No space left"):
+        reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), ["qubes.Filecopy"],
+                                            settings_path=absent)
+    assert (run / reliant_policy.POLICY_FILE_NAME).read_bytes() == before
+    assert sorted(os.listdir(run)) == [reliant_policy.POLICY_FILE_NAME]
+
+
+def test_an_untagged_qube_is_refused_by_name(dirs, tmp_path):
+    run, _ = dirs
+    root = helpers.merged_tagged()
+    root.find("domains/domain[@id='domain-17']/tags").clear()
+    with pytest.raises(reliant_policy.PolicyError, match="'secret' carries no group tag"):
+        reliant_policy.write_runtime_policy(str(run), root,
+                                            settings_path=str(tmp_path / "absent.json"))
+    assert not (run / reliant_policy.POLICY_FILE_NAME).exists()
+
+
+def test_a_qube_with_two_group_tags_is_refused_by_name(dirs, tmp_path):
+    run, _ = dirs
+    root = helpers.merged_tagged()
+    tags = root.find("domains/domain[@id='domain-10']/tags")
+    tags.append(tags[0].makeelement("tag", name="reliant-shard-sflc_0_1"))
+    with pytest.raises(reliant_policy.PolicyError, match="'work' carries more than one"):
+        reliant_policy.write_runtime_policy(str(run), root,
+                                            settings_path=str(tmp_path / "absent.json"))
+
+
+def test_persistent_file_names_no_shard():
+    text = reliant_policy.render_persistent_policy().decode()
+    root = helpers.load(helpers.MERGED)
+    secrets = set(helpers.shard_of_pool(root)) | set(helpers.shard_of_pool(root).values())
+    secrets |= {n for n, g in helpers.expected_groups(root).items() if g != "reliant-core"}
+    assert secrets and not any(secret in text for secret in secrets)
+    assert "reliant-shard" not in text
+    assert oracle.parse_policy(text, "persistent") == []
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"services": []}, "list is empty"),
+    ({"services": ["qubes.Filecopy+arg"]}, "not a qrexec service name"),
+    ({"services": ["bad service"]}, "not a qrexec service name"),
+    ({"services": "qubes.Filecopy"}, "must be a list"),
+    ({"directions": ["sideways"]}, "direction 'sideways'"),
+    ({"policy_file": "20-Reliant.policy"}, "refuses the characters"),
+    ({"policy_file": "20-reliant"}, "must end in .policy"),
+    ({"policy_file": ".20-reliant.policy"}, "leading dot"),
+    ({"policy_file": "95-reliant.policy"}, "sorts after 30-user.policy"),
+    ({"notify": "yes"}, "notify must be true or false"),
+    ({"shard_roots": ["relative/dir"]}, "expected an absolute path"),
+    ({"colour": "red"}, "unknown keys colour"),
+])
+def test_bad_settings_are_refused_with_the_culprit(values, message):
+    with pytest.raises(reliant_policy.PolicyError, match=message):
+        reliant_policy.settings_from_mapping(values)
+
+
+def test_settings_round_trip_and_bad_file(tmp_path):
+    path = write_settings(tmp_path, services=["qubes.Filecopy"], notify=False)
+    settings = reliant_policy.load_settings(path)
+    assert settings.services == ("qubes.Filecopy",) and settings.notify is False
+    assert json.loads(Path(path).read_text())["directions"] == list(reliant_policy.DIRECTIONS)
+    defaults = reliant_policy.PolicySettings()
+    assert reliant_policy.load_settings(str(tmp_path / "absent.json")) == defaults
+    Path(path).write_text("{not json")
+    with pytest.raises(reliant_policy.PolicyError, match=r"isolation\.json"):
+        reliant_policy.load_settings(path)
