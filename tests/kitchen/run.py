@@ -154,7 +154,7 @@ class Instance:
         raise SuiteFailed(f"systemd in {self.name} did not come up (state {state!r})")
 
     def install(self, pillar_file: Path) -> None:
-        podman("cp", "-", f"{self.name}:/", stdin=formula_tar(pillar_file))
+        podman("exec", "-i", self.name, "tar", "-x", "-C", "/", stdin=formula_tar(pillar_file))
         self.exec("qubesctl", "top.enable", "reliant")
         self.exec("qubesctl", "top.enable", "reliant", "pillar=true")
 
@@ -210,13 +210,13 @@ def run_suite(config: dict, suite: dict, keep: bool, converge_only: bool) -> Non
                     suite.get("driver", {}))
     provisioner = merged(config.get("provisioner", {}), suite.get("provisioner", {}))
     verifier = merged(config.get("verifier", {}), suite.get("verifier", {}))
-    pillar_file = ROOT / provisioner["pillars_from_files"]["reliant.sls"]
+    pillar_file = ROOT / provisioner["pillars_from_files"]["reliant.sls"]  # may be absolute
     instance = Instance(suite["name"], platform["name"], driver["image"],
                         bool(driver.get("privileged")))
     try:
         log(f"{instance.name}: create")
         instance.create()
-        log(f"{instance.name}: converge ({pillar_file.relative_to(ROOT)})")
+        log(f"{instance.name}: converge (pillar {pillar_file})")
         instance.install(pillar_file)
         states = instance.highstate()
         print(summary(states), flush=True)

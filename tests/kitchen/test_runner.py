@@ -1,0 +1,51 @@
+"""The kitchen runner fails a suite whose state fails, and always removes its container."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402
+
+ROOT = run.ROOT
+
+
+def kitchen_file(tmp_path: Path, pillar: dict, verifier: str) -> Path:
+    config = yaml.safe_load((ROOT / "kitchen.yml").read_text())
+    pillar_file = tmp_path / "pillar.sls"
+    pillar_file.write_text(yaml.safe_dump({"reliant": pillar}))
+    config["provisioner"]["pillars_from_files"] = {"reliant.sls": str(pillar_file)}
+    config["verifier"]["command"] = verifier
+    config["suites"] = [{"name": "runner-check"}]
+    path = tmp_path / "kitchen.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def container_exists(name: str) -> bool:
+    return subprocess.run(["podman", "container", "exists", name]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("pillar", "verifier"),
+    [
+        ({"shards": {"roots": "/run/shufflecake"}}, "true"),  # a state fails at converge
+        ({}, "false"),  # converge passes, the verifier fails
+    ],
+    ids=["failing-state", "failing-verifier"],
+)
+def test_a_failure_fails_the_run_and_removes_the_container(tmp_path, capsys, pillar, verifier):
+    assert run.main(["--kitchen", str(kitchen_file(tmp_path, pillar, verifier))]) == 1
+    assert "kitchen: 0 passed, 1 failed" in capsys.readouterr().out
+    assert not container_exists("runner-check-dom0")
+
+
+def test_a_passing_suite_passes(tmp_path, capsys):
+    assert run.main(["--kitchen", str(kitchen_file(tmp_path, {}, "true"))]) == 0
+    assert "kitchen: 1 passed, 0 failed" in capsys.readouterr().out
+    assert not container_exists("runner-check-dom0")
