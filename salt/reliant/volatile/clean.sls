@@ -1,5 +1,6 @@
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
-# reliant.volatile.clean: undoes reliant.volatile.
+# reliant.volatile.clean: removes the volatile boot setup, restores GRUB_DEFAULT
+# and regenerates grub.cfg and the initramfs without it.
 reliant-volatile-clean:
-  test.nop:
-    - name: reliant-volatile-clean
+  reliant_volatile.absent:
+    - settings: {{ reliant.volatile | json }}

@@ -1,0 +1,53 @@
+"""Execution module: volatile dom0 (root as an overlay on tmpfs), its boot setup and status."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _lib in (os.path.join(_HERE, os.pardir, "utils"), os.path.join(_HERE, os.pardir, "_utils")):
+    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
+        sys.path.insert(0, os.path.abspath(_lib))
+
+import reliant_config  # noqa: E402
+import reliant_volatile  # noqa: E402
+
+__virtualname__ = "reliant_volatile"
+
+
+def __virtual__():
+    if not reliant_config.is_dom0(__opts__.get("reliant_dom0_marker", reliant_config.DOM0_MARKER)):
+        return (False, "reliant_volatile: not a Qubes dom0 (no /etc/qubes-release)")
+    return __virtualname__
+
+
+def _settings(settings: dict | None) -> reliant_volatile.Settings:
+    return reliant_volatile.Settings.from_pillar(settings or {})
+
+
+def status(settings: dict | None = None) -> dict:
+    """Which mode dom0 runs in (volatile, maintenance, volatile-failed), the root
+    file system type, active swap, and in volatile mode the RAM the overlay's
+    upper layer uses.
+
+    CLI Example: ``qubesctl reliant_volatile.status``
+    """
+    return reliant_volatile.status(_settings(settings))
+
+
+def pending(settings: dict | None = None) -> dict:
+    """What `reliant_volatile.configured` would change with these settings ({} if nothing).
+
+    CLI Example: ``qubesctl reliant_volatile.pending '{"default_entry": "maintenance"}'``
+    """
+    resolved = _settings(settings)
+    return reliant_volatile.plan_configured(resolved).changes(resolved)
+
+
+def grub_script(settings: dict | None = None) -> str:
+    """The grub.d script that emits the volatile and the maintenance entry.
+
+    CLI Example: ``qubesctl reliant_volatile.grub_script``
+    """
+    return reliant_volatile.grub_script(_settings(settings))

@@ -1,0 +1,86 @@
+"""States: the boot setup of a volatile dom0 (`configured`) and its removal (`absent`).
+
+Both compute the difference first, return early when there is none, predict it
+exactly with test=True, act, then verify by computing the difference again.
+Boot configuration is only changed from a dom0 that writes to disk: in volatile
+mode the change would vanish at shutdown, so the state fails and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _lib in (os.path.join(_HERE, os.pardir, "utils"), os.path.join(_HERE, os.pardir, "_utils")):
+    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
+        sys.path.insert(0, os.path.abspath(_lib))
+
+import reliant_config  # noqa: E402
+import reliant_volatile  # noqa: E402
+
+__virtualname__ = "reliant_volatile"
+
+
+def __virtual__():
+    if not reliant_config.is_dom0(__opts__.get("reliant_dom0_marker", reliant_config.DOM0_MARKER)):
+        return (False, "reliant_volatile: not a Qubes dom0 (no /etc/qubes-release)")
+    return __virtualname__
+
+
+def _converge(name: str, settings: dict | None, planner, done: str) -> dict:
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        resolved = reliant_volatile.Settings.from_pillar(settings or {})
+        plan = planner(resolved)
+    except (reliant_volatile.VolatileError, OSError, UnicodeDecodeError) as exc:
+        ret["comment"] = str(exc)
+        return ret
+    if plan.empty():
+        ret["result"] = True
+        ret["comment"] = done
+        return ret
+    changes = plan.changes(resolved)
+    mode = reliant_volatile.status(resolved)["mode"]
+    if mode != "maintenance":
+        ret["comment"] = (f"dom0 runs in {mode} mode: a change to the boot setup would be lost "
+                          "at shutdown; boot the maintenance entry and apply again. Pending: "
+                          + ", ".join(f"{k}: {v}" for k, v in changes.items()))
+        return ret
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["changes"] = changes
+        ret["comment"] = "would change the boot setup"
+        return ret
+    try:
+        reliant_volatile.apply(plan, resolved, reliant_volatile.run_command)
+        left = planner(resolved)
+    except (reliant_volatile.VolatileError, OSError) as exc:
+        ret["changes"] = changes
+        ret["comment"] = f"failed half-way (the next run resumes): {exc}"
+        return ret
+    ret["changes"] = changes
+    if not left.empty():
+        ret["comment"] = f"still differs after applying: {left.changes(resolved)}"
+        return ret
+    ret["result"] = True
+    ret["comment"] = done
+    return ret
+
+
+def configured(name: str, settings: dict | None = None) -> dict:
+    """Volatile and maintenance GRUB entries, GRUB_DEFAULT from pillar, dracut and
+    journald drop-ins, grub.cfg and initramfs regenerated when their inputs changed.
+
+    settings: pillar `reliant:volatile` (map.jinja merges the defaults).
+    """
+    default = (settings or {}).get("default_entry", "volatile")
+    return _converge(name, settings, reliant_volatile.plan_configured,
+                     f"volatile boot setup in place (default entry: {default})")
+
+
+def absent(name: str, settings: dict | None = None) -> dict:
+    """Every file of `configured` removed, GRUB_DEFAULT restored, grub.cfg and the
+    initramfs regenerated without them."""
+    return _converge(name, settings, reliant_volatile.plan_absent,
+                     "no volatile boot setup present")

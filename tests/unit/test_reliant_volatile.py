@@ -1,0 +1,273 @@
+"""reliant_volatile: rendering, checked edits, regeneration by input hash, status.
+
+GRUB and dracut run as the doubles of tests/doubles/dom0-boot, installed into a
+temporary root laid out like a Qubes dom0 (install.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import reliant_volatile as rv
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOT_DOUBLES = ROOT / "tests" / "doubles" / "dom0-boot"
+KERNEL = "6.12.40-1.qubes.fc41.x86_64"
+
+
+@pytest.fixture
+def dom0(tmp_path: Path, monkeypatch) -> SimpleNamespace:
+    """A temporary root with the GRUB/dracut doubles and settings pointing into it."""
+    root = tmp_path / "root"
+    subprocess.run([str(BOOT_DOUBLES / "install.sh"), str(root)], check=True)
+    logs = tmp_path / "logs"
+    for name, value in {
+        "GRUB_DOUBLE_SYSCONFDIR": root / "etc", "GRUB_DOUBLE_PKGDATADIR": root / "usr/share/grub",
+        "GRUB_DOUBLE_BOOT": root / "boot", "GRUB_DOUBLE_LOG": logs / "grub2-mkconfig.log",
+        "DRACUT_DOUBLE_SYSCONFDIR": root / "etc", "DRACUT_DOUBLE_BOOT": root / "boot",
+        "DRACUT_DOUBLE_LOG": logs / "dracut.log",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    (root / "proc").mkdir()
+    (root / "proc/cmdline").write_text("placeholder root=/dev/mapper/qubes_dom0-root ro\n")
+    (root / "proc/mountinfo").write_text(
+        "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/mapper/qubes_dom0-root rw\n")
+    (root / "proc/swaps").write_text("Filename Type Size Used Priority\n")
+    settings = rv.Settings(
+        boot_dir=str(root / "boot"), default_grub=str(root / "etc/default/grub"),
+        grub_d=str(root / "etc/grub.d"), grub_cfg=str(root / "boot/grub2/grub.cfg"),
+        mkconfig=str(root / "usr/sbin/grub2-mkconfig"),
+        dracut_conf_d=str(root / "etc/dracut.conf.d"), dracut=str(root / "usr/bin/dracut"),
+        journald_conf_d=str(root / "etc/systemd/journald.conf.d"),
+        state_file=str(root / "var/lib/reliant/volatile.json"),
+        cmdline=str(root / "proc/cmdline"), mountinfo=str(root / "proc/mountinfo"),
+        swaps=str(root / "proc/swaps"))
+    return SimpleNamespace(root=root, settings=settings, logs=logs)
+
+
+def runs(dom0, tool: str) -> int:
+    log = dom0.logs / f"{tool}.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def converge(settings: rv.Settings) -> rv.Plan:
+    plan = rv.plan_configured(settings)
+    rv.apply(plan, settings, rv.run_command)
+    return plan
+
+
+def entries(grub_cfg: str) -> dict[str, list[str]]:
+    """menuentry id -> the lines of its body."""
+    found, current = {}, None
+    for line in Path(grub_cfg).read_text().splitlines():
+        if line.startswith("menuentry "):
+            current = line.split("--id '")[1].split("'")[0]
+            found[current] = []
+        elif line == "}":
+            current = None
+        elif current:
+            found[current].append(line.strip())
+    return found
+
+
+# --- settings -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("default_entry", "persistent", "default_entry: 'persistent' is not one of"),
+    ("volatile_title", "it's", "volatile_title"),
+    ("kernel_options", "quiet $(reboot)", "option '$(reboot)'"),
+    ("xen_options", "a'b", "option \"a'b\""),
+    ("grub_script", "../15_x", "not a plain file name"),
+    ("grub_cfg", "boot/grub.cfg", "grub_cfg: 'boot/grub.cfg' is not absolute"),
+])
+def test_bad_settings_are_refused_naming_the_key(key, value, message):
+    with pytest.raises(rv.VolatileError) as error:
+        rv.Settings.from_pillar({key: value})
+    assert message in str(error.value)
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(rv.VolatileError, match="unknown keys \\['defaultentry'\\]"):
+        rv.Settings.from_pillar({"enabled": True, "defaultentry": "volatile"})
+
+
+# --- /etc/default/grub edits ------------------------------------------------------------
+
+GRUB = 'GRUB_TIMEOUT=5\nGRUB_DEFAULT=saved\nGRUB_CMDLINE_LINUX="rhgb quiet"\n'
+
+
+def test_set_shell_var_replaces_only_its_line():
+    edited = rv.set_shell_var(GRUB, "GRUB_DEFAULT", "reliant-volatile")
+    assert edited == GRUB.replace("GRUB_DEFAULT=saved", 'GRUB_DEFAULT="reliant-volatile"')
+    assert rv.get_shell_var(edited, "GRUB_DEFAULT") == "reliant-volatile"
+
+
+def test_set_shell_var_appends_when_unset_and_removes_on_none():
+    text = 'GRUB_TIMEOUT=5'
+    edited = rv.set_shell_var(text, "GRUB_DEFAULT", "reliant-maintenance")
+    assert edited == 'GRUB_TIMEOUT=5\nGRUB_DEFAULT="reliant-maintenance"\n'
+    assert rv.set_shell_var(edited, "GRUB_DEFAULT", None) == "GRUB_TIMEOUT=5\n"
+
+
+def test_a_key_assigned_twice_is_refused():
+    with pytest.raises(rv.VolatileError, match="GRUB_DEFAULT is assigned 2 times"):
+        rv.set_shell_var(GRUB + "GRUB_DEFAULT=0\n", "GRUB_DEFAULT", "x")
+
+
+def test_get_shell_var_reads_quoted_and_bare_values():
+    assert rv.get_shell_var("export GRUB_DEFAULT='a b'\n", "GRUB_DEFAULT") == "a b"
+    assert rv.get_shell_var("GRUB_DEFAULT=0 # first\n", "GRUB_DEFAULT") == "0"
+    assert rv.get_shell_var("GRUB_TIMEOUT=1\n", "GRUB_DEFAULT") is None
+
+
+# --- grub entries -------------------------------------------------------------------
+
+def test_entries_boot_xen_multiboot2_with_volatile_root(dom0):
+    converge(dom0.settings)
+    found = entries(dom0.settings.grub_cfg)
+    volatile, maintenance = found["reliant-volatile"], found["reliant-maintenance"]
+    boot = dom0.root / "boot"
+    xen = f"multiboot2 {boot}/xen-4.19.3.gz placeholder console=none dom0_mem=min:1024M"
+    assert any(line.startswith(xen) for line in volatile)
+    linux = next(line for line in volatile if line.startswith("module2 ") and "vmlinuz" in line)
+    assert linux.startswith(f"module2 {boot}/vmlinuz-{KERNEL} placeholder "
+                            "root=/dev/mapper/qubes_dom0-root ro rd.luks.uuid=")
+    assert linux.endswith("rhgb quiet systemd.volatile=overlay systemd.swap=0")
+    assert f"module2 --nounzip {boot}/initramfs-{KERNEL}.img" in volatile
+    maintenance_linux = next(line for line in maintenance if "vmlinuz" in line)
+    assert "systemd.volatile" not in maintenance_linux and "systemd.swap" not in maintenance_linux
+    assert maintenance_linux.endswith("rhgb quiet")
+    # the stock Qubes entry is still there, and the default names ours
+    assert "xen-gnulinux-simple-double" in found
+    assert 'set default="reliant-volatile"' in Path(dom0.settings.grub_cfg).read_text()
+
+
+def test_entries_take_the_newest_kernel_that_has_an_initramfs(dom0):
+    boot = dom0.root / "boot"
+    (boot / "vmlinuz-6.13.1-1.qubes.fc41.x86_64").write_text("no initramfs yet\n")
+    (boot / "vmlinuz-6.12.9-1.qubes.fc41.x86_64").write_text("older\n")
+    (boot / "initramfs-6.12.9-1.qubes.fc41.x86_64.img").write_text("older\n")
+    (boot / "xen-4.19.10.gz").write_text("newer xen\n")
+    settings = rv.Settings(**{**vars(dom0.settings), "xen_options": "dom0_mem=max:6144M"})
+    rv.apply(rv.plan_configured(settings), settings, lambda argv: None)
+    script = Path(settings.grub_script_path)
+    out = subprocess.run([str(script)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "pkgdatadir": str(dom0.root / "usr/share/grub"),
+                              "GRUB_DEVICE": "/dev/sda2", "GRUB_DEVICE_UUID": ""}).stdout
+    assert f"vmlinuz-{KERNEL} placeholder root=/dev/sda2 ro" in out
+    assert "xen-4.19.10.gz placeholder dom0_mem=max:6144M ${reliant_xen_rm_opts}" in out
+
+
+def test_no_kernel_means_no_entries_and_a_failed_verification(dom0):
+    for kernel in (dom0.root / "boot").glob("vmlinuz-*"):
+        kernel.unlink()
+    converge(dom0.settings)
+    assert "reliant-volatile" not in entries(dom0.settings.grub_cfg)
+    assert rv.plan_configured(dom0.settings).regenerate_grub  # never reported as converged
+
+
+# --- regeneration only when inputs changed ------------------------------------------------
+
+def test_second_run_changes_nothing_and_regenerates_nothing(dom0):
+    first = converge(dom0.settings)
+    assert first.regenerate_initramfs and first.regenerate_grub
+    assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
+    initramfs = (dom0.root / f"boot/initramfs-{KERNEL}.img").read_text()
+    assert 'add_drivers+=" overlay "' in initramfs and "Storage=volatile" in initramfs
+    second = rv.plan_configured(dom0.settings)
+    assert second.empty(), second.changes(dom0.settings)
+    assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
+
+
+def test_switching_the_default_changes_only_the_default_entry(dom0):
+    converge(dom0.settings)
+    before = Path(dom0.settings.grub_cfg).read_text()
+    grub_before = Path(dom0.settings.default_grub).read_text()
+    maintenance = rv.Settings(**{**vars(dom0.settings), "default_entry": "maintenance"})
+    plan = converge(maintenance)
+    assert plan.changes(maintenance).keys() == {"edited", "grub.cfg"}
+    assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 2
+    after = Path(dom0.settings.grub_cfg).read_text()
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+    assert changed == [('set default="reliant-volatile"', 'set default="reliant-maintenance"')]
+    grub_after = Path(dom0.settings.default_grub).read_text()
+    assert grub_after == grub_before.replace('"reliant-volatile"', '"reliant-maintenance"')
+    assert rv.plan_configured(maintenance).empty()
+
+
+def test_a_failed_mkconfig_keeps_the_initramfs_stamp_and_retries_grub(dom0):
+    failing = rv.Settings(**{**vars(dom0.settings), "mkconfig": "/bin/false"})
+    with pytest.raises(rv.VolatileError, match=r"/bin/false -o .* failed with exit code 1"):
+        converge(failing)
+    assert runs(dom0, "dracut") == 1
+    retry = rv.plan_configured(dom0.settings)
+    assert not retry.regenerate_initramfs and retry.regenerate_grub
+    converge(dom0.settings)
+    assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
+
+
+def test_a_corrupt_state_file_is_named(dom0):
+    Path(dom0.settings.state_file).parent.mkdir(parents=True)
+    Path(dom0.settings.state_file).write_text("{oops")
+    with pytest.raises(rv.VolatileError, match=r"volatile\.json: not valid JSON"):
+        rv.plan_configured(dom0.settings)
+
+
+def test_absent_restores_grub_default_and_regenerates(dom0):
+    original = Path(dom0.settings.default_grub).read_text()
+    converge(dom0.settings)
+    state = json.loads(Path(dom0.settings.state_file).read_text())
+    assert state["grub_default_before"] == "saved"
+    plan = rv.plan_absent(dom0.settings)
+    rv.apply(plan, dom0.settings, rv.run_command)
+    assert Path(dom0.settings.default_grub).read_text() == original.replace(
+        "GRUB_DEFAULT=saved", 'GRUB_DEFAULT="saved"')
+    for path in rv.managed_files(dom0.settings):
+        assert not os.path.lexists(path)
+    assert not os.path.exists(dom0.settings.state_file)
+    assert "reliant-volatile" not in Path(dom0.settings.grub_cfg).read_text()
+    assert "overlay" not in (dom0.root / f"boot/initramfs-{KERNEL}.img").read_text()
+    assert rv.plan_absent(dom0.settings).empty()
+
+
+# --- status -----------------------------------------------------------------------------
+
+OVERLAY_ROOT = ("30 1 0:31 / / rw,relatime shared:1 - overlay overlay rw,lowerdir=/sysroot,"
+                "upperdir=/run/systemd/overlay-sysroot/upper,workdir=/run/systemd/overlay-sysroot/work\n")
+
+
+def fake_statvfs(path: str) -> os.statvfs_result:
+    assert path == "/"
+    # f_bsize f_frsize f_blocks f_bfree f_bavail f_files f_ffree f_favail f_flag f_namemax
+    return os.statvfs_result((4096, 4096, 1000, 750, 750, 0, 0, 0, 0, 255))
+
+
+@pytest.mark.parametrize(("cmdline", "mountinfo", "mode"), [
+    ("ro systemd.volatile=overlay systemd.swap=0", OVERLAY_ROOT, "volatile"),
+    ("ro quiet", "22 1 253:0 / / rw - ext4 /dev/dm-0 rw\n", "maintenance"),
+    ("ro systemd.volatile=overlay", "22 1 253:0 / / rw - ext4 /dev/dm-0 rw\n",
+     "volatile-failed"),
+])
+def test_status_tells_the_mode(dom0, cmdline, mountinfo, mode):
+    Path(dom0.settings.cmdline).write_text(cmdline + "\n")
+    Path(dom0.settings.mountinfo).write_text(mountinfo)
+    Path(dom0.settings.swaps).write_text(
+        "Filename Type Size Used Priority\n/dev/dm-1 partition 8388604 0 -2\n")
+    result = rv.status(dom0.settings, statvfs=fake_statvfs)
+    assert result["mode"] == mode
+    assert result["swap_active"] == ["/dev/dm-1"]
+    if mode == "volatile":
+        assert result["upper_used_bytes"] == 250 * 4096
+        assert result["upper_size_bytes"] == 1000 * 4096
+    else:
+        assert "upper_used_bytes" not in result
+
+
+def test_parse_mountinfo_unescapes_paths():
+    mounts = rv.parse_mountinfo("40 22 0:50 / /mnt/a\\040b rw - tmpfs tmpfs rw,size=10k\n")
+    assert mounts == [rv.Mount("/mnt/a b", "tmpfs", "tmpfs", "rw,size=10k")]
