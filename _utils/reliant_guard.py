@@ -27,15 +27,11 @@ from lxml import etree
 CORE_TAG = reliant_shards.CORE_TAG
 SHARD_TAG_PREFIX = reliant_shards.shard_tag("")
 
-#: Global properties that name a qube (qubes-core-admin qubes/app.py).
-GLOBAL_REFERENCE_PROPERTIES = (
-    "default_template", "default_netvm", "default_dispvm", "management_dispvm",
-    "updatevm", "clockvm", "default_guivm", "default_audiovm",
-)
-#: Per-qube properties that name another qube.
-QUBE_REFERENCE_PROPERTIES = (
-    "template", "netvm", "default_dispvm", "management_dispvm", "guivm", "audiovm", "relayvm",
-)
+#: Per-qube and global properties that name a qube (qubes-core-admin).
+QUBE_REFERENCE_PROPERTIES = reliant_shards.DOMAIN_REFERENCES
+GLOBAL_REFERENCE_PROPERTIES = reliant_shards.GLOBAL_REFERENCES
+#: Volumes that hold a qube's own data (the others are snapshots of a template's).
+DATA_VOLUMES = ("root", "private", "volatile")
 
 
 class GuardError(ValueError):
@@ -49,7 +45,8 @@ class QubeFacts:
     name: str
     klass: str
     tags: frozenset[str] = frozenset()
-    #: property name -> name of the referenced qube (unset or empty properties left out)
+    #: property (or "device CLASS:ID") -> name of the referenced qube; unset properties are
+    #: left out, default_dispvm set to none is ""
     references: Mapping[str, str] = field(default_factory=dict)
     #: pools holding the qube's own writable data
     data_pools: frozenset[str] = frozenset()
@@ -94,6 +91,11 @@ def expected_group(qube: QubeFacts, pool_groups: Mapping[str, str],
         raise GuardError(f"qube {qube.name!r} keeps data in pools of several shards: "
                          f"{', '.join(shards)}")
     return shards[0] if shards else CORE_TAG
+
+
+def is_data_volume(name: str, snap_on_start: bool, source: Optional[str]) -> bool:
+    """True for a volume holding the qube's own data (as ``reliant_shards.data_pools``)."""
+    return name in DATA_VOLUMES and not (snap_on_start and source)
 
 
 def pool_groups(qubes: Iterable[QubeFacts]) -> dict[str, str]:
@@ -186,43 +188,29 @@ def effective_default_dispvm(qube: QubeFacts,
 # --- merged qubes.xml ---------------------------------------------------------------------
 
 
-def _property_map(node: Optional[etree._Element]) -> dict[str, Optional[str]]:
-    if node is None:
-        return {}
-    return {prop.get("name"): prop.text for prop in node.findall("property")}
-
-
 def facts_from_store(root: etree._Element) -> tuple[dict[str, QubeFacts], dict[str, str]]:
-    """Facts of every qube of a qubesd store, and its global properties naming a qube.
-
-    Unset and empty properties are left out ("" means None in qubesd)."""
+    """Facts of every qube of a qubesd store, and its global properties naming a qube."""
     qubes: dict[str, QubeFacts] = {}
     for domain in root.iterfind("domains/domain"):
-        props = _property_map(domain.find("properties"))
-        klass = domain.get("class", "")
-        name = props.get("name") or ("dom0" if klass == "AdminVM" else "")
+        name = reliant_shards.qube_name(domain)
         if not name:
             raise GuardError(f"domain {domain.get('id')!r} has no name")
-        references = {prop: props[prop] for prop in QUBE_REFERENCE_PROPERTIES
-                      if props.get(prop)}
-        if "default_dispvm" in props and not props["default_dispvm"]:
-            references["default_dispvm"] = ""
-        data_pools = frozenset(
-            volume.get("pool") for volume in domain.iterfind("volume-config/volume")
-            if volume.get("pool") and volume.get("rw") == "True"
-            and volume.get("snap_on_start") != "True"
-        )
+        references = dict(reliant_shards.references(domain))
+        if domain.find("properties/property[@name='default_dispvm']") is not None:
+            references.setdefault("default_dispvm", "")
         qubes[name] = QubeFacts(
             name=name,
-            klass=klass,
+            klass=domain.get("class", ""),
             tags=frozenset(tag.get("name") for tag in domain.iterfind("tags/tag")),
             references=references,
-            data_pools=data_pools,
-            template_for_dispvms=props.get("template_for_dispvms") == "True",
+            data_pools=frozenset(reliant_shards.data_pools(domain)),
+            template_for_dispvms=domain.findtext(
+                "properties/property[@name='template_for_dispvms']") == "True",
         )
-    global_props = _property_map(root.find("properties"))
-    global_refs = {prop: global_props[prop] for prop in GLOBAL_REFERENCE_PROPERTIES
-                   if global_props.get(prop)}
+    global_refs = {}
+    for prop in root.iterfind("properties/property"):
+        if prop.get("name") in GLOBAL_REFERENCE_PROPERTIES and prop.text:
+            global_refs[prop.get("name")] = prop.text
     return qubes, global_refs
 
 
