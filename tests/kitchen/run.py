@@ -251,6 +251,19 @@ def expand(text: str, env: dict) -> str:
     return text
 
 
+def use_runc_config() -> None:
+    """Point podman at the runc runtime configuration this machine needs, unless set."""
+    if "CONTAINERS_CONF" not in os.environ:
+        conf = Path("/var/tmp/reliant-containers.conf")
+        conf.write_text(CONTAINERS_CONF)
+        os.environ["CONTAINERS_CONF"] = str(conf)
+
+
+def load_config(path: Path) -> dict:
+    """kitchen.yml as a dict."""
+    return yaml.safe_load(path.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suites", nargs="*", help="suite names (default: all)")
@@ -259,11 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--converge-only", action="store_true",
                         help="create and converge only, print the summary, destroy")
     args = parser.parse_args(argv)
-    if "CONTAINERS_CONF" not in os.environ:
-        conf = Path("/var/tmp/reliant-containers.conf")
-        conf.write_text(CONTAINERS_CONF)
-        os.environ["CONTAINERS_CONF"] = str(conf)
-    config = yaml.safe_load(args.kitchen.read_text())
+    use_runc_config()
+    config = load_config(args.kitchen)
     suites = {suite["name"]: suite for suite in config["suites"]}
     unknown = [name for name in args.suites if name not in suites]
     if unknown:
