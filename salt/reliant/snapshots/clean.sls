@@ -1,5 +1,7 @@
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
-# reliant.snapshots.clean: undoes reliant.snapshots.
-reliant-snapshots-clean:
-  test.nop:
-    - name: reliant-snapshots-clean
+# reliant.snapshots.clean: the original create-snapshot back exactly, the qubesd
+# extension and the read-only marks removed.
+reliant-snapshots-removed:
+  reliant_snapshot.removed:
+    - name: {{ reliant.snapshots.script | json }}
+    - settings: {{ reliant.snapshots | json }}

@@ -1,5 +1,8 @@
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
-# reliant.snapshots: see README.md. Filled in by its component.
-reliant-snapshots-settings:
-  test.nop:
-    - name: reliant-snapshots
+# reliant.snapshots: reliant's create-snapshot (read-only loop devices for images
+# that must not be written) and the qubesd extension that marks rw=False volumes.
+# See docs/snapshots.md.
+reliant-snapshots-installed:
+  reliant_snapshot.installed:
+    - name: {{ reliant.snapshots.script | json }}
+    - settings: {{ reliant.snapshots | json }}

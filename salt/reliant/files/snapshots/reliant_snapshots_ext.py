@@ -9,6 +9,7 @@ consumes it and attaches that image read-only. Marks of read-write volumes, and
 marks left by a start that failed or by a qube that stopped, are removed.
 """
 
+import contextlib
 import os
 
 import qubes.ext
@@ -19,7 +20,7 @@ MARKERS = "/run/reliant/read-only"
 def marker(image):
     """The mark of `image`, named by its device and inode like create-snapshot names it."""
     info = os.stat(image)
-    return os.path.join(MARKERS, "%x:%d" % (info.st_dev, info.st_ino))
+    return os.path.join(MARKERS, f"{info.st_dev:x}:{info.st_ino:d}")
 
 
 def origin_volumes(vm):
@@ -31,10 +32,8 @@ def origin_volumes(vm):
 
 def unmark(image):
     """Remove the mark of `image`, if any (a missing image has none either)."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(marker(image))
-    except FileNotFoundError:
-        pass
 
 
 class ReadOnlyVolumes(qubes.ext.Extension):
@@ -47,11 +46,9 @@ class ReadOnlyVolumes(qubes.ext.Extension):
                 unmark(volume.path)
                 continue
             os.makedirs(MARKERS, mode=0o700, exist_ok=True)
-            try:
-                with open(marker(volume.path), "wb"):
-                    pass
-            except FileNotFoundError:
-                pass  # no image: the storage check that follows reports it
+            # A missing image has no mark: the storage check that follows reports it.
+            with contextlib.suppress(FileNotFoundError), open(marker(volume.path), "wb"):
+                pass
 
     @qubes.ext.handler("domain-start-failed", "domain-shutdown")
     def on_domain_stopped(self, vm, event, **kwargs):

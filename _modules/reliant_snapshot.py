@@ -1,0 +1,104 @@
+"""Execution module: read-only loop snapshots (reliant's create-snapshot + qubesd extension).
+
+``settings`` is the ``reliant:snapshots`` pillar mapping (defaults.yaml merged with
+pillar); the files to install are read from the Salt fileserver
+(``salt://reliant/files/snapshots/``).
+
+CLI Examples::
+
+    salt-call reliant_snapshot.plan
+    salt-call reliant_snapshot.verify
+    salt-call reliant_snapshot.install
+    salt-call reliant_snapshot.remove
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _lib in (os.path.join(_HERE, os.pardir, "utils"), os.path.join(_HERE, os.pardir, "_utils")):
+    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
+        sys.path.insert(0, os.path.abspath(_lib))
+
+import reliant_config  # noqa: E402
+import reliant_snapshot  # noqa: E402
+
+__virtualname__ = "reliant_snapshot"
+
+SOURCES = "salt://reliant/files/snapshots/"
+
+
+def __virtual__():
+    if not reliant_config.is_dom0(__opts__.get("reliant_dom0_marker", reliant_config.DOM0_MARKER)):
+        return (False, "reliant_snapshot: not a Qubes dom0 (no /etc/qubes-release)")
+    return __virtualname__
+
+
+def _settings(settings: dict | None) -> dict:
+    if settings is None:
+        settings = __salt__["pillar.get"]("reliant:snapshots", {})
+    return {**reliant_snapshot.DEFAULTS, **settings}
+
+
+def _layout(settings: dict) -> reliant_snapshot.Layout:
+    return reliant_snapshot.Layout(
+        script=settings["script"],
+        site_packages=settings["site_packages"] or reliant_snapshot.find_site_packages(),
+        backup_dir=settings["backup_dir"])
+
+
+def _source(name: str) -> bytes:
+    cached = __salt__["cp.cache_file"](SOURCES + name)
+    if not cached:
+        raise reliant_snapshot.SnapshotError(f"{SOURCES}{name} not found on the fileserver")
+    with open(cached, "rb") as handle:
+        return handle.read()
+
+
+def _sources() -> tuple[bytes, bytes]:
+    return _source("create-snapshot"), _source(reliant_snapshot.EXTENSION_MODULE + ".py")
+
+
+def _install_plan(settings: dict) -> tuple[reliant_snapshot.Layout, reliant_snapshot.Plan]:
+    layout = _layout(settings)
+    script, extension = _sources()
+    extra = frozenset(settings["extra_known_sha256"])
+    return layout, reliant_snapshot.plan_install(layout, script, extension, extra)
+
+
+def plan(settings: dict | None = None, remove: bool = False) -> dict:
+    """What installing (or, with ``remove=True``, removing) would change, and why not.
+
+    Returns ``{"problems": [...], "changes": {path: what}}``; no problem and no change
+    means the component is in place (or absent).
+    """
+    settings = _settings(settings)
+    result = reliant_snapshot.plan_remove(_layout(settings)) if remove else \
+        _install_plan(settings)[1]
+    return {"problems": result.problems, "changes": result.changes()}
+
+
+def install(settings: dict | None = None) -> dict:
+    """Install reliant's create-snapshot and the qubesd extension; return the changes.
+
+    Refuses, changing nothing, on a Qubes version it does not know.
+    """
+    layout, result = _install_plan(_settings(settings))
+    reliant_snapshot.apply_install(layout, result)
+    return result.changes()
+
+
+def remove(settings: dict | None = None) -> dict:
+    """Put the original create-snapshot back, remove the extension and the marks."""
+    layout = _layout(_settings(settings))
+    result = reliant_snapshot.plan_remove(layout)
+    reliant_snapshot.apply_remove(layout, result)
+    return result.changes()
+
+
+def verify(settings: dict | None = None) -> list:
+    """Problems that make the installed files not reliant's or not intact ([] = fine)."""
+    script, extension = _sources()
+    return reliant_snapshot.verify(_layout(_settings(settings)), script, extension)
