@@ -4,6 +4,7 @@ Public API (used by reliant_shards and, through it, by the CLI and Salt modules)
 
 - ``StoreError``: every failure, with a message naming the file.
 - ``MAX_BYTES``: the default size limit of a store (64 MiB).
+- ``guard(data, source)``: refuse a DTD or entity declaration in raw bytes.
 - ``parse(data, source)``: hardened parse of bytes -> lxml root element. No DTD,
   no entities, no network, no huge trees; blank text is dropped so that
   ``serialize`` reproduces qubesd's own pretty-printed form.
@@ -58,11 +59,16 @@ def _parser() -> etree.XMLParser:
     )
 
 
-def parse(data: bytes, source: str) -> etree._Element:
-    """Parse untrusted store bytes; raise StoreError naming `source` on anything odd."""
+def guard(data: bytes, source: str) -> None:
+    """Refuse bytes holding a DTD or entity declaration (before any parser sees them)."""
     for token in _FORBIDDEN:
         if token in data:
             raise StoreError(f"{source}: DTD or entity declarations are not allowed")
+
+
+def parse(data: bytes, source: str) -> etree._Element:
+    """Parse untrusted store bytes; raise StoreError naming `source` on anything odd."""
+    guard(data, source)
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:

@@ -1,0 +1,1537 @@
+"""Shards: qubes that live in a directory on a hidden volume, merged into qubesd's store.
+
+A *shard* is a directory under a configured root holding ``domains.xml``::
+
+    <reliant-shard version="1" id="ID">
+      <qid-range first="1000" last="1499"/>
+      <depends-on><shard id="OTHER"/></depends-on>
+      <pools> <pool .../> ... </pools>          qubesd's own <pool> elements
+      <domains> <domain .../> ... </domains>    qubesd's own <domain> elements
+    </reliant-shard>
+
+and ``dom0/appvms/NAME`` / ``dom0/vm-templates/NAME``: the dom0 directories of its
+qubes (firewall.xml, icons, libvirt config) while they are not in use.
+
+Public API (stable; the CLI, the Salt modules, reliant_guard/reliant_policy and
+reliant_audit use it):
+
+- ``CORE_TAG``, ``shard_tag(id)``: group tags written into the merged store only.
+- ``Shard``: ``.id .path .file .qid_range .depends_on .pools .pool_elements
+  .domains .root``; ``identifiers(shard)``: every string that would betray it.
+- ``discover(roots, max_depth=3, problems=None)``: the shards under `roots`.
+- ``init_shard(directory, ...)``: create an empty shard.
+- ``suture(core, roots, out, ...)`` / ``plan_suture(...)``: core + shards -> merged.
+- ``dissect(merged, core, roots, ...)`` / ``plan_dissect(...)``: merged -> core + shards.
+- ``check(core, roots, ...)``: what suture would report, writing nothing.
+- ``rename_qube(...)``, ``review_qube(...)``: offline fixes in a shard file.
+- ``status(...)``: what is visible, sutured, in conflict, recovered.
+- ``data_pools(domain)``: pools of a qube's own data volumes.
+- ``Problem``, ``ShardError``.
+
+Rules and the QID mechanism are described in docs/shards-library.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Sequence
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import reliant_store
+from lxml import etree
+
+CORE = "core"
+CORE_TAG = "reliant-core"
+TAG_PREFIX = "reliant-"
+SHARD_FILE = "domains.xml"
+SHARD_ELEMENT = "reliant-shard"
+FORMAT_VERSION = "1"
+DOM0_DIR = "dom0"
+MAX_QID = 10000  # qubes.config.max_qid: qids are 1 .. 9999
+RANGE_SIZE = 500
+FIRST_SHARD_QID = 1000
+QUBE_CLASSES = frozenset({"AppVM", "TemplateVM", "StandaloneVM", "DispVM"})
+#: Per-qube properties naming another qube (qubes-core-admin).
+DOMAIN_REFERENCES = ("template", "netvm", "default_dispvm", "management_dispvm",
+                     "guivm", "audiovm", "relayvm")
+#: Global properties naming a qube.
+GLOBAL_REFERENCES = ("default_template", "default_netvm", "default_dispvm",
+                     "management_dispvm", "updatevm", "clockvm", "default_guivm",
+                     "default_audiovm")
+RECOVERED_PREFIX = "reliant-recovered-"
+PROHIBIT_START = "prohibit-start"
+RATIONALE_PREFIX = "reliant: "
+MISSING_REFERENCE_MODES = ("recover", "skip")
+
+_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+_NAME_RE = re.compile(r"\A[a-zA-Z][a-zA-Z0-9_.-]{0,30}\Z")
+_DATA_VOLUMES = ("root", "private", "volatile")
+
+
+class ShardError(Exception):
+    """An operation was refused; the message says why and names the culprit."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something a user must know about. severity: info, warning or error.
+
+    kind: conflict, recovered, skipped, invalid, refused, renumbered, violation,
+    unplaceable, detached, policy.
+    """
+
+    severity: str
+    kind: str
+    message: str
+    shard: str | None = None
+    qube: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.message}"
+
+
+def shard_tag(shard_id: str) -> str:
+    """The tag that marks the qubes of shard `shard_id` in the merged store."""
+    return "reliant-shard-" + shard_id
+
+
+def valid_qube_name(name: str) -> bool:
+    """qubes-core-admin's rule for qube names (qubes/vm/__init__.py validate_name)."""
+    return (bool(_NAME_RE.match(name)) and name not in ("none", "default", "Domain-0")
+            and not name.endswith("-dm"))
+
+
+# ---------------------------------------------------------------------------
+# domain element helpers
+
+
+def _properties(element: etree._Element) -> dict[str, etree._Element]:
+    props = element.find("properties")
+    if props is None:
+        return {}
+    return {prop.get("name"): prop for prop in props}
+
+
+def _prop(element: etree._Element, name: str) -> str | None:
+    props = element.find("properties")
+    if props is not None:
+        for prop in props:
+            if prop.get("name") == name:
+                return prop.text or ""
+    return None
+
+
+def qube_name(domain: etree._Element) -> str:
+    """The name of a <domain> ("dom0" for the AdminVM, "" if it has none)."""
+    if domain.get("class") == "AdminVM":
+        return "dom0"
+    return _prop(domain, "name") or ""
+
+
+def qube_uuid(domain: etree._Element) -> str:
+    return _prop(domain, "uuid") or ""
+
+
+def qube_qid(domain: etree._Element) -> int | None:
+    value = _prop(domain, "qid")
+    if value is None and domain.get("class") == "AdminVM":
+        return 0
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _set_qid(domain: etree._Element, qid: int) -> None:
+    _properties(domain)["qid"].text = str(qid)
+    domain.set("id", f"domain-{qid}")
+
+
+def data_pools(domain: etree._Element) -> set[str]:
+    """Pools of the qube's own data: private, volatile, and root unless it is a
+    snapshot of a template's volume (snap_on_start with a source)."""
+    pools = set()
+    config = domain.find("volume-config")
+    if config is None:
+        return pools
+    for volume in config:
+        if volume.get("name") not in _DATA_VOLUMES or not volume.get("pool"):
+            continue
+        if volume.get("snap_on_start") == "True" and volume.get("source"):
+            continue
+        pools.add(volume.get("pool"))
+    return pools
+
+
+def volume_pools(domain: etree._Element) -> set[str]:
+    config = domain.find("volume-config")
+    return {v.get("pool") for v in config if v.get("pool")} if config is not None else set()
+
+
+def references(domain: etree._Element) -> list[tuple[str, str]]:
+    """(what, qube name) for every reference of a <domain> to another qube."""
+    found = []
+    for name, prop in _properties(domain).items():
+        if name in DOMAIN_REFERENCES and prop.text:
+            found.append((name, prop.text))
+    for devices in domain.iterfind("devices"):
+        for device in devices:
+            backend = device.get("backend-domain")
+            if backend:
+                found.append((f"device {devices.get('class')}:{device.get('id')}", backend))
+    return found
+
+
+def _tags_element(domain: etree._Element) -> etree._Element:
+    tags = domain.find("tags")
+    if tags is None:
+        tags = etree.SubElement(domain, "tags")
+    return tags
+
+
+def _strip_reliant_tags(domain: etree._Element) -> set[str]:
+    """Remove every ``reliant-`` tag; return the names removed."""
+    removed = set()
+    tags = domain.find("tags")
+    if tags is not None:
+        for tag in list(tags):
+            name = tag.get("name") or ""
+            if name.startswith(TAG_PREFIX):
+                removed.add(name)
+                tags.remove(tag)
+    return removed
+
+
+def _features(domain: etree._Element) -> etree._Element:
+    features = domain.find("features")
+    if features is None:
+        features = etree.Element("features")
+        domain.insert(1, features)
+    return features
+
+
+def _set_feature(domain: etree._Element, name: str, value: str) -> None:
+    features = _features(domain)
+    for feature in features:
+        if feature.get("name") == name:
+            feature.text = value
+            return
+    etree.SubElement(features, "feature", name=name).text = value
+
+
+def _feature(domain: etree._Element, name: str) -> str | None:
+    features = domain.find("features")
+    if features is not None:
+        for feature in features:
+            if feature.get("name") == name:
+                return feature.text or ""
+    return None
+
+
+def dom0_subdir(domain: etree._Element) -> str:
+    """Where qubes-core-admin keeps the qube's dom0 directory under /var/lib/qubes."""
+    return "vm-templates" if domain.get("class") == "TemplateVM" else "appvms"
+
+
+# ---------------------------------------------------------------------------
+# shards
+
+
+@dataclass
+class Shard:
+    """One shard directory. `data` is the bytes of its domains.xml as read."""
+
+    path: str
+    id: str
+    qid_range: tuple[int, int]
+    depends_on: tuple[str, ...]
+    data: bytes = field(repr=False, default=b"")
+    _root: etree._Element | None = field(repr=False, default=None)
+
+    @property
+    def file(self) -> str:
+        return os.path.join(self.path, SHARD_FILE)
+
+    @property
+    def root(self) -> etree._Element:
+        """The parsed shard file (parsed once, on first use)."""
+        if self._root is None:
+            root = reliant_store.parse(self.data, self.file)
+            for extra in root:
+                if extra.tag not in ("qid-range", "depends-on", "pools", "domains"):
+                    raise reliant_store.StoreError(
+                        f"{self.file}: a shard may not hold <{extra.tag}> (only qid-range, "
+                        "depends-on, pools, domains)")
+            self._root = root
+        return self._root
+
+    @property
+    def pool_elements(self) -> list[etree._Element]:
+        pools = self.root.find("pools")
+        return list(pools) if pools is not None else []
+
+    @property
+    def pools(self) -> list[str]:
+        return [pool.get("name") or "" for pool in self.pool_elements]
+
+    @property
+    def domains(self) -> list[etree._Element]:
+        domains = self.root.find("domains")
+        return list(domains) if domains is not None else []
+
+    def contains_qid(self, qid: int) -> bool:
+        return self.qid_range[0] <= qid <= self.qid_range[1]
+
+
+def identifiers(shard: Shard) -> set[str]:
+    """Every string whose presence outside the shard would betray it: qube names and
+    uuids, pool names and dir paths, its tag, its directory."""
+    found = {shard_tag(shard.id), shard.path}
+    for pool in shard.pool_elements:
+        found.update(v for v in (pool.get("name"), pool.get("dir_path")) if v)
+    for domain in shard.domains:
+        found.update(v for v in (qube_name(domain), qube_uuid(domain)) if v)
+    return found
+
+
+def _parse_range(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if not match:
+        raise ShardError(f"QID range {text!r} is not of the form FIRST-LAST")
+    first, last = int(match.group(1)), int(match.group(2))
+    _check_range((first, last), f"QID range {text!r}")
+    return first, last
+
+
+def _check_range(qid_range: tuple[int, int], what: str) -> None:
+    first, last = qid_range
+    if not 1 <= first <= last < MAX_QID:
+        raise ShardError(f"{what}: need 1 <= first <= last <= {MAX_QID - 1}")
+
+
+def read_metadata(data: bytes, path: str) -> tuple[str, tuple[int, int], tuple[str, ...]]:
+    """(id, qid range, dependencies) from the head of a shard file, without parsing the
+    rest. StoreError/ShardError naming `path` when anything is wrong."""
+    reliant_store.guard(data, path)
+    shard_id, qid_range, depends = None, None, []
+    try:
+        events = etree.iterparse(io.BytesIO(data), events=("start", "end"),
+                                 resolve_entities=False, no_network=True, load_dtd=False,
+                                 huge_tree=False)
+        for event, element in events:
+            if event == "start" and shard_id is None:
+                if element.tag != SHARD_ELEMENT:
+                    raise ShardError(f"{path}: root element is <{element.tag}>, "
+                                     f"not <{SHARD_ELEMENT}>")
+                if element.get("version") != FORMAT_VERSION:
+                    raise ShardError(f"{path}: unknown format version "
+                                     f"{element.get('version')!r}")
+                shard_id = element.get("id") or ""
+                if not _ID_RE.match(shard_id):
+                    raise ShardError(f"{path}: shard id {shard_id!r} must be 1-64 of "
+                                     "A-Z a-z 0-9 _ -")
+            elif event == "end" and element.tag == "qid-range":
+                try:
+                    qid_range = (int(element.get("first", "")), int(element.get("last", "")))
+                except ValueError:
+                    raise ShardError(f"{path}: qid-range needs integer first and last") \
+                        from None
+                _check_range(qid_range, f"{path}: qid-range")
+            elif event == "end" and element.tag == "shard":
+                dep = element.get("id") or ""
+                if not _ID_RE.match(dep):
+                    raise ShardError(f"{path}: dependency id {dep!r} is invalid")
+                depends.append(dep)
+            elif event == "start" and element.tag in ("pools", "domains"):
+                break
+    except etree.XMLSyntaxError as exc:
+        raise reliant_store.StoreError(f"{path}: malformed XML: {exc}") from None
+    if shard_id is None:
+        raise ShardError(f"{path}: empty shard file")
+    if qid_range is None:
+        raise ShardError(f"{path}: no <qid-range>")
+    return shard_id, qid_range, tuple(depends)
+
+
+def load_shard(path: str, max_bytes: int = reliant_store.MAX_BYTES) -> Shard:
+    """Read the shard in directory `path` (metadata only; the rest parses on demand)."""
+    file = os.path.join(path, SHARD_FILE)
+    if os.path.islink(file):
+        raise ShardError(f"{file}: is a symlink; a shard file must be a regular file")
+    data = reliant_store.read(file, max_bytes)
+    shard_id, qid_range, depends = read_metadata(data, file)
+    return Shard(path=path, id=shard_id, qid_range=qid_range, depends_on=depends, data=data)
+
+
+def _within(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def discover(roots: Sequence[str], max_depth: int = 3,
+             problems: list[Problem] | None = None) -> list[Shard]:
+    """Shards in the directories under `roots`, at most `max_depth` levels down.
+
+    Symlinks are never followed; one pointing outside its root is reported. A
+    directory holding ``domains.xml`` is a shard and is not searched further. With
+    `problems` given, unreadable shards are reported there and skipped; without it
+    the first one raises ShardError. Duplicate ids: the first found wins.
+    """
+    found: list[Shard] = []
+    seen: dict[str, str] = {}
+
+    def report(message: str) -> None:
+        if problems is None:
+            raise ShardError(message)
+        problems.append(Problem("error", "refused", message))
+
+    def walk(directory: str, root: str, depth: int) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            report(f"{directory}: cannot list: {exc.strerror}")
+            return
+        names = {entry.name for entry in entries}
+        if SHARD_FILE in names and directory != root:
+            try:
+                shard = load_shard(directory)
+            except (ShardError, reliant_store.StoreError) as exc:
+                report(str(exc))
+                return
+            if shard.id in seen:
+                report(f"{directory}: shard id {shard.id!r} is already used by {seen[shard.id]}")
+                return
+            seen[shard.id] = directory
+            found.append(shard)
+            return
+        for entry in entries:
+            if entry.is_symlink():
+                if not _within(entry.path, root):
+                    report(f"{entry.path}: symlink points outside {root} "
+                           f"(to {os.path.realpath(entry.path)}); not followed")
+                continue
+            if depth < max_depth and entry.is_dir(follow_symlinks=False):
+                walk(entry.path, root, depth + 1)
+
+    for root in roots:
+        if os.path.isdir(root):
+            walk(os.path.abspath(root), os.path.abspath(root), 0)
+    return found
+
+
+def _deps_closure(shard_id: str, by_id: dict[str, Shard]) -> set[str]:
+    closure: set[str] = set()
+    todo = list(by_id[shard_id].depends_on) if shard_id in by_id else []
+    while todo:
+        dep = todo.pop()
+        if dep not in closure and dep != shard_id:
+            closure.add(dep)
+            if dep in by_id:
+                todo.extend(by_id[dep].depends_on)
+    return closure
+
+
+def shard_bytes(shard: Shard, pools: Iterable[etree._Element],
+                domains: Iterable[etree._Element]) -> bytes:
+    """The shard file of `shard` (its metadata) holding `pools` and `domains`."""
+    root = etree.Element(SHARD_ELEMENT, version=FORMAT_VERSION, id=shard.id)
+    etree.SubElement(root, "qid-range", first=str(shard.qid_range[0]),
+                     last=str(shard.qid_range[1]))
+    deps = etree.SubElement(root, "depends-on")
+    for dep in shard.depends_on:
+        etree.SubElement(deps, "shard", id=dep)
+    etree.SubElement(root, "pools").extend(pools)
+    etree.SubElement(root, "domains").extend(domains)
+    return reliant_store.serialize(root)
+
+
+def init_shard(directory: str, qid_range: tuple[int, int] | None = None,
+               depends_on: Sequence[str] = (), shard_id: str | None = None,
+               roots: Sequence[str] = (), max_depth: int = 3) -> Shard:
+    """Create an empty shard in `directory` (created if needed, 0700).
+
+    `depends_on`: directories of existing shards. Without `qid_range`, the first block
+    of RANGE_SIZE qids from FIRST_SHARD_QID that no visible shard (under `roots` or
+    among the dependencies) uses. The id defaults to the directory name when valid.
+    """
+    file = os.path.join(directory, SHARD_FILE)
+    if os.path.lexists(file):
+        raise ShardError(f"{file} already exists")
+    deps = [load_shard(path) for path in depends_on]
+    visible = discover(roots, max_depth, problems=[]) + deps
+    if shard_id is None:
+        base = os.path.basename(os.path.normpath(directory))
+        shard_id = base if _ID_RE.match(base) else secrets.token_hex(4)
+    if not _ID_RE.match(shard_id):
+        raise ShardError(f"shard id {shard_id!r} must be 1-64 of A-Z a-z 0-9 _ -")
+    for other in visible:
+        if other.id == shard_id and os.path.realpath(other.path) != os.path.realpath(directory):
+            raise ShardError(f"shard id {shard_id!r} is already used by {other.path}")
+    if qid_range is None:
+        first = FIRST_SHARD_QID
+        while any(first <= o.qid_range[1] and o.qid_range[0] <= first + RANGE_SIZE - 1
+                  for o in visible):
+            first += RANGE_SIZE
+        qid_range = (first, min(first + RANGE_SIZE - 1, MAX_QID - 1))
+    _check_range(qid_range, f"QID range {qid_range[0]}-{qid_range[1]}")
+    for other in visible:
+        if qid_range[0] <= other.qid_range[1] and other.qid_range[0] <= qid_range[1]:
+            raise ShardError(f"QID range {qid_range[0]}-{qid_range[1]} overlaps "
+                             f"{other.qid_range[0]}-{other.qid_range[1]} of shard {other.id} "
+                             f"({other.path})")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    shard = Shard(path=directory, id=shard_id, qid_range=qid_range,
+                  depends_on=tuple(dep.id for dep in deps))
+    shard.data = shard_bytes(shard, (), ())
+    reliant_store.write(file, shard.data, mode=0o600)
+    return shard
+
+
+# ---------------------------------------------------------------------------
+# runtime state (on tmpfs next to the merged store)
+
+
+def default_state_path(merged: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(merged)), "shards.json")
+
+
+def read_state(path: str) -> dict[str, Any] | None:
+    """The runtime state written by suture, None if absent or unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            state = json.loads(handle.read(reliant_store.MAX_BYTES))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("shards"), dict) else None
+
+
+def write_state(path: str, state: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    data = json.dumps(state, indent=1, sort_keys=True).encode() + b"\n"
+    reliant_store.write(path, data, mode=0o600)
+
+
+# ---------------------------------------------------------------------------
+# suture
+
+
+@dataclass
+class SuturePlan:
+    merged: etree._Element
+    state: dict[str, Any]
+    problems: list[Problem]
+    sutured: list[Shard]
+    dirs: dict[str, list[tuple[str, str]]]  # shard id -> dom0 dirs of its merged qubes
+
+
+def _core_sections(root: etree._Element, source: str) -> dict[str, etree._Element]:
+    if root.tag != "qubes":
+        raise ShardError(f"{source}: root element is <{root.tag}>, not <qubes>")
+    sections = {}
+    for name in ("labels", "pools", "properties", "domains"):
+        section = root.find(name)
+        if section is None:
+            raise ShardError(f"{source}: no <{name}> section")
+        sections[name] = section
+    return sections
+
+
+def _order_shards(shards: Sequence[Shard], problems: list[Problem]) -> list[Shard]:
+    """Dependencies first; shards in a dependency cycle are refused."""
+    by_id = {shard.id: shard for shard in shards}
+    ordered: list[Shard] = []
+    state: dict[str, int] = {}
+
+    def visit(shard: Shard, path: tuple[str, ...]) -> bool:
+        if state.get(shard.id) == 2:
+            return True
+        if shard.id in path:
+            return False
+        ok = True
+        for dep in shard.depends_on:
+            if dep in by_id and not visit(by_id[dep], (*path, shard.id)):
+                ok = False
+        if ok:
+            state[shard.id] = 2
+            ordered.append(shard)
+        return ok
+
+    for shard in shards:
+        if not visit(shard, ()):
+            problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}) is "
+                                    "part of a dependency cycle; not merged", shard.id))
+    return ordered
+
+
+def _recover(domain: etree._Element, what: str, target: str, shard: Shard) -> None:
+    """Reset a missing reference to its default, keep the old value, prohibit start."""
+    name = qube_name(domain)
+    if what.startswith("device "):
+        device = _remove_device(domain, what)
+        key = RECOVERED_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", what.replace(" ", "-"))
+        _set_feature(domain, key, etree.tostring(device, encoding="unicode", with_tail=False))
+    else:
+        prop = _properties(domain)[what]
+        prop.getparent().remove(prop)
+        _set_feature(domain, RECOVERED_PREFIX + what, target)
+    current = _feature(domain, PROHIBIT_START)
+    if current is None or current.startswith(RATIONALE_PREFIX):
+        _set_feature(domain, PROHIBIT_START,
+                     f"{RATIONALE_PREFIX}{what} {target!r} was missing when shard {shard.id} was "
+                     f"opened and was reset to its default; check the qube, then run "
+                     f"'reliant-shard review {name}'")
+
+
+def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
+                core_source: str = "core", missing_reference: str = "recover",
+                detached: Iterable[str] = ()) -> SuturePlan:
+    """Merge `shards` into `core_root` (modified in place: it becomes the merged store).
+
+    Raises ShardError only when the core itself is unusable; everything about a shard
+    or a qube is reported in `problems` and the culprit is left out of the merge,
+    untouched in its shard.
+    """
+    if missing_reference not in MISSING_REFERENCE_MODES:
+        raise ShardError(f"missing_reference must be one of {MISSING_REFERENCE_MODES}, "
+                         f"not {missing_reference!r}")
+    problems: list[Problem] = []
+    sections = _core_sections(core_root, core_source)
+    labels = {label.text for label in sections["labels"]} | {
+        label.get("id") for label in sections["labels"]}
+    pool_owner = {pool.get("name"): CORE for pool in sections["pools"]}
+    owner: dict[str, str] = {}  # qube name -> group
+    uuids: set[str] = set()
+    qids: set[int] = set()
+    core_refs: set[str] = set()
+    for domain in sections["domains"]:
+        name = qube_name(domain)
+        owner[name] = CORE
+        uuids.add(qube_uuid(domain))
+        qid = qube_qid(domain)
+        if qid is not None:
+            qids.add(qid)
+        core_refs.update(target for _, target in references(domain))
+        if domain.get("class") != "AdminVM":
+            _strip_reliant_tags(domain)
+            etree.SubElement(_tags_element(domain), "tag", name=CORE_TAG)
+    for prop in sections["properties"]:
+        if prop.get("name") in GLOBAL_REFERENCES and prop.text:
+            core_refs.add(prop.text)
+    owner.setdefault("dom0", CORE)
+    detached = set(detached)
+    state: dict[str, Any] = {"version": 1, "shards": {}, "detached": sorted(detached)}
+    sutured: list[Shard] = []
+    dirs: dict[str, list[tuple[str, str]]] = {}
+    ranges: list[tuple[tuple[int, int], str]] = []
+    by_id = {shard.id: shard for shard in shards}
+
+    for shard in _order_shards(shards, problems):
+        if shard.id in detached:
+            problems.append(Problem("info", "detached", f"shard {shard.id} ({shard.path}) is "
+                                    "detached; not merged", shard.id))
+            continue
+        refusal = _refusal(shard, pool_owner, ranges)
+        if refusal:
+            problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}): "
+                                    f"{refusal}; not merged", shard.id))
+            continue
+        allowed = {CORE, shard.id} | (_deps_closure(shard.id, by_id) & {s.id for s in sutured})
+        visible_pools = {p for p, g in pool_owner.items() if g in allowed} | set(shard.pools)
+        candidates = _admissible(shard, owner, uuids, labels, visible_pools, core_refs,
+                                 problems)
+        candidates = _resolve_references(shard, candidates, owner, allowed,
+                                         missing_reference, problems)
+        candidates = _assign_qids(shard, candidates, qids, problems)
+        merged_uuids = []
+        dirs[shard.id] = [(dom0_subdir(d), qube_name(d)) for d in candidates]
+        for domain in candidates:
+            _strip_reliant_tags(domain)
+            etree.SubElement(_tags_element(domain), "tag", name=shard_tag(shard.id))
+            sections["domains"].append(domain)
+            owner[qube_name(domain)] = shard.id
+            uuids.add(qube_uuid(domain))
+            qids.add(qube_qid(domain))
+            merged_uuids.append(qube_uuid(domain))
+        for pool in shard.pool_elements:
+            pool_owner[pool.get("name")] = shard.id
+            sections["pools"].append(pool)
+        ranges.append((shard.qid_range, shard.id))
+        sutured.append(shard)
+        state["shards"][shard.id] = {"path": shard.path, "pools": shard.pools,
+                                     "merged": merged_uuids}
+    state["problems"] = [asdict(p) for p in problems]
+    return SuturePlan(core_root, state, problems, sutured, dirs)
+
+
+def _refusal(shard: Shard, pool_owner: dict[str, str],
+             ranges: list[tuple[tuple[int, int], str]]) -> str | None:
+    """Why `shard` as a whole cannot be merged, None if it can."""
+    try:
+        pools = shard.pool_elements
+        shard.domains  # noqa: B018 - parse now so that a broken file refuses the shard
+    except (reliant_store.StoreError, ShardError) as exc:
+        return str(exc)
+    for (first, last), other in ranges:
+        if shard.qid_range[0] <= last and first <= shard.qid_range[1]:
+            return (f"QID range {shard.qid_range[0]}-{shard.qid_range[1]} overlaps "
+                    f"{first}-{last} of shard {other}")
+    names = set()
+    for pool in pools:
+        name = pool.get("name") or ""
+        if not name or name in names:
+            return f"pool name {name!r} is empty or repeated"
+        names.add(name)
+        if name in pool_owner:
+            holder = "core" if pool_owner[name] == CORE else f"shard {pool_owner[name]}"
+            return f"pool {name!r} redefines a pool of {holder}"
+        dir_path = pool.get("dir_path")
+        if dir_path is not None and not _within(dir_path, shard.path):
+            return f"pool {name!r} has dir_path {dir_path} outside the shard directory"
+    return None
+
+
+def _admissible(shard: Shard, owner: dict[str, str], uuids: set[str], labels: set[str],
+                pools: set[str], core_refs: set[str],
+                problems: list[Problem]) -> list[etree._Element]:
+    """The shard's qubes that may be merged at all (class, qid, name, uuid, label, pools)."""
+    kept: list[etree._Element] = []
+    names: set[str] = set()
+    own_uuids: set[str] = set()
+    for domain in shard.domains:
+        name, uuid, qid = qube_name(domain), qube_uuid(domain), qube_qid(domain)
+        label = _prop(domain, "label")
+        reason, kind = None, "invalid"
+        if domain.tag != "domain":
+            reason = f"<{domain.tag}> is not a <domain>"
+        elif domain.get("class") not in QUBE_CLASSES:
+            reason = f"class {domain.get('class')!r} is not allowed in a shard"
+        elif not valid_qube_name(name):
+            reason = f"name {name!r} is not a valid qube name"
+        elif qid is None or not 0 < qid < MAX_QID:
+            reason = f"qid {_prop(domain, 'qid')!r} is not between 1 and {MAX_QID - 1}"
+        elif not uuid:
+            reason = "it has no uuid"
+        elif name in names or uuid in own_uuids:
+            reason = "its name or uuid appears twice in the shard"
+        elif name in owner:
+            holder = "core" if owner[name] == CORE else f"shard {owner[name]}"
+            reason, kind = f"a qube named {name!r} exists in {holder}", "conflict"
+        elif uuid in uuids:
+            reason, kind = f"its uuid {uuid} is used by another visible qube", "conflict"
+        elif name in core_refs:
+            reason, kind = (f"core references a qube named {name!r}; a core qube may not "
+                            "reference a shard qube", "conflict")
+        elif not label or label not in labels:
+            reason = f"label {label!r} is not defined in core"
+        else:
+            missing = sorted(volume_pools(domain) - pools)
+            if missing:
+                reason = f"its volumes use pools {', '.join(missing)} that are not visible"
+        if reason:
+            hint = " Rename it with 'reliant-shard rename'." if kind == "conflict" else ""
+            problems.append(Problem("warning", kind, f"qube {name or '?'} of shard {shard.id} "
+                                    f"not merged: {reason}; it stays intact in "
+                                    f"{shard.file}.{hint}", shard.id, name or None))
+            continue
+        names.add(name)
+        own_uuids.add(uuid)
+        kept.append(domain)
+    return kept
+
+
+def _resolve_references(shard: Shard, candidates: list[etree._Element], owner: dict[str, str],
+                        allowed: set[str], mode: str,
+                        problems: list[Problem]) -> list[etree._Element]:
+    """Recover (or skip) qubes whose references do not resolve to an allowed qube."""
+    while True:
+        local = {qube_name(d) for d in candidates}
+        dropped = False
+        for domain in list(candidates):
+            name = qube_name(domain)
+            for what, target in references(domain):
+                if target in local or owner.get(target) in allowed:
+                    continue
+                where = ("is not visible" if target not in owner
+                         else "belongs to a shard this one does not depend on")
+                if mode == "skip":
+                    candidates.remove(domain)
+                    dropped = True
+                    problems.append(Problem("warning", "skipped", f"qube {name} of shard "
+                                            f"{shard.id} not merged: {what} {target!r} {where}; "
+                                            f"it stays intact in {shard.file}", shard.id, name))
+                    break
+                _recover(domain, what, target, shard)
+                problems.append(Problem("warning", "recovered", f"qube {name} of shard "
+                                        f"{shard.id}: {what} {target!r} {where}; reset to its "
+                                        f"default, start prohibited until 'reliant-shard "
+                                        f"review {name}'", shard.id, name))
+        if not dropped:
+            return candidates
+
+
+def _assign_qids(shard: Shard, candidates: list[etree._Element], qids: set[int],
+                 problems: list[Problem]) -> list[etree._Element]:
+    """Keep qids inside the shard's range and free; give the others the lowest free one."""
+    taken = set(qids)
+    keep, move = [], []
+    for domain in candidates:
+        qid = qube_qid(domain)
+        if shard.contains_qid(qid) and qid not in taken:
+            taken.add(qid)
+            keep.append(domain)
+        else:
+            move.append(domain)
+    free = (q for q in range(shard.qid_range[0], shard.qid_range[1] + 1) if q not in taken)
+    for domain in move:
+        qid = next(free, None)
+        name = qube_name(domain)
+        if qid is None:
+            problems.append(Problem("warning", "invalid", f"qube {name} of shard {shard.id} not "
+                                    f"merged: QID range {shard.qid_range[0]}-"
+                                    f"{shard.qid_range[1]} is full", shard.id, name))
+            continue
+        problems.append(Problem("info", "renumbered", f"qube {name} of shard {shard.id}: qid "
+                                f"{qube_qid(domain)} -> {qid} (the shard's range)", shard.id,
+                                name))
+        _set_qid(domain, qid)
+        taken.add(qid)
+        keep.append(domain)
+    return keep
+
+
+# ---------------------------------------------------------------------------
+# dissect
+
+
+@dataclass
+class DissectPlan:
+    """What dissect will write: `outputs` in a safe order (files that gain qubes first,
+    core last), the dom0 directories of each shard's merged qubes and of its qubes kept
+    aside, the new runtime state and the problems."""
+
+    outputs: list[tuple[str, bytes, int]]
+    dirs: dict[str, list[tuple[str, str]]]
+    keep_dirs: dict[str, set[tuple[str, str]]]
+    state: dict[str, Any]
+    problems: list[Problem]
+    shards: dict[str, Shard]
+
+
+_UUID_RE = re.compile(rb'<property name="uuid">([^<]*)</property>')
+
+
+def _file_uuids(shard: Shard) -> set[str] | None:
+    """uuids of the shard file's qubes without parsing it; None if a qube has none."""
+    found = {m.decode("utf-8", "replace") for m in _UUID_RE.findall(shard.data)}
+    return found if len(found) == shard.data.count(b"<domain ") else None
+
+
+def _pool_owners(merged_pools: etree._Element, core_pools: set[str],
+                 writable: dict[str, Shard], sutured: dict[str, Any],
+                 visible: dict[str, Shard], roots: Sequence[str]) -> dict[str, str | None]:
+    """Group of each merged pool; None when it cannot be placed without a leak."""
+    owners: dict[str, str | None] = {}
+    for pool in merged_pools:
+        name, dir_path = pool.get("name"), pool.get("dir_path")
+        if name in core_pools:
+            owners[name] = CORE
+            continue
+        sid = next((s for s, info in sutured.items() if name in info.get("pools", ())), None)
+        if sid is None:
+            sid = next((s for s, shard in writable.items() if name in shard.pools), None)
+        if sid is None and dir_path:
+            sid = next((s for s, shard in visible.items() if _within(dir_path, shard.path)),
+                       None)
+            if sid is None and any(_within(dir_path, root) for root in roots):
+                owners[name] = None
+                continue
+        owners[name] = CORE if sid is None else (sid if sid in writable else None)
+    return owners
+
+
+def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
+                 shards: Sequence[Shard], state: dict[str, Any] | None, *,
+                 core_path: str, roots: Sequence[str] = ()) -> DissectPlan:
+    """Split `merged_root` (consumed) into the core file and the files of merged shards.
+
+    Never writes a shard's qube, pool, tag or reference into core or into a shard that
+    may not know it; what cannot be placed safely is reported as `unplaceable` and
+    written nowhere (it stays in the merged store). Qubes of a shard that were kept out
+    of the merge stay in its file.
+    """
+    problems: list[Problem] = []
+    sections = _core_sections(merged_root, "merged store")
+    core_pools = {p.get("name") for p in core_root.find("pools")} if core_root is not None \
+        else set()
+    visible = {shard.id: shard for shard in shards}
+    if state is not None:
+        sutured = dict(state["shards"])
+    else:
+        tagged = {tag.get("name")[len(shard_tag("")):]
+                  for tag in merged_root.iterfind("domains/domain/tags/tag")
+                  if (tag.get("name") or "").startswith(shard_tag(""))}
+        sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools, "merged": None}
+                   for sid in sorted(tagged) if sid in visible}
+        if sutured:
+            problems.append(Problem("warning", "state", "no runtime state from suture: qubes "
+                                    "absent from the merged store are kept in their shards"))
+    writable = _writable(visible, sutured, set((state or {}).get("detached", ())), problems)
+    pool_owner = _pool_owners(sections["pools"], core_pools, writable, sutured, visible, roots)
+    for name, group in pool_owner.items():
+        if group is None:
+            problems.append(Problem("error", "unplaceable", f"pool {name} lies under a shard "
+                                    "root but in no merged shard; not written anywhere"))
+    core_previous = _index(core_root.find("domains") if core_root is not None else None)
+    previous_cache: dict[str, dict[str, etree._Element]] = {CORE: core_previous}
+
+    def previous(group: str) -> dict[str, etree._Element]:
+        if group not in previous_cache:
+            previous_cache[group] = _index(writable[group].root.find("domains"))
+        return previous_cache[group]
+
+    groups: dict[str, list[etree._Element]] = {CORE: [], **{sid: [] for sid in writable}}
+    owner: dict[str, str | None] = {}
+    unplaced: set[str] = set()  # uuids: their files keep the earlier version
+    pending = []
+    for domain in sections["domains"]:
+        group = _group_by_pools_or_tag(domain, pool_owner, writable, visible, problems)
+        if group == "pending":
+            pending.append(domain)
+            continue
+        owner[qube_name(domain)] = group
+        if group is None:
+            unplaced.add(qube_uuid(domain))
+        else:
+            groups[group].append(domain)
+    for domain in pending:
+        group = _group_of_new(domain, owner, pool_owner, core_previous, writable, visible)
+        owner[qube_name(domain)] = group
+        groups[group].append(domain)
+
+    _fix_global_references(sections["properties"], core_root, owner, problems)
+    merged_qids = {qube_qid(d) for d in sections["domains"]}
+    pools_of = {sid: [p for p in sections["pools"] if pool_owner.get(p.get("name")) == sid]
+                for sid in groups}
+    new_state: dict[str, Any] = {"version": 1, "shards": {},
+                                 "detached": (state or {}).get("detached", [])}
+    gaining, losing = [], []
+    dirs: dict[str, list[tuple[str, str]]] = {}
+    keep_dirs: dict[str, set[tuple[str, str]]] = {}
+    for sid, shard in writable.items():
+        allowed = {CORE, sid} | (_deps_closure(sid, visible) & set(writable))
+        members = [d for d in groups[sid] if _fix_references(
+            d, sid, allowed, owner, pool_owner, lambda s=sid: previous(s), problems)]
+        merged_uuids = {qube_uuid(d) for d in members}
+        hold = unplaced | {qube_uuid(d) for d in groups[sid]} - merged_uuids
+        known = sutured.get(sid, {}).get("merged")
+        known = set(known) if known is not None else None
+        file_uuids = _file_uuids(shard)
+        if (known is not None and file_uuids is not None
+                and file_uuids <= merged_uuids | known and not file_uuids & hold):
+            kept = []
+        else:
+            kept = [d for d in previous(sid).values() if qube_uuid(d) not in merged_uuids and
+                    (known is None or qube_uuid(d) not in known or qube_uuid(d) in hold)]
+        _fix_qids(shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
+        for domain in members + kept:
+            _strip_reliant_tags(domain)
+        dirs[sid] = [(dom0_subdir(d), qube_name(d)) for d in members]
+        keep_dirs[sid] = {(dom0_subdir(d), qube_name(d)) for d in kept}
+        new_state["shards"][sid] = {
+            "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
+            "merged": sorted((known or set()) | merged_uuids)}
+        lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
+            - {qube_uuid(d) for d in kept}
+        content = shard_bytes(shard, pools_of[sid],
+                              sorted(members + kept, key=lambda d: (qube_name(d) == "",
+                                                                    qube_name(d))))
+        (losing if lost else gaining).append((shard.file, content, 0o600))
+    for sid in set(sutured) - set(writable):
+        new_state["shards"][sid] = sutured[sid]
+
+    core_members = [d for d in groups[CORE] if _fix_references(
+        d, CORE, {CORE}, owner, pool_owner, lambda: core_previous, problems)]
+    hold = unplaced | {qube_uuid(d) for d in groups[CORE]} - {qube_uuid(d) for d in core_members}
+    core_members += [deepcopy(d) for u, d in core_previous.items() if u in hold]
+    for domain in core_members:
+        _strip_reliant_tags(domain)
+    sections["domains"][:] = core_members
+    sections["pools"][:] = pools_of[CORE]
+    outputs = [*gaining, *losing, (core_path, reliant_store.serialize(merged_root), 0o660)]
+    return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
+
+
+def _writable(visible: dict[str, Shard], sutured: dict[str, Any], detached: set[str],
+              problems: list[Problem]) -> dict[str, Shard]:
+    """Shards dissect may write: merged ones still at their place, and visible ones that
+    were not merged (their qubes are all kept; merged qubes join them by their pools,
+    e.g. when an existing store is first split), never detached or unreadable ones."""
+    writable = {}
+    for sid in sorted(set(sutured) - set(visible)):
+        problems.append(Problem("error", "unplaceable", f"shard {sid} ({sutured[sid]['path']}) "
+                                "was merged but is not visible any more; its qubes stay only "
+                                "in the merged store", sid))
+    for sid, shard in visible.items():
+        if sid in detached:
+            continue
+        if sid in sutured and os.path.realpath(shard.path) != os.path.realpath(
+                sutured[sid]["path"]):
+            problems.append(Problem("error", "unplaceable", f"shard {sid} was merged from "
+                                    f"{sutured[sid]['path']} but is now at {shard.path}; not "
+                                    "written", sid))
+            continue
+        try:
+            shard.domains  # noqa: B018 - parse now: an unreadable shard is not written
+        except (reliant_store.StoreError, ShardError) as exc:
+            problems.append(Problem("error", "refused", f"{exc}; not written", sid))
+            continue
+        writable[sid] = shard
+    return writable
+
+
+def _index(domains: etree._Element | None) -> dict[str, etree._Element]:
+    return {qube_uuid(d): d for d in domains} if domains is not None else {}
+
+
+def _group_by_pools_or_tag(domain: etree._Element, pool_owner: dict[str, str | None],
+                           writable: dict[str, Shard], visible: dict[str, Shard],
+                           problems: list[Problem]) -> str | None:
+    """The group of a merged qube by its data pools, else by its tag; "pending" when
+    neither says (a qube created while shards are open); None when unplaceable."""
+    name = qube_name(domain)
+    if domain.get("class") == "AdminVM":
+        return CORE
+    owners = {pool_owner.get(p, CORE) for p in data_pools(domain)} - {CORE}
+    if None in owners:
+        problems.append(Problem("error", "unplaceable", f"qube {name}: its data volumes lie in a "
+                                "pool that belongs to no writable shard; not written anywhere",
+                                qube=name))
+        return None
+    if len(owners) > 1:
+        top = [s for s in owners if owners - {s} <= _deps_closure(s, visible)]
+        if len(top) != 1:
+            problems.append(Problem("error", "unplaceable", f"qube {name}: its data volumes lie "
+                                    f"in shards {', '.join(sorted(owners))}; not written "
+                                    "anywhere", qube=name))
+            return None
+        owners = set(top)
+    if owners:
+        return owners.pop()
+    tags = {t.get("name") or "" for t in domain.iterfind("tags/tag")}
+    if CORE_TAG in tags:
+        return CORE
+    for tag in sorted(tags):
+        if tag.startswith(shard_tag("")):
+            sid = tag[len(shard_tag("")):]
+            if sid in writable:
+                return sid
+            problems.append(Problem("error", "unplaceable", f"qube {name} of shard {sid}: the "
+                                    "shard is not writable now; not written anywhere", sid, name))
+            return None
+    return "pending"
+
+
+def _group_of_new(domain: etree._Element, owner: dict[str, str | None],
+                  pool_owner: dict[str, str | None], core_previous: dict[str, etree._Element],
+                  writable: dict[str, Shard], visible: dict[str, Shard]) -> str:
+    """Group of an untagged qube with no data in a shard's pools: the file it was written
+    to last time, else the first group allowed to reference all it references."""
+    uuid = qube_uuid(domain)
+    if uuid in core_previous:
+        return CORE
+    for sid, shard in writable.items():
+        if uuid in (_file_uuids(shard) or {qube_uuid(d) for d in shard.domains}):
+            return sid
+    needed = {owner.get(target, CORE) for _, target in references(domain)}
+    needed |= {pool_owner.get(p, CORE) for p in volume_pools(domain)}
+    needed -= {CORE, None}
+    if needed:
+        for sid in writable:
+            if needed <= {sid} | _deps_closure(sid, visible):
+                return sid
+    return CORE
+
+
+def _fix_global_references(props: etree._Element, core_root: etree._Element | None,
+                           owner: dict[str, str | None], problems: list[Problem]) -> None:
+    """Global properties naming a non-core qube keep their earlier core value on disk."""
+    old = core_root.find("properties") if core_root is not None else None
+    for prop in list(props):
+        target = prop.text
+        if prop.get("name") not in GLOBAL_REFERENCES or not target:
+            continue
+        if owner.get(target, CORE) == CORE:
+            continue
+        old_value = _prop(core_root, prop.get("name")) if old is not None else None
+        problems.append(Problem("warning", "violation", f"global property {prop.get('name')} "
+                                f"names {target!r}, which is not a core qube; on disk it stays "
+                                f"{old_value!r}"))
+        if old_value is None:
+            props.remove(prop)
+        else:
+            prop.text = old_value
+
+
+def _fix_references(domain: etree._Element, group: str, allowed: set[str],
+                    owner: dict[str, str | None], pool_owner: dict[str, str | None],
+                    previous: Any, problems: list[Problem]) -> bool:
+    """Undo what `domain` references outside `allowed` (on disk only); False when it
+    cannot be undone (then the qube is written nowhere)."""
+    name = qube_name(domain)
+    where = "core" if group == CORE else f"shard {group}"
+    shard = None if group == CORE else group
+    bad_pools = sorted(p for p in volume_pools(domain) if pool_owner.get(p, CORE) not in allowed)
+    bad_refs = [(w, t) for w, t in references(domain) if owner.get(t, CORE) not in allowed]
+    if not bad_pools and not bad_refs:
+        return True
+    old = previous().get(qube_uuid(domain))
+    if bad_pools:
+        old_config = old.find("volume-config") if old is not None else None
+        if old_config is None:
+            problems.append(Problem("error", "unplaceable", f"qube {name} of {where} uses pools "
+                                    f"{', '.join(bad_pools)} of a group it may not use and has no "
+                                    "earlier version to fall back to; not written anywhere",
+                                    shard, name))
+            return False
+        domain.replace(domain.find("volume-config"), deepcopy(old_config))
+        problems.append(Problem("warning", "violation", f"qube {name} of {where}: volumes in "
+                                f"pools {', '.join(bad_pools)} of a group it may not use; on "
+                                "disk its earlier volume configuration stays", shard, name))
+    for what, target in bad_refs:
+        if what.startswith("device "):
+            _remove_device(domain, what)
+            kept = "dropped"
+        else:
+            prop = _properties(domain)[what]
+            old_value = _prop(old, what) if old is not None else None
+            if old_value is None:
+                prop.getparent().remove(prop)
+                kept = "reset to its default"
+            else:
+                prop.text = old_value
+                kept = f"kept as {old_value!r}"
+        problems.append(Problem("warning", "violation", f"qube {name} of {where}: {what} names "
+                                f"{target!r} of a group it may not reference; on disk {kept}",
+                                shard, name))
+    return True
+
+
+def _remove_device(domain: etree._Element, what: str) -> etree._Element | None:
+    for devices in domain.iterfind("devices"):
+        for device in devices:
+            if f"device {devices.get('class')}:{device.get('id')}" == what:
+                devices.remove(device)
+                return device
+    return None
+
+
+def _fix_qids(shard: Shard, members: list[etree._Element], kept: list[etree._Element],
+              merged_qids: set[int | None], previous: Any, problems: list[Problem]) -> None:
+    """Give qubes created while the shard was open (qid outside its range) a qid of the
+    range in the shard file: the one written last time if still free, else the lowest
+    free one. qubesd keeps the old qid until the next suture."""
+    outside = [d for d in members if not shard.contains_qid(qube_qid(d) or 0)]
+    if not outside:
+        return
+    taken = merged_qids | {qube_qid(d) for d in members + kept}
+    moving = []
+    for domain in outside:
+        old = previous().get(qube_uuid(domain))
+        qid = qube_qid(old) if old is not None else None
+        if qid is not None and shard.contains_qid(qid) and qid not in taken:
+            _set_qid(domain, qid)
+            taken.add(qid)
+        else:
+            moving.append(domain)
+    free = (q for q in range(shard.qid_range[0], shard.qid_range[1] + 1) if q not in taken)
+    for domain in moving:
+        qid = next(free, None)
+        name = qube_name(domain)
+        if qid is None:
+            problems.append(Problem("warning", "renumbered", f"qube {name} of shard {shard.id}: "
+                                    f"QID range full, keeps qid {qube_qid(domain)}", shard.id,
+                                    name))
+            continue
+        problems.append(Problem("info", "renumbered", f"qube {name} of shard {shard.id}: qid "
+                                f"{qube_qid(domain)} -> {qid} in the shard file (qubesd uses it "
+                                "from the next suture)", shard.id, name))
+        _set_qid(domain, qid)
+        taken.add(qid)
+
+
+# ---------------------------------------------------------------------------
+# dom0 directories (qubes-core-admin keeps firewall.xml, icons, libvirt config there)
+
+QUBES_DIR = "/var/lib/qubes"
+
+
+def _fsync_tree(path: str) -> None:
+    for directory, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        reliant_store.fsync_dir(directory)
+
+
+def _copy_regular_tree(src: str, dst: str, skipped: list[str]) -> None:
+    """Copy directories and regular files only (never a symlink or device)."""
+    os.mkdir(dst, 0o700)
+    for entry in sorted(os.scandir(src), key=lambda e: e.name):
+        target = os.path.join(dst, entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            _copy_regular_tree(entry.path, target, skipped)
+        elif entry.is_file(follow_symlinks=False):
+            shutil.copy2(entry.path, target, follow_symlinks=False)
+        else:
+            skipped.append(entry.path)
+    shutil.copystat(src, dst, follow_symlinks=False)
+
+
+def _trees_equal(a: str, b: str) -> bool:
+    """Same names, kinds, modes and file contents (symlinks and others ignored)."""
+    def listing(path: str) -> dict[str, os.DirEntry]:
+        return {e.name: e for e in os.scandir(path)
+                if e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False)}
+    left, right = listing(a), listing(b)
+    if left.keys() != right.keys():
+        return False
+    for name, entry in left.items():
+        other = right[name]
+        if entry.is_dir(follow_symlinks=False) != other.is_dir(follow_symlinks=False):
+            return False
+        if entry.stat(follow_symlinks=False).st_mode != other.stat(follow_symlinks=False).st_mode:
+            return False
+        if entry.is_dir(follow_symlinks=False):
+            if not _trees_equal(entry.path, other.path):
+                return False
+        else:
+            with open(entry.path, "rb") as x, open(other.path, "rb") as y:
+                if x.read() != y.read():
+                    return False
+    return True
+
+
+def _recover_swaps(parent: str) -> None:
+    """Finish or undo a directory replacement interrupted half-way (see `_replace_tree`)."""
+    if not os.path.isdir(parent):
+        return
+    for entry in os.listdir(parent):
+        path = os.path.join(parent, entry)
+        if entry.startswith(".") and entry.endswith(".old"):
+            final = os.path.join(parent, entry[1:-4])
+            if os.path.lexists(final):
+                shutil.rmtree(path)
+            else:
+                os.rename(path, final)
+                reliant_store.fsync_dir(parent)
+        elif entry.startswith(".") and entry.endswith(".new"):
+            shutil.rmtree(path)
+
+
+def _replace_tree(src: str, parent: str, name: str, skipped: list[str]) -> bool:
+    """Make `parent/name` a copy of `src` unless it already is one; True if copied.
+
+    The copy is written and fsynced as ``.name.new``; the old tree is renamed to
+    ``.name.old`` before the new one takes its name, so an interruption leaves one
+    complete tree that `_recover_swaps` restores."""
+    final = os.path.join(parent, name)
+    if os.path.isdir(final) and not os.path.islink(final) and _trees_equal(src, final):
+        return False
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    new, old = os.path.join(parent, f".{name}.new"), os.path.join(parent, f".{name}.old")
+    if os.path.lexists(new):
+        shutil.rmtree(new)
+    _copy_regular_tree(src, new, skipped)
+    _fsync_tree(new)
+    if os.path.lexists(final):
+        os.rename(final, old)
+    os.rename(new, final)
+    reliant_store.fsync_dir(parent)
+    if os.path.lexists(old):
+        shutil.rmtree(old)
+        reliant_store.fsync_dir(parent)
+    return True
+
+
+def _remove_tree(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        return
+    reliant_store.fsync_dir(os.path.dirname(path))
+
+
+def _real_dir(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def restore_dom0_dirs(shard: Shard, qubes: Iterable[tuple[str, str]], qubes_dir: str,
+                      problems: list[Problem]) -> None:
+    """Copy the shard's saved dom0 directories of `qubes` into `qubes_dir`. An existing
+    directory there is left alone (it is the same or newer)."""
+    for subdir in ("appvms", "vm-templates"):
+        _recover_swaps(os.path.join(shard.path, DOM0_DIR, subdir))
+    for subdir, name in qubes:
+        src = os.path.join(shard.path, DOM0_DIR, subdir, name)
+        dst = os.path.join(qubes_dir, subdir, name)
+        if os.path.islink(src):
+            problems.append(Problem("warning", "invalid", f"{src} is a symlink; not used",
+                                    shard.id, name))
+            continue
+        if not _real_dir(src) or os.path.lexists(dst):
+            continue
+        skipped: list[str] = []
+        _replace_tree(src, os.path.join(qubes_dir, subdir), name, skipped)
+        for path in skipped:
+            problems.append(Problem("warning", "invalid", f"{path} is not a regular file or "
+                                    "directory; not copied", shard.id, name))
+
+
+def save_dom0_dirs(shard: Shard, qubes: Sequence[tuple[str, str]], keep: set[tuple[str, str]],
+                   qubes_dir: str, problems: list[Problem]) -> None:
+    """Copy the dom0 directories of the shard's `qubes` from `qubes_dir` into the shard;
+    drop saved directories of qubes that are neither in `qubes` nor in `keep`."""
+    for subdir in ("appvms", "vm-templates"):
+        _recover_swaps(os.path.join(shard.path, DOM0_DIR, subdir))
+    for subdir, name in qubes:
+        src = os.path.join(qubes_dir, subdir, name)
+        if _real_dir(src):
+            skipped: list[str] = []
+            _replace_tree(src, os.path.join(shard.path, DOM0_DIR, subdir), name, skipped)
+            for path in skipped:
+                problems.append(Problem("warning", "invalid", f"{path} is not a regular file or "
+                                        "directory; not saved", shard.id, name))
+    wanted = set(qubes) | keep
+    for subdir in ("appvms", "vm-templates"):
+        parent = os.path.join(shard.path, DOM0_DIR, subdir)
+        if os.path.isdir(parent):
+            for name in sorted(os.listdir(parent)):
+                if not name.startswith(".") and (subdir, name) not in wanted:
+                    _remove_tree(os.path.join(parent, name))
+
+
+def release_dom0_dirs(qubes: Iterable[tuple[str, str]], qubes_dir: str) -> None:
+    """Remove the (saved) dom0 directories of shard qubes from `qubes_dir`."""
+    for subdir, name in qubes:
+        _remove_tree(os.path.join(qubes_dir, subdir, name))
+
+
+# ---------------------------------------------------------------------------
+# operations on files
+
+
+@dataclass
+class Result:
+    """Outcome of an operation: files written, problems, the shards involved."""
+
+    problems: list[Problem]
+    written: list[str] = field(default_factory=list)
+    shards: list[Shard] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def _load_core(path: str) -> etree._Element:
+    try:
+        return reliant_store.load(path)
+    except reliant_store.StoreError as exc:
+        raise ShardError(str(exc)) from None
+
+
+def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
+           missing_reference: str = "recover", policy_dir: str | None = None,
+           services: list[str] | None = None, qubes_dir: str = QUBES_DIR,
+           state_path: str | None = None, detached: Iterable[str] = ()) -> Result:
+    """Write the merged store `out` from `core` and the shards under `roots`.
+
+    Reads core and shards, never writes them. Order: dom0 directories back into
+    `qubes_dir`, runtime policy (if `policy_dir`), old runtime state removed, merged
+    store, new state. ShardError (nothing merged) if core is unusable or the policy
+    cannot be written.
+    """
+    problems: list[Problem] = []
+    core_root = _load_core(core)
+    shards = discover(roots, max_depth, problems)
+    plan = plan_suture(core_root, shards, core_source=core,
+                       missing_reference=missing_reference, detached=detached)
+    problems += plan.problems
+    for shard in plan.sutured:
+        restore_dom0_dirs(shard, plan.dirs[shard.id], qubes_dir, problems)
+    if policy_dir is not None:
+        import reliant_policy  # written by the isolation component
+
+        try:
+            reliant_policy.write_runtime_policy(policy_dir, plan.merged, services)
+        except Exception as exc:  # any failure: do not start qubesd without isolation
+            raise ShardError(f"runtime qrexec policy in {policy_dir} not written ({exc}); "
+                             "merged store not written") from None
+    state_path = state_path or default_state_path(out)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_path)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), mode=0o755, exist_ok=True)
+    written = []
+    if reliant_store.write(out, reliant_store.serialize(plan.merged), mode=0o660):
+        written.append(out)
+    plan.state["problems"] = [asdict(p) for p in problems]
+    write_state(state_path, plan.state)
+    return Result(problems, written, plan.sutured)
+
+
+def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
+            qubes_dir: str = QUBES_DIR, state_path: str | None = None,
+            final: bool = False) -> Result:
+    """Write core and every merged shard back from the merged store (only files whose
+    content changed). With `final` (qubesd stopped), the dom0 directories of shard
+    qubes leave `qubes_dir` once saved in their shard.
+
+    Order: dom0 directories into shards, runtime state, shard files gaining qubes,
+    those losing qubes, core, then (final) removal of saved directories.
+    """
+    problems: list[Problem] = []
+    merged_root = _load_core(merged)
+    core_root = _load_core(core) if os.path.lexists(core) else None
+    shards = discover(roots, max_depth, problems)
+    state_path = state_path or default_state_path(merged)
+    plan = plan_dissect(merged_root, core_root, shards, read_state(state_path),
+                        core_path=core, roots=roots)
+    problems += plan.problems
+    for sid, shard in plan.shards.items():
+        save_dom0_dirs(shard, plan.dirs[sid], plan.keep_dirs[sid], qubes_dir, problems)
+    write_state(state_path, plan.state)
+    written = [path for path, content, mode in plan.outputs
+               if reliant_store.write(path, content, mode=mode)]
+    if final:
+        for sid in plan.shards:
+            release_dom0_dirs(plan.dirs[sid], qubes_dir)
+    return Result(problems, written, list(plan.shards.values()))
+
+
+def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
+          missing_reference: str = "recover", detached: Iterable[str] = ()) -> Result:
+    """What suture would report, writing nothing."""
+    problems: list[Problem] = []
+    shards = discover(roots, max_depth, problems)
+    plan = plan_suture(_load_core(core), shards, core_source=core,
+                       missing_reference=missing_reference, detached=detached)
+    return Result(problems + plan.problems, [], plan.sutured)
+
+
+def status(core: str, merged: str, roots: Sequence[str], *, max_depth: int = 3,
+           state_path: str | None = None) -> dict[str, Any]:
+    """What is visible and merged, and what needs attention (JSON-serialisable)."""
+    problems: list[Problem] = []
+    shards = discover(roots, max_depth, problems)
+    state = read_state(state_path or default_state_path(merged)) or {"shards": {}}
+    report: dict[str, Any] = {"core": core, "merged": merged,
+                              "merged_exists": os.path.exists(merged), "shards": [],
+                              "recovered": [], "detached": state.get("detached", []),
+                              "problems": [asdict(p) for p in problems]
+                              + list(state.get("problems", []))}
+    for shard in shards:
+        entry = {"id": shard.id, "path": shard.path, "qid_range": list(shard.qid_range),
+                 "depends_on": list(shard.depends_on), "merged": shard.id in state["shards"]}
+        try:
+            entry["qubes"] = sorted(qube_name(d) for d in shard.domains)
+            entry["pools"] = shard.pools
+        except (reliant_store.StoreError, ShardError) as exc:
+            entry["error"] = str(exc)
+            report["shards"].append(entry)
+            continue
+        for domain in shard.domains:
+            features = domain.find("features")
+            recovered = {f.get("name"): f.text or "" for f in (features if features is not None
+                                                                else ())
+                         if (f.get("name") or "").startswith(RECOVERED_PREFIX)}
+            if recovered:
+                report["recovered"].append({"shard": shard.id, "qube": qube_name(domain),
+                                            "features": recovered})
+        report["shards"].append(entry)
+    return report
+
+
+def _find_qube(roots: Sequence[str], name: str, shard_id: str | None,
+               max_depth: int) -> tuple[Shard, etree._Element, list[Shard]]:
+    shards = discover(roots, max_depth, problems=[])
+    hits = [(s, d) for s in shards if shard_id in (None, s.id)
+            for d in s.domains if qube_name(d) == name]
+    if not hits:
+        raise ShardError(f"no qube named {name!r} in any visible shard"
+                         + (f" with id {shard_id}" if shard_id else ""))
+    if len(hits) > 1:
+        raise ShardError(f"qube {name!r} is in shards {', '.join(s.id for s, _ in hits)}; "
+                         "say which with --shard")
+    return hits[0][0], hits[0][1], shards
+
+
+def _rewrite(shard: Shard) -> bool:
+    for domain in shard.domains:
+        _strip_reliant_tags(domain)
+    data = reliant_store.serialize(shard.root)
+    written = reliant_store.write(shard.file, data, mode=0o600)
+    shard.data = data
+    return written
+
+
+def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
+                shard_id: str | None = None, max_depth: int = 3) -> Result:
+    """Rename a shard qube (e.g. to resolve a name conflict with core), with the
+    references to it in its shard and the shards depending on it, and its saved dom0
+    directory. Offline: qubesd must not be running on these files."""
+    shard, domain, shards = _find_qube(roots, name, shard_id, max_depth)
+    if not valid_qube_name(new):
+        raise ShardError(f"{new!r} is not a valid qube name")
+    taken = {qube_name(d) for d in _load_core(core).iterfind("domains/domain")}
+    for other in shards:
+        taken |= {qube_name(d) for d in other.domains}
+    if new in taken:
+        raise ShardError(f"a qube named {new!r} already exists in core or a visible shard")
+    by_id = {s.id: s for s in shards}
+    affected = [shard] + [s for s in shards if shard.id in _deps_closure(s.id, by_id)]
+    _properties(domain)["name"].text = new
+    for other in affected:
+        for qube in other.domains:
+            for prop in _properties(qube).values():
+                if prop.get("name") in DOMAIN_REFERENCES and prop.text == name:
+                    prop.text = new
+            for device in qube.iterfind("devices/device"):
+                if device.get("backend-domain") == name:
+                    device.set("backend-domain", new)
+    subdir = dom0_subdir(domain)
+    saved = os.path.join(shard.path, DOM0_DIR, subdir, name)
+    written = [s.file for s in affected if _rewrite(s)]
+    if _real_dir(saved):
+        os.rename(saved, os.path.join(shard.path, DOM0_DIR, subdir, new))
+        reliant_store.fsync_dir(os.path.dirname(saved))
+        written.append(saved)
+    return Result([], written, [shard])
+
+
+def review_qube(roots: Sequence[str], name: str, *, shard_id: str | None = None,
+                max_depth: int = 3) -> Result:
+    """Accept a recovered qube: drop the prohibit-start set by suture and the
+    reliant-recovered-* records. Offline: qubesd must not be running on these files."""
+    shard, domain, _ = _find_qube(roots, name, shard_id, max_depth)
+    features = domain.find("features")
+    ours = [f for f in (features if features is not None else ())
+            if (f.get("name") or "").startswith(RECOVERED_PREFIX)
+            or (f.get("name") == PROHIBIT_START and (f.text or "").startswith(RATIONALE_PREFIX))]
+    if not ours:
+        raise ShardError(f"qube {name!r} of shard {shard.id} has nothing to review")
+    for feature in ours:
+        features.remove(feature)
+    return Result([], [shard.file] if _rewrite(shard) else [], [shard])

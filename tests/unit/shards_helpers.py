@@ -1,0 +1,100 @@
+"""Scenarios for the shard tests: the real qubesd stores of tests/fixtures, relocated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import reliant_shards
+import reliant_store
+from conftest import FIXTURES
+from lxml import etree
+
+SHARD_QUBES = {"sflc_0_1": {"secret", "secret-dvm", "secret-vpn"},
+               "sflc_0_2": {"deep-mail", "deep-notes"}}
+
+
+@dataclass
+class Scene:
+    """A dom0 in a temporary directory: core store, merged store, shard root, qubes dir."""
+
+    tmp: Path
+    core: Path
+    merged: Path
+    root: Path
+    qubes_dir: Path
+
+    @property
+    def roots(self) -> list[str]:
+        return [str(self.root)]
+
+    def shard_dir(self, sid: str) -> Path:
+        return self.root / sid
+
+    def dissect(self, **kwargs) -> reliant_shards.Result:
+        return reliant_shards.dissect(str(self.merged), str(self.core), self.roots,
+                                      qubes_dir=str(self.qubes_dir), **kwargs)
+
+    def suture(self, **kwargs) -> reliant_shards.Result:
+        return reliant_shards.suture(str(self.core), self.roots, str(self.merged),
+                                     qubes_dir=str(self.qubes_dir), **kwargs)
+
+
+def fixture_bytes(name: str, root: Path) -> bytes:
+    """A fixture store with its shard pools moved under `root`."""
+    data = (FIXTURES / name).read_bytes()
+    return data.replace(b"/run/shufflecake", str(root).encode())
+
+
+def merged_scene(tmp_path: Path, ranges=((15, 17), (18, 19))) -> Scene:
+    """The merged fixture as qubesd's running store, the core fixture on disk, and two
+    empty shards initialised for its two shard pools (the second depends on the first)."""
+    scene = Scene(tmp_path, tmp_path / "qubes.xml", tmp_path / "run" / "qubes.xml",
+                  tmp_path / "shufflecake", tmp_path / "varlibqubes")
+    scene.merged.parent.mkdir()
+    scene.qubes_dir.mkdir()
+    scene.core.write_bytes(fixture_bytes("qubes-r4.3-core.xml", scene.root))
+    scene.merged.write_bytes(fixture_bytes("qubes-r4.3-merged.xml", scene.root))
+    first = reliant_shards.init_shard(str(scene.shard_dir("sflc_0_1")), qid_range=ranges[0])
+    reliant_shards.init_shard(str(scene.shard_dir("sflc_0_2")), qid_range=ranges[1],
+                              depends_on=[first.path])
+    for sid in SHARD_QUBES:
+        (scene.shard_dir(sid) / "pool").mkdir()
+    return scene
+
+
+def split_scene(tmp_path: Path, **kwargs) -> Scene:
+    """`merged_scene` after a first dissect: core and both shards hold their qubes."""
+    scene = merged_scene(tmp_path, **kwargs)
+    result = scene.dissect(final=True)
+    assert not result.errors, result.problems
+    return scene
+
+
+def domains_by_name(root: etree._Element) -> dict[str, etree._Element]:
+    return {reliant_shards.qube_name(d): d for d in root.iterfind(".//domains/domain")}
+
+
+def load(path: Path) -> etree._Element:
+    return reliant_store.load(str(path))
+
+
+def canonical(domain: etree._Element, drop_qid: bool = False) -> bytes:
+    """A domain without reliant tags (and optionally without its qid), as bytes."""
+    copy = etree.fromstring(etree.tostring(domain))
+    for tag in copy.iterfind("tags/tag"):
+        if tag.get("name").startswith("reliant-"):
+            tag.getparent().remove(tag)
+    if drop_qid:
+        del copy.attrib["id"]
+        for prop in copy.iterfind("properties/property[@name='qid']"):
+            prop.getparent().remove(prop)
+    return etree.tostring(copy)
+
+
+def mtimes(*paths: Path) -> dict[str, int]:
+    found = {}
+    for base in paths:
+        for path in [base, *base.rglob("*")] if base.is_dir() else [base]:
+            found[str(path)] = path.stat().st_mtime_ns
+    return found
