@@ -1,0 +1,171 @@
+"""reliant-formula's qubesd extension (installed by reliant.isolation).
+
+Keeps each qube's group tag (``reliant-core`` or ``reliant-shard-<ID>``) current and
+refuses property changes that would make core (a core qube or a global property)
+reference a shard qube, or a shard qube reference a shard it does not depend on. The
+decisions are ``reliant_guard``'s (the formula's library, found in ``_paths.LIBDIR``);
+this module only turns qubesd objects into facts and events into decisions.
+
+Nothing here logs a qube's name: qubesd's log may reach persistent storage.
+"""
+
+import logging
+import sys
+
+import qubes.exc
+import qubes.ext
+
+from . import _paths
+
+if _paths.LIBDIR not in sys.path:
+    sys.path.insert(0, _paths.LIBDIR)
+
+import reliant_guard  # noqa: E402
+import reliant_policy  # noqa: E402
+
+log = logging.getLogger("qubes.ext.reliant_isolation")
+
+_REFERENCE_EVENTS = tuple("property-pre-set:" + p for p in reliant_guard.QUBE_REFERENCE_PROPERTIES)
+_GLOBAL_EVENTS = tuple("property-pre-set:" + p for p in reliant_guard.GLOBAL_REFERENCE_PROPERTIES)
+_GROUP_TAG_EVENTS = ("domain-tag-add:reliant-*", "domain-tag-delete:reliant-*")
+
+
+def _name(value):
+    """Name of a qube given as object, name or None ("" for None)."""
+    return "" if value is None else str(getattr(value, "name", value))
+
+
+def qube_facts(vm):
+    """What reliant_guard needs to know about a live qube."""
+    references = {}
+    for prop in reliant_guard.QUBE_REFERENCE_PROPERTIES:
+        target = _name(getattr(vm, prop, None))
+        if target:
+            references[prop] = target
+    data_pools = frozenset(
+        str(volume.pool) for name, volume in getattr(vm, "volumes", {}).items()
+        if reliant_guard.is_data_volume(name, bool(volume.snap_on_start), volume.source)
+    )
+    return reliant_guard.QubeFacts(
+        name=vm.name,
+        klass=type(vm).__name__,
+        tags=frozenset(vm.tags),
+        references=references,
+        data_pools=data_pools,
+        template_for_dispvms=bool(getattr(vm, "template_for_dispvms", False)),
+    )
+
+
+class ReliantIsolation(qubes.ext.Extension):
+    """Group tags and the reference guard (see the module docstring)."""
+
+    # --- decisions over the whole app -------------------------------------------------
+
+    @staticmethod
+    def _others(vm):
+        return [qube_facts(other) for other in vm.app.domains if other is not vm]
+
+    def expected_group(self, vm):
+        """The group tag `vm` must carry; GuardError when it cannot be decided."""
+        facts = qube_facts(vm)
+        others = self._others(vm)
+        known = reliant_guard.pool_groups(others)
+        paths = {name: getattr(pool, "dir_path", "") for name, pool in vm.app.pools.items()}
+        roots = reliant_policy.load_settings(_paths.SETTINGS).shard_roots
+        unknown = reliant_guard.unknown_shard_pools(facts.data_pools, known, paths, roots)
+        if unknown:
+            raise reliant_guard.GuardError(
+                "a new qube keeps data in a pool below a shard root that no qube of a shard "
+                "uses yet: its shard cannot be decided; create it with `reliant-shard`")
+        template_group = None
+        if facts.klass == "DispVM":
+            template_group = reliant_guard.group_of(qube_facts(vm.template))
+        return reliant_guard.expected_group(facts, known, template_group)
+
+    def set_group_tag(self, vm):
+        """Give `vm` exactly its group tag (no event fires when it already has it)."""
+        want = self.expected_group(vm)
+        for tag in sorted(vm.tags):
+            if tag != want and reliant_guard.is_group_tag(tag):
+                vm.tags.discard(tag)
+        vm.tags.add(want)
+
+    def reference_problem(self, holder, prop, target):
+        """Why `holder` (a qube, or None for the app) may not name `target`; None if it may."""
+        if target is None:
+            return None
+        apps_qubes = list((holder.app if holder is not None else target.app).domains)
+        facts = [qube_facts(qube) for qube in apps_qubes]
+        deps = reliant_guard.dependencies_from_references(facts)
+        holder_group = (reliant_guard.CORE_TAG if holder is None
+                        else reliant_guard.group_of(qube_facts(holder)))
+        return reliant_guard.reference_problem(
+            None if holder is None else holder.name, holder_group, prop, target.name,
+            reliant_guard.group_of(qube_facts(target)), deps)
+
+    def _refuse(self, holder, prop, value, problem):
+        raise qubes.exc.QubesPropertyValueError(
+            holder, holder.property_get_def(prop), value, "reliant isolation: " + problem)
+
+    # --- events -----------------------------------------------------------------------
+
+    @qubes.ext.handler("domain-load")
+    def on_domain_load(self, vm, event, **kwargs):
+        """At qubesd start: a qube that suture left without a group tag gets one.
+
+        Never raises (that would stop qubesd); an undecidable qube stays untagged and
+        ``reliant-shard check`` reports it."""
+        try:
+            if reliant_guard.group_of(qube_facts(vm)) is None:
+                self.set_group_tag(vm)
+        except reliant_guard.GuardError:
+            log.error("reliant isolation: a qube's group cannot be decided at load; "
+                      "run `reliant-shard check`")
+
+    @qubes.ext.handler("domain-add", system=True)
+    def on_domain_add(self, app, event, vm, **kwargs):
+        """A new qube: tag it now (a disposable takes its template's group). Its volumes
+        may still be in the default pools; domain-create-on-disk decides again."""
+        try:
+            self.set_group_tag(vm)
+        except reliant_guard.GuardError:
+            log.error("reliant isolation: a new qube's group is not known yet")
+
+    @qubes.ext.handler("domain-create-on-disk", "domain-clone-files")
+    def on_volumes_created(self, vm, event, **kwargs):
+        """The volumes now sit in their final pools: tag, and check every reference the
+        qube was created with (set before events were enabled). Raising here makes the
+        Admin API remove the new qube."""
+        try:
+            self.set_group_tag(vm)
+        except reliant_guard.GuardError as exc:
+            raise qubes.exc.QubesException("reliant isolation: " + str(exc)) from None
+        for prop in reliant_guard.QUBE_REFERENCE_PROPERTIES:
+            target = getattr(vm, prop, None)
+            problem = self.reference_problem(vm, prop, target)
+            if problem:
+                raise qubes.exc.QubesException("reliant isolation: " + problem)
+
+    @qubes.ext.handler("property-set:template", *_GROUP_TAG_EVENTS)
+    def on_group_may_change(self, vm, event, **kwargs):
+        """A new template (a disposable's group follows it), or someone changed a group
+        tag by hand: put the right tag back."""
+        try:
+            self.set_group_tag(vm)
+        except reliant_guard.GuardError:
+            log.error("reliant isolation: a qube's group cannot be decided after %s",
+                      event.split(":")[0])
+
+    @qubes.ext.handler(*_REFERENCE_EVENTS)
+    def on_reference_pre_set(self, vm, event, name, newvalue, oldvalue=None):
+        """Refuse a qube property naming a qube of a group it may not reference."""
+        problem = self.reference_problem(vm, name, newvalue)
+        if problem:
+            self._refuse(vm, name, newvalue, problem)
+
+    @qubes.ext.handler(*_GLOBAL_EVENTS, system=True)
+    def on_global_reference_pre_set(self, app, event, name, newvalue, oldvalue=None):
+        """Refuse a global property naming a shard qube."""
+        problem = self.reference_problem(None, name, newvalue)
+        if problem:
+            self._refuse(app, name, newvalue, problem)

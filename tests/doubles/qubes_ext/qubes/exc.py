@@ -1,0 +1,18 @@
+"""Double of qubes/exc.py: the exceptions an extension raises."""
+
+
+class QubesException(Exception):
+    pass
+
+
+class QubesValueError(QubesException, ValueError):
+    pass
+
+
+class QubesPropertyValueError(QubesValueError):
+    def __init__(self, holder, prop, value, msg=None):
+        super().__init__(msg or f"Invalid value {value!r} for property {prop.__name__!r} "
+                                f"of {holder!r}")
+        self.holder = holder
+        self.prop = prop
+        self.value = value
