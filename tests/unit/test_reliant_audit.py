@@ -1,0 +1,281 @@
+"""reliant_audit: a planted leak in each location is found; a core-only dom0 is clean.
+
+Shards are real reliant_shards.Shard objects built from the merged fixture (the
+qubes whose data lives in pools sflc_0_1 / sflc_0_2), written into shard
+directories under a temporary /run/shufflecake.
+"""
+
+from __future__ import annotations
+
+import os
+from copy import deepcopy
+from pathlib import Path
+
+import pytest
+import reliant_audit as ra
+import reliant_shards
+import reliant_store
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CORE = "/var/lib/qubes/qubes.xml"
+
+
+def make_shards(run: Path, own_roots: bool = False) -> list[reliant_shards.Shard]:
+    """Shards sflc_0_1 and sflc_0_2 of the merged fixture; `own_roots`: their qubes'
+    root volumes moved from the core pool into the shard's pool (a clean setup)."""
+    merged = reliant_store.load(str(FIXTURES / "qubes-r4.3-merged.xml"))
+    shards = []
+    for index, pool_name in enumerate(("sflc_0_1", "sflc_0_2")):
+        pools = [deepcopy(p) for p in merged.find("pools") if p.get("name") == pool_name]
+        domains = [deepcopy(d) for d in merged.find("domains")
+                   if reliant_shards.data_pools(d) == {pool_name}]
+        if own_roots:
+            for domain in domains:
+                for volume in domain.find("volume-config"):
+                    if volume.get("name") == "root":
+                        volume.set("pool", pool_name)
+        path = run / pool_name
+        path.mkdir(parents=True)
+        shard = reliant_shards.Shard(path=str(path), id=pool_name,
+                                     qid_range=(1000 + 500 * index, 1499 + 500 * index),
+                                     depends_on=())
+        shard.data = reliant_shards.shard_bytes(shard, pools, domains)
+        (path / reliant_shards.SHARD_FILE).write_bytes(shard.data)
+        shards.append(shard)
+    return shards
+
+
+def write(root: Path, path: str, data: str | bytes) -> None:
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        target.write_text(data)
+    else:
+        target.write_bytes(data)
+
+
+def core_only_dom0(root: Path) -> None:
+    """What a dom0 with only the core qubes of the fixture keeps on disk."""
+    write(root, CORE, (FIXTURES / "qubes-r4.3-core.xml").read_text())
+    for name in ("work", "personal", "vault", "untrusted", "sys-net", "sys-firewall"):
+        write(root, f"/var/lib/qubes/appvms/{name}/firewall.xml",
+              f'<firewall version="2"><rules/></firewall><!-- {name} -->\n')
+        write(root, f"/var/lib/qubes/appvms/{name}/private.img", "private image bytes\n")
+        write(root, f"/var/log/qubes/guid.{name}.log", f"guid for {name} started\n")
+        escaped = name.replace("-", "_d")
+        write(root, f"/home/user/.local/share/applications/org.qubes-os.vm._{escaped}."
+                    "org.mozilla.firefox.desktop", f"[Desktop Entry]\nExec=qvm-run {name} ff\n")
+    write(root, "/var/lib/qubes/vm-templates/fedora-42-xfce/libvirt.xml", "<domain/>\n")
+    write(root, "/etc/qubes/policy.d/30-user.policy",
+          "qubes.Filecopy * work personal ask\nqubes.Gpg * work vault allow\n")
+    write(root, "/etc/lvm/archive/qubes_dom0_00001-1.vg",
+          'vm-work-private {\n  id = "x"\n}\nvm-sys--firewall\n')
+    write(root, "/etc/lvm/backup/qubes_dom0", "qubes_dom0 {\n  vm-pool {}\n}\n")
+    write(root, "/srv/pillar/top.sls", "base:\n  dom0:\n    - reliant\n")
+    write(root, "/var/cache/salt/minion/accumulator/x", "sys-usb secrets client_secret\n")
+    write(root, "/var/log/journal/0123/system.journal",
+          b"LPKSHHRH\x00\x01" + b"\x00" * 64 + b"_HOSTNAME=dom0\x00QUBES_VM=work\x00" * 8)
+    write(root, "/root/.bash_history", "qvm-start work\n")
+
+
+# one planted leak per location: (path, data, what the finding must say)
+LEAKS = [
+    (CORE, None, "content names qube name 'secret-vpn' of shard sflc_0_1"),
+    ("/var/lib/qubes/appvms/secret", "dir", "name contains qube name 'secret' of shard sflc_0_1"),
+    ("/var/lib/qubes/vm-templates/fedora-42-xfce/libvirt.xml",
+     "<disk><source dir='/run/shufflecake/sflc_0_2/pool'/></disk>",
+     "content names path '/run/shufflecake/sflc_0_2/pool' of shard sflc_0_2"),
+    ("/srv/pillar/notes.sls", "notes:\n  qube: deep-notes\n",
+     "content names qube name 'deep-notes' of shard sflc_0_2"),
+    ("/var/cache/salt/minion/files/base/x.json", '{"uuid": "274890A6-1AB1-445F-9CFE-A36E5E75C30F"}',
+     "content names qube uuid '274890a6-1ab1-445f-9cfe-a36e5e75c30f' of shard sflc_0_1"),
+    ("/var/log/libvirt/libxl/deep-mail.log", "started\n",
+     "name contains qube name 'deep-mail' of shard sflc_0_2"),
+    ("/var/log/journal/0123/user-1000.journal",
+     b"LPKSHHRH\x00\x02" + b"\xff" * 100 + b"QUBES_VM=secret-dvm\x00" + b"\x00" * 100,
+     "content names qube name 'secret-dvm' of shard sflc_0_1"),
+    ("/etc/qubes/policy.d/30-user.policy",
+     "qubes.Filecopy * work personal ask\nqubes.Gpg * secret vault allow\n",
+     "content names qube name 'secret' of shard sflc_0_1"),
+    ("/home/user/.local/share/applications/org.qubes-os.vm._secret_ddvm.firefox.desktop",
+     "[Desktop Entry]\n", "name contains qube name 'secret-dvm' of shard sflc_0_1 "
+                          "(as 'secret_ddvm')"),
+    ("/home/user/.config/menus/applications-merged/user-qubes-vm-directory-_deep_dmail.menu",
+     "<Menu/>\n", "name contains qube name 'deep-mail' of shard sflc_0_2 (as 'deep_dmail')"),
+    ("/etc/lvm/archive/qubes_dom0_00002-2.vg", 'vm-secret--vpn--private\n',
+     "content names qube name 'secret-vpn' of shard sflc_0_1 (as 'secret--vpn')"),
+    ("/etc/lvm/backup/qubes_dom0", 'tags = ["reliant-shard-sflc_0_2"]\n',
+     "content names tag 'reliant-shard-sflc_0_2' of shard sflc_0_2"),
+]
+
+
+@pytest.fixture
+def dom0(tmp_path: Path):
+    root = tmp_path / "root"
+    core_only_dom0(root)
+    return root
+
+
+def plant(root: Path, path: str, data) -> None:
+    if data is None:  # the core store: a global property naming a shard qube
+        text = (root / CORE.lstrip("/")).read_text()
+        write(root, path, text.replace('"default_netvm">sys-firewall<', '"default_netvm">secret-vpn<'))
+    elif data == "dir":
+        (root / path.lstrip("/")).mkdir(parents=True)
+        write(root, path + "/firewall.xml", '<firewall version="2"/>\n')
+    else:
+        write(root, path, data)
+
+
+def test_core_only_dom0_has_no_finding(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    assert ra.audit(shards, CORE, str(dom0)) == []
+
+
+def test_no_open_shard_means_nothing_to_look_for(dom0):
+    assert ra.audit([], CORE, str(dom0)) == []
+
+
+@pytest.mark.parametrize(("path", "data", "reason"), LEAKS, ids=[leak[0] for leak in LEAKS])
+def test_each_planted_leak_is_found_and_nothing_else(dom0, tmp_path, path, data, reason):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    plant(dom0, path, data)
+    findings = ra.audit(shards, CORE, str(dom0))
+    assert [(f.path, f.reason, f.storage) for f in findings] == [(path, reason, ra.DISK)]
+
+
+def test_all_planted_leaks_at_once(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    for path, data, _ in LEAKS:
+        plant(dom0, path, data)
+    found = {(f.path, f.reason) for f in ra.audit(shards, CORE, str(dom0))}
+    assert found == {(path, reason) for path, data, reason in LEAKS}
+
+
+def test_shard_volumes_writing_into_a_core_pool(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake")  # roots as in the fixture: vm-pool
+    findings = ra.audit(shards, CORE, str(dom0))
+    assert {f.path for f in findings} == {"lvm:qubes_dom0/vm-pool"}
+    assert sorted(f.reason for f in findings) == [
+        f"qube {name!r} of shard {shard}: volume 'root' (a snapshot of its template's volume) "
+        "writes into core pool 'vm-pool'"
+        for name, shard in (("deep-mail", "sflc_0_2"), ("secret", "sflc_0_1"),
+                            ("secret-dvm", "sflc_0_1"), ("secret-vpn", "sflc_0_1"))]
+
+
+def test_a_leak_across_a_chunk_boundary_is_found(dom0, tmp_path, monkeypatch):
+    monkeypatch.setattr(ra, "CHUNK", 64)
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    write(dom0, "/var/log/messages", "x" * 60 + " deep-notes started\n")
+    findings = ra.audit(shards, CORE, str(dom0))
+    assert [f.reason for f in findings] == [
+        "content names qube name 'deep-notes' of shard sflc_0_2"]
+
+
+def test_words_that_only_contain_a_name_are_not_findings(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    write(dom0, "/var/log/app.log",
+          "secrets, client2secret, client_secret, secret_key, secretive, undeep-notesx\n")
+    assert ra.audit(shards, CORE, str(dom0)) == []
+
+
+def test_symlinks_are_not_followed_but_their_targets_are_read(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "deep-mail.txt").write_text("deep-mail")
+    os.symlink(outside, dom0 / "var/log/link-out")
+    os.symlink("/run/shufflecake/sflc_0_1/pool/appvms/secret", dom0 / "var/log/link-a")
+    findings = ra.audit(shards, CORE, str(dom0))
+    assert [(f.path, f.reason) for f in findings] == [
+        ("/var/log/link-a", "symlink target names path '/run/shufflecake/sflc_0_1/pool' of "
+                            "shard sflc_0_1"),
+        ("/var/log/link-a", "symlink target names qube name 'secret' of shard sflc_0_1")]
+
+
+def test_bounds_that_are_hit_are_findings(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    write(dom0, "/var/log/big.log", "y" * 5000)
+    findings = ra.audit(shards, CORE, str(dom0), limits=ra.Limits(max_file_bytes=4096))
+    too_big = "not fully read: larger than 4096 bytes (reliant:audit:max_file_bytes)"
+    assert [(f.path, f.reason) for f in findings] == [
+        (CORE, too_big), ("/var/log/big.log", too_big)]
+    findings = ra.audit(shards, CORE, str(dom0), limits=ra.Limits(max_files=5))
+    assert len(findings) == 1 and findings[0].reason.startswith("not fully scanned: more than 5")
+    findings = ra.audit(shards, CORE, str(dom0), paths=["/home"], limits=ra.Limits(max_depth=2))
+    assert {f.reason for f in findings} == {
+        "not fully scanned: deeper than 2 levels (reliant:audit:max_depth)"}
+
+
+def test_image_contents_are_skipped_but_their_names_checked(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    write(dom0, "/var/lib/qubes/appvms/work/private.img", "deep-mail was here\n")
+    write(dom0, "/var/lib/qubes/appvms/work/deep-mail-copy.img", "\n")
+    findings = ra.audit(shards, CORE, str(dom0))
+    assert [(f.path, f.reason) for f in findings] == [(
+        "/var/lib/qubes/appvms/work/deep-mail-copy.img",
+        "name contains qube name 'deep-mail' of shard sflc_0_2")]
+
+
+def test_the_shards_own_directories_are_not_findings(dom0, tmp_path):
+    run = dom0 / "run/shufflecake"
+    shards = make_shards(run, own_roots=True)
+    assert ra.audit(shards, CORE, str(dom0), paths=[*ra.DEFAULT_PATHS, "/run"]) == []
+
+
+def test_unreadable_core_store_is_an_error(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    (dom0 / CORE.lstrip("/")).write_text("<qubes><!DOCTYPE x></qubes>")
+    with pytest.raises(ra.AuditError, match=r"qubes\.xml"):
+        ra.audit(shards, CORE, str(dom0))
+
+
+# --- volatile mode: disk or RAM ---------------------------------------------------------
+
+def test_split_by_storage_tells_disk_from_ram(tmp_path):
+    live, disk = tmp_path / "live", tmp_path / "disk"
+    core_only_dom0(live)
+    core_only_dom0(disk)
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    # on disk and in the running dom0 (came from the lower layer)
+    plant(live, "/etc/lvm/backup/qubes_dom0", 'tags = ["reliant-shard-sflc_0_2"]\n')
+    plant(disk, "/etc/lvm/backup/qubes_dom0", 'tags = ["reliant-shard-sflc_0_2"]\n')
+    # created since boot: RAM only
+    plant(live, "/var/lib/qubes/appvms/secret", "dir")
+    # deleted since boot: gone from the running view, still on disk
+    plant(disk, "/var/log/libvirt/libxl/deep-mail.log", "started\n")
+    findings = ra.split_by_storage(ra.audit(shards, CORE, str(live)),
+                                   ra.audit(shards, CORE, str(disk)))
+    assert {(f.path, f.storage) for f in findings} == {
+        ("/etc/lvm/backup/qubes_dom0", ra.DISK),
+        ("/var/lib/qubes/appvms/secret", ra.RAM),
+        ("/var/log/libvirt/libxl/deep-mail.log", ra.DISK),
+    }
+    deleted = next(f for f in findings if f.path.endswith("deep-mail.log"))
+    assert deleted.reason.endswith("(deleted in the running dom0, still on disk)")
+    assert ra.summary(findings) == {"disk": {"/etc/lvm/backup": 1, "/var/log": 1},
+                                    "ram": {"/var/lib/qubes": 1}}
+
+
+def test_audit_running_mounts_the_disk_read_only_and_unmounts(tmp_path, monkeypatch):
+    disk_view = tmp_path / "disk-view"
+    device = tmp_path / "dm-0"
+    device.write_text("")
+    link = tmp_path / "volatile-root"
+    link.symlink_to(device)
+    calls = []
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    monkeypatch.setattr(ra, "audit", lambda s, core, root, paths, limits: [])
+    found = ra.audit_running(shards, CORE, True, str(disk_view), run=calls.append,
+                             volatile_root_link=str(link))
+    assert found == []
+    assert calls == [["mount", "-o", "ro,nosuid,nodev,noexec", str(device), str(disk_view)],
+                     ["umount", str(disk_view)]]
+
+
+def test_audit_running_without_the_device_link_refuses(tmp_path, monkeypatch):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    monkeypatch.setattr(ra, "audit", lambda s, core, root, paths, limits: [])
+    with pytest.raises(ra.AuditError, match="cannot tell disk from RAM"):
+        ra.audit_running(shards, CORE, True, str(tmp_path / "v"), run=lambda argv: None,
+                         volatile_root_link=str(tmp_path / "missing"))
