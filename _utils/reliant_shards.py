@@ -668,6 +668,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         state["shards"][shard.id] = {"path": shard.path, "pools": shard.pools,
                                      "merged": merged_uuids}
     state["problems"] = [asdict(p) for p in problems]
+    state["refused"] = sorted({p.shard for p in problems if p.kind == "refused" and p.shard})
     return SuturePlan(core_root, state, problems, sutured, dirs)
 
 
@@ -883,7 +884,8 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
         if sutured:
             problems.append(Problem("warning", "state", "no runtime state from suture: qubes "
                                     "absent from the merged store are kept in their shards"))
-    writable = _writable(visible, sutured, set((state or {}).get("detached", ())), problems)
+    untouchable = set((state or {}).get("detached", ())) | set((state or {}).get("refused", ()))
+    writable = _writable(visible, sutured, untouchable, problems)
     pool_owner = _pool_owners(sections["pools"], core_pools, writable, sutured, visible, roots)
     for name, group in pool_owner.items():
         if group is None:
@@ -920,8 +922,13 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
     merged_qids = {qube_qid(d) for d in sections["domains"]}
     pools_of = {sid: [p for p in sections["pools"] if pool_owner.get(p.get("name")) == sid]
                 for sid in groups}
+    for sid in set(writable) - set(sutured):  # not merged: its own pools stay as they are
+        merged_names = {p.get("name") for p in pools_of[sid]}
+        pools_of[sid] = [p for p in writable[sid].pool_elements
+                         if p.get("name") not in merged_names] + pools_of[sid]
     new_state: dict[str, Any] = {"version": 1, "shards": {},
-                                 "detached": (state or {}).get("detached", [])}
+                                 "detached": (state or {}).get("detached", []),
+                                 "refused": (state or {}).get("refused", [])}
     gaining, losing = [], []
     dirs: dict[str, list[tuple[str, str]]] = {}
     keep_dirs: dict[str, set[tuple[str, str]]] = {}

@@ -1,0 +1,329 @@
+"""Rules of suture and dissect: bad input is reported and loses nothing; references,
+QIDs, pools, tags and dom0 directories go where they belong."""
+
+import os
+
+import pytest
+import reliant_shards
+import reliant_store
+from lxml import etree
+from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
+
+
+def edit_shard(scene, sid, change):
+    """Apply `change(root)` to a shard file on disk."""
+    path = scene.shard_dir(sid) / "domains.xml"
+    root = load(path)
+    change(root)
+    path.write_bytes(reliant_store.serialize(root))
+    return path
+
+
+def domain_of(root, name):
+    return domains_by_name(root)[name]
+
+
+def set_prop(domain, name, value):
+    props = domain.find("properties")
+    for prop in props:
+        if prop.get("name") == name:
+            prop.text = value
+            return
+    etree.SubElement(props, "property", name=name).text = value
+
+
+def feature(domain, name):
+    return reliant_shards._feature(domain, name)
+
+
+def kinds(result):
+    return sorted(p.kind for p in result.problems if p.severity != "info")
+
+
+def all_uuids(scene):
+    """uuid of every qube that can be recovered from the files on disk."""
+    found = {reliant_shards.qube_uuid(d) for d in load(scene.core).iterfind("domains/domain")}
+    for sid in SHARD_QUBES:
+        path = scene.shard_dir(sid) / "domains.xml"
+        if path.exists():
+            found |= {reliant_shards.qube_uuid(d) for d in load(path).iterfind(".//domain")}
+    return found
+
+
+# --- bad input: reported with the culprit named, nothing lost -----------------------------
+
+BAD_SHARDS = {
+    "malformed XML": (lambda p: p.write_bytes(p.read_bytes()[:-30]), "malformed XML"),
+    "entity expansion": (lambda p: p.write_bytes(
+        b'<!DOCTYPE r [<!ENTITY a "aaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>\n'
+        + p.read_bytes()), "DTD or entity"),
+    "labels in a shard": (lambda p: p.write_bytes(p.read_bytes().replace(
+        b"<pools>", b"<labels><label id=\"label-1\" color=\"0x000000\">red</label></labels>"
+        b"<pools>")), "may not hold <labels>"),
+    "shadows a core pool": (lambda p: p.write_bytes(p.read_bytes().replace(
+        b'name="sflc_0_2" dir_path', b'name="vm-pool" dir_path')), "redefines a pool of core"),
+    "pool outside the shard": (lambda p: p.write_bytes(p.read_bytes().replace(
+        b'dir_path="' + str(p.parent / "pool").encode(), b'dir_path="/var/lib/qubes')),
+        "outside the shard directory"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SHARDS))
+def test_a_bad_shard_is_refused_and_left_intact(tmp_path, case):
+    scene = split_scene(tmp_path)
+    spoil, words = BAD_SHARDS[case]
+    path = scene.shard_dir("sflc_0_2") / "domains.xml"
+    spoil(path)
+    bad = path.read_bytes()
+    result = scene.suture()
+    refused = [p for p in result.problems if p.kind == "refused"]
+    assert len(refused) == 1 and words in refused[0].message, result.problems
+    assert str(scene.shard_dir("sflc_0_2")) in refused[0].message
+    merged = domains_by_name(load(scene.merged))
+    assert SHARD_QUBES["sflc_0_1"] <= merged.keys()
+    assert not SHARD_QUBES["sflc_0_2"] & merged.keys()
+    scene.dissect(final=True)
+    assert path.read_bytes() == bad
+
+
+QUBE_CASES = {
+    "redefines a core qube": (lambda d: set_prop(d, "name", "work"), "conflict",
+                              "a qube named 'work' exists in core"),
+    "same uuid as a core qube": (lambda d: set_prop(
+        d, "uuid", "f4eed94b-26f6-4a23-a73c-a0b1d2099589"), "conflict", "uuid"),
+    "class AdminVM": (lambda d: d.set("class", "AdminVM"), "invalid", "class 'AdminVM'"),
+    "qid 0": (lambda d: set_prop(d, "qid", "0"), "invalid", "qid '0'"),
+    "unknown label": (lambda d: set_prop(d, "label", "pink"), "invalid", "label 'pink'"),
+    "unknown pool": (lambda d: d.find("volume-config/volume").set("pool", "elsewhere"),
+                     "invalid", "elsewhere"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(QUBE_CASES))
+def test_a_bad_qube_stays_intact_in_its_shard(tmp_path, case):
+    scene = split_scene(tmp_path)
+    change, kind, words = QUBE_CASES[case]
+    path = edit_shard(scene, "sflc_0_2", lambda r: change(domain_of(r, "deep-notes")))
+    before = {etree.tostring(d) for d in load(path).iterfind(".//domain")}
+    result = scene.suture()
+    assert kinds(result) == [kind], result.problems
+    assert words in result.problems[0].message and "sflc_0_2" in result.problems[0].message
+    assert "deep-notes" not in domains_by_name(load(scene.merged))
+    scene.dissect(final=True)
+    assert {etree.tostring(d) for d in load(path).iterfind(".//domain")} == before
+
+
+def test_duplicate_qids_are_renumbered_inside_the_range(tmp_path):
+    scene = split_scene(tmp_path, ranges=((1000, 1499), (1500, 1999)))
+    edit_shard(scene, "sflc_0_1", lambda r: [set_prop(d, "qid", "1000")
+                                             for d in r.iterfind(".//domain")])
+    result = scene.suture()
+    assert kinds(result) == []
+    qids = [reliant_shards.qube_qid(d) for d in load(scene.merged).iterfind("domains/domain")]
+    assert len(qids) == len(set(qids))
+    assert all(1000 <= q <= 1002 for q, d in zip(qids, load(scene.merged).iterfind(
+        "domains/domain")) if reliant_shards.qube_name(d) in SHARD_QUBES["sflc_0_1"])
+
+
+def test_a_core_qube_naming_a_shard_qube_keeps_that_qube_out(tmp_path):
+    scene = split_scene(tmp_path)
+    core = load(scene.core)
+    set_prop(domain_of(core, "work"), "netvm", "secret-vpn")
+    scene.core.write_bytes(reliant_store.serialize(core))
+    result = scene.suture()
+    assert kinds(result) == ["conflict", "recovered", "recovered", "recovered"]
+    assert "core references a qube named 'secret-vpn'" in result.problems[0].message
+    assert "secret-vpn" not in domains_by_name(load(scene.merged))
+    scene.dissect(final=True)
+    assert "secret-vpn" in domains_by_name(load(scene.shard_dir("sflc_0_1") / "domains.xml"))
+
+
+def test_symlink_out_of_a_root_is_reported_and_not_followed(tmp_path):
+    scene = split_scene(tmp_path)
+    outside = tmp_path / "elsewhere" / "evil"
+    outside.mkdir(parents=True)
+    reliant_shards.init_shard(str(outside), qid_range=(3000, 3100))
+    os.symlink(outside, scene.root / "link")
+    problems = []
+    shards = reliant_shards.discover(scene.roots, problems=problems)
+    assert {s.id for s in shards} == {"sflc_0_1", "sflc_0_2"}
+    assert len(problems) == 1 and "link: symlink points outside" in problems[0].message
+    with pytest.raises(reliant_shards.ShardError, match="symlink points outside"):
+        reliant_shards.discover(scene.roots)
+
+
+def test_overlapping_ranges_refuse_the_later_shard(tmp_path):
+    scene = split_scene(tmp_path)
+    other = scene.root / "third"
+    reliant_shards.init_shard(str(other), qid_range=(2000, 2100))
+    edit_shard(scene, "third", lambda r: r.find("qid-range").set("first", "16"))
+    result = scene.suture()
+    assert [p.kind for p in result.problems] == ["refused"]
+    assert "overlaps 15-17 of shard sflc_0_1" in result.problems[0].message
+
+
+# --- missing references -----------------------------------------------------------------
+
+
+def test_missing_template_is_recovered_with_prohibit_start(tmp_path):
+    scene = split_scene(tmp_path)
+    edit_shard(scene, "sflc_0_1", lambda r: set_prop(domain_of(r, "secret"), "template",
+                                                     "gone-template"))
+    result = scene.suture()
+    assert kinds(result) == ["recovered"]
+    secret = domain_of(load(scene.merged), "secret")
+    assert reliant_shards._prop(secret, "template") is None
+    assert feature(secret, "reliant-recovered-template") == "gone-template"
+    assert feature(secret, "prohibit-start").startswith("reliant: template 'gone-template'")
+    scene.dissect(final=True)
+    status = reliant_shards.status(str(scene.core), str(scene.merged), scene.roots)
+    assert [r["qube"] for r in status["recovered"]] == ["secret"]
+    reliant_shards.review_qube(scene.roots, "secret")
+    secret = domain_of(load(scene.shard_dir("sflc_0_1") / "domains.xml"), "secret")
+    assert feature(secret, "prohibit-start") is None
+    assert feature(secret, "reliant-recovered-template") is None
+    with pytest.raises(reliant_shards.ShardError, match="nothing to review"):
+        reliant_shards.review_qube(scene.roots, "secret")
+
+
+def test_skip_mode_leaves_the_qube_and_its_dependents_out(tmp_path):
+    scene = split_scene(tmp_path)
+    edit_shard(scene, "sflc_0_1", lambda r: set_prop(domain_of(r, "secret-vpn"), "netvm",
+                                                     "gone-net"))
+    result = scene.suture(missing_reference="skip")
+    skipped = sorted(p.qube for p in result.problems if p.kind == "skipped")
+    # secret, secret-dvm and deep-mail use secret-vpn as netvm
+    assert skipped == ["deep-mail", "secret", "secret-dvm", "secret-vpn"]
+    before = all_uuids(scene)
+    scene.dissect(final=True)
+    assert all_uuids(scene) == before
+
+
+# --- qubes created or changed while shards are open -----------------------------------
+
+
+def new_domain(name, qid, pool, uuid):
+    domain = etree.fromstring(
+        f'<domain id="domain-{qid}" class="AppVM"><properties>'
+        f'<property name="label">red</property><property name="name">{name}</property>'
+        f'<property name="qid">{qid}</property><property name="uuid">{uuid}</property>'
+        '<property name="template">debian-13-xfce</property></properties><features/><tags/>'
+        f'<volume-config><volume name="private" pool="{pool}" vid="appvms/{name}/private" '
+        'rw="True" save_on_stop="True" snap_on_start="False" size="2147483648"/>'
+        '</volume-config></domain>')
+    return domain
+
+
+def test_a_qube_created_while_open_joins_the_shard_of_its_pools(tmp_path):
+    scene = split_scene(tmp_path, ranges=((1000, 1499), (1500, 1999)))
+    scene.suture()
+    merged = load(scene.merged)
+    merged.find("domains").append(new_domain("fresh", 15, "sflc_0_1", "0000-fresh"))
+    merged.find("domains").append(new_domain("plain", 16, "vm-pool", "0000-plain"))
+    scene.merged.write_bytes(reliant_store.serialize(merged))
+    scene.dissect()
+    shard1 = domains_by_name(load(scene.shard_dir("sflc_0_1") / "domains.xml"))
+    core = domains_by_name(load(scene.core))
+    assert "fresh" in shard1 and "fresh" not in core
+    assert reliant_shards.qube_qid(shard1["fresh"]) == 1003
+    assert reliant_shards.qube_qid(core["plain"]) == 16
+    assert b"fresh" not in scene.core.read_bytes()
+    # qubesd keeps qid 15 until the next suture; later dissects keep the same shard qid
+    scene.dissect()
+    assert reliant_shards.qube_qid(domain_of(load(scene.shard_dir("sflc_0_1") /
+                                                 "domains.xml"), "fresh")) == 1003
+    # removed in qubesd: removed from the shard
+    merged = load(scene.merged)
+    merged.find("domains").remove(domain_of(merged, "fresh"))
+    scene.merged.write_bytes(reliant_store.serialize(merged))
+    scene.dissect()
+    assert "fresh" not in domains_by_name(load(scene.shard_dir("sflc_0_1") / "domains.xml"))
+
+
+def test_core_never_gets_a_reference_to_a_shard_qube(tmp_path):
+    scene = split_scene(tmp_path)
+    scene.suture()
+    merged = load(scene.merged)
+    set_prop(domain_of(merged, "work"), "netvm", "secret-vpn")
+    for prop in merged.find("properties"):
+        if prop.get("name") == "default_netvm":
+            prop.text = "secret-vpn"
+    scene.merged.write_bytes(reliant_store.serialize(merged))
+    result = scene.dissect()
+    assert kinds(result) == ["violation", "violation"]
+    assert b"secret" not in scene.core.read_bytes()
+    assert reliant_shards._prop(load(scene.core), "default_netvm") == "sys-firewall"
+
+
+def test_a_vanished_shard_is_never_written_into_core(tmp_path):
+    scene = split_scene(tmp_path)
+    scene.suture()
+    (scene.shard_dir("sflc_0_2") / "domains.xml").rename(tmp_path / "hidden.xml")
+    result = scene.dissect(final=True)
+    assert {p.kind for p in result.errors} == {"unplaceable"}
+    assert {p.qube for p in result.errors} == {None, "deep-mail", "deep-notes"}
+    assert "shard sflc_0_2" in result.errors[0].message
+    core = scene.core.read_bytes()
+    assert b"deep-" not in core and b"sflc_0_2" not in core
+
+
+def test_detached_shard_is_neither_merged_nor_written(tmp_path):
+    scene = split_scene(tmp_path)
+    path = scene.shard_dir("sflc_0_2") / "domains.xml"
+    os.utime(path, (1, 1))
+    result = scene.suture(detached={"sflc_0_2"})
+    assert [p.kind for p in result.problems] == ["detached"]
+    assert not SHARD_QUBES["sflc_0_2"] & domains_by_name(load(scene.merged)).keys()
+    scene.dissect(final=True)
+    assert path.stat().st_mtime == 1
+
+
+# --- dom0 directories -------------------------------------------------------------------
+
+
+def test_dom0_directories_travel_with_their_shard(tmp_path):
+    scene = split_scene(tmp_path)
+    scene.suture()
+    firewall = scene.qubes_dir / "appvms" / "secret" / "firewall.xml"
+    firewall.parent.mkdir(parents=True)
+    firewall.write_text("<firewall/>")
+    (scene.qubes_dir / "appvms" / "work").mkdir()
+    scene.dissect()  # qubesd running: saved, still in place
+    saved = scene.shard_dir("sflc_0_1") / "dom0" / "appvms" / "secret" / "firewall.xml"
+    assert saved.read_text() == "<firewall/>" and firewall.exists()
+    scene.dissect(final=True)  # qubesd stopped: gone from dom0
+    assert not (scene.qubes_dir / "appvms" / "secret").exists()
+    assert (scene.qubes_dir / "appvms" / "work").exists()
+    assert sorted(os.listdir(scene.qubes_dir / "appvms")) == ["work"]
+    scene.suture()
+    assert firewall.read_text() == "<firewall/>"
+
+
+def test_a_symlink_in_a_saved_dom0_directory_is_not_restored(tmp_path):
+    scene = split_scene(tmp_path)
+    saved = scene.shard_dir("sflc_0_1") / "dom0" / "appvms" / "secret"
+    saved.mkdir(parents=True)
+    os.symlink("/etc/shadow", saved / "firewall.xml")
+    result = scene.suture()
+    assert [p.kind for p in result.problems if p.kind == "invalid"] == ["invalid"]
+    assert not os.path.lexists(scene.qubes_dir / "appvms" / "secret" / "firewall.xml")
+
+
+def test_rename_resolves_a_name_conflict(tmp_path):
+    scene = split_scene(tmp_path)
+    edit_shard(scene, "sflc_0_1", lambda r: set_prop(domain_of(r, "secret-vpn"), "name",
+                                                     "work"))
+    edit_shard(scene, "sflc_0_1", lambda r: [set_prop(domain_of(r, n), "netvm", "work")
+                                             for n in ("secret", "secret-dvm")])
+    edit_shard(scene, "sflc_0_2", lambda r: set_prop(domain_of(r, "deep-mail"), "netvm",
+                                                     "work"))
+    result = scene.suture()
+    assert "conflict" in kinds(result)
+    with pytest.raises(reliant_shards.ShardError, match="already exists"):
+        reliant_shards.rename_qube(scene.roots, "work", "personal", core=str(scene.core))
+    reliant_shards.rename_qube(scene.roots, "work", "hidden-vpn", core=str(scene.core))
+    result = scene.suture()
+    assert kinds(result) == [], result.problems
+    merged = domains_by_name(load(scene.merged))
+    assert reliant_shards._prop(merged["secret"], "netvm") == "hidden-vpn"
+    assert reliant_shards._prop(merged["deep-mail"], "netvm") == "hidden-vpn"
