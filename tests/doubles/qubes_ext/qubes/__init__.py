@@ -5,7 +5,7 @@ import collections
 import qubes.events
 
 
-class property:  # noqa: A001 - the real name
+class property:
     """A property that fires property-pre-set:NAME and property-set:NAME when set."""
 
     _NO_DEFAULT = object()
@@ -116,6 +116,6 @@ class Qubes(PropertyHolder):
         return self.domains.add(cls(self, **kwargs))
 
 
-import qubes.exc  # noqa: E402,F401 - the real package imports its submodules too
-import qubes.vm  # noqa: E402,F401
-import qubes.ext  # noqa: E402,F401
+import qubes.exc  # noqa: E402 - the real package imports its submodules too
+import qubes.ext  # noqa: E402
+import qubes.vm  # noqa: E402

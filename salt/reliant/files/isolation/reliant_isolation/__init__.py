@@ -20,8 +20,8 @@ from . import _paths
 if _paths.LIBDIR not in sys.path:
     sys.path.insert(0, _paths.LIBDIR)
 
-import reliant_guard  # noqa: E402
-import reliant_policy  # noqa: E402
+import reliant_guard
+import reliant_policy
 
 log = logging.getLogger("qubes.ext.reliant_isolation")
 
@@ -116,7 +116,7 @@ class ReliantIsolation(qubes.ext.Extension):
         Never raises (that would stop qubesd); an undecidable qube stays untagged and
         ``reliant-shard check`` reports it."""
         try:
-            if reliant_guard.group_of(qube_facts(vm)) is None:
+            if not any(reliant_guard.is_group_tag(tag) for tag in vm.tags):
                 self.set_group_tag(vm)
         except reliant_guard.GuardError:
             log.error("reliant isolation: a qube's group cannot be decided at load; "
