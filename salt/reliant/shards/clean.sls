@@ -1,5 +1,65 @@
+{#- reliant.shards.clean: undoes reliant.shards. qubesd is stopped under the drop-in
+    (its ExecStopPost dissects), the merged store is dissected once more and removed only
+    if that succeeds, then the units, the CLI, its library and config are removed and
+    qubesd, if it ran, is started again on the core store. Shards stay on their volumes. -#}
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
-# reliant.shards.clean: undoes reliant.shards.
-reliant-shards-clean:
-  test.nop:
-    - name: reliant-shards-clean
+{%- set shards = reliant.shards %}
+{%- set units = "/etc/systemd/system" %}
+{%- set dropin = units ~ "/qubesd.service.d/reliant-shards.conf" %}
+
+reliant-shards-clean-qubesd-stop:
+  cmd.run:
+    - name: systemctl stop qubesd.service
+    - onlyif:
+      - test -e {{ dropin }}
+      - systemctl is-active --quiet qubesd.service
+
+reliant-shards-clean-dissect:
+  cmd.run:
+    - name: {{ shards.cli }} dissect
+    - env:
+      - RELIANT_CONFIG: {{ shards.config }}
+    - onlyif:
+      - test -e {{ shards.merged }}
+      - test -x {{ shards.cli }}
+    - require:
+      - cmd: reliant-shards-clean-qubesd-stop
+
+reliant-shards-clean-merged:
+  file.absent:
+    - name: {{ shards.merged }}
+    - require:
+      - cmd: reliant-shards-clean-dissect
+
+{%- for unit in [dropin, units ~ "/qubesd.service.wants/reliant-shard-dissect.path",
+                 units ~ "/reliant-shard-dissect.path", units ~ "/reliant-shard-dissect.service"] %}
+
+reliant-shards-clean-unit-{{ loop.index }}:
+  file.absent:
+    - name: {{ unit }}
+    - require:
+      - cmd: reliant-shards-clean-dissect
+    - onchanges_in:
+      - cmd: reliant-shards-clean-daemon-reload
+{%- endfor %}
+
+reliant-shards-clean-daemon-reload:
+  cmd.run:
+    - name: systemctl daemon-reload
+
+reliant-shards-clean-qubesd-start:
+  cmd.run:
+    - name: systemctl start qubesd.service
+    - onchanges:
+      - cmd: reliant-shards-clean-qubesd-stop
+    - require:
+      - cmd: reliant-shards-clean-daemon-reload
+
+{%- for path in [shards.cli, shards.config, shards.libdir] %}
+
+reliant-shards-clean-file-{{ loop.index }}:
+  file.absent:
+    - name: {{ path }}
+    - require:
+      - cmd: reliant-shards-clean-dissect
+{%- endfor %}

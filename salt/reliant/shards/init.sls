@@ -1,5 +1,129 @@
+{#- reliant.shards: qubesd runs on a merged store (core + open shards) on tmpfs.
+    Installs the reliant-shard CLI and its library, its config, a qubesd.service drop-in
+    (QUBES_XML_PATH, suture before start, dissect after stop) and a path unit that
+    dissects every save; then converges the shards declared on the open volumes.
+    qubesd is stopped before its drop-in or the config changes (so that it dissects
+    under the settings it was started with) and started again afterwards. -#}
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
-# reliant.shards: see README.md. Filled in by its component.
-reliant-shards-settings:
-  test.nop:
-    - name: reliant-shards
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- set shards = reliant.shards %}
+{%- set units = "/etc/systemd/system" %}
+{%- set config = {
+      "core": shards.core, "merged": shards.merged, "roots": shards.roots,
+      "max_depth": shards.max_depth, "missing_reference": shards.missing_reference,
+      "libdir": shards.libdir} %}
+{%- for key in ["policy_dir", "services"] %}
+{%-   if reliant.isolation.enabled and key in reliant.isolation %}
+{%-     do config.update({key: reliant.isolation[key]}) %}
+{%-   endif %}
+{%- endfor %}
+
+reliant-shards-library:
+  file.recurse:
+    - name: {{ shards.libdir }}
+    - source: salt://_utils
+    - include_pat: 'E@^reliant_\w+\.py$'
+    - exclude_pat: 'E@__pycache__'
+    - clean: true
+    - user: root
+    - group: root
+    - dir_mode: '0755'
+    - file_mode: '0644'
+
+reliant-shards-cli:
+  file.managed:
+    - name: {{ shards.cli }}
+    - source: salt://bin/reliant-shard
+    - user: root
+    - group: root
+    - mode: '0755'
+    - require:
+      - file: reliant-shards-library
+
+{#- Stop qubesd (only if it runs) before its drop-in or the config it dissects with
+    changes: its ExecStopPost then dissects under the settings it was started with. #}
+reliant-shards-qubesd-stop:
+  cmd.run:
+    - name: systemctl stop qubesd.service
+    - onlyif: systemctl is-active --quiet qubesd.service
+    - prereq:
+      - file: reliant-shards-config
+      - file: reliant-shards-qubesd-dropin
+
+reliant-shards-config:
+  file.serialize:
+    - name: {{ shards.config }}
+    - serializer: json
+    - dataset: {{ config | json }}
+    - makedirs: true
+    - user: root
+    - group: root
+    - mode: '0644'
+
+reliant-shards-qubesd-dropin:
+  file.managed:
+    - name: {{ units }}/qubesd.service.d/reliant-shards.conf
+    - source: salt://{{ tplroot }}/files/shards/qubesd-dropin.conf.jinja
+    - template: jinja
+    - context:
+        shards: {{ shards | json }}
+    - makedirs: true
+    - mode: '0644'
+
+reliant-shards-dissect-service:
+  file.managed:
+    - name: {{ units }}/reliant-shard-dissect.service
+    - source: salt://{{ tplroot }}/files/shards/reliant-shard-dissect.service.jinja
+    - template: jinja
+    - context:
+        shards: {{ shards | json }}
+    - mode: '0644'
+
+reliant-shards-dissect-path:
+  file.managed:
+    - name: {{ units }}/reliant-shard-dissect.path
+    - source: salt://{{ tplroot }}/files/shards/reliant-shard-dissect.path.jinja
+    - template: jinja
+    - context:
+        shards: {{ shards | json }}
+    - mode: '0644'
+
+{#- What `systemctl enable` does for WantedBy=qubesd.service, as a file state so that
+    test=True predicts it even before the unit exists. #}
+reliant-shards-dissect-path-wanted:
+  file.symlink:
+    - name: {{ units }}/qubesd.service.wants/reliant-shard-dissect.path
+    - target: {{ units }}/reliant-shard-dissect.path
+    - makedirs: true
+    - require:
+      - file: reliant-shards-dissect-path
+
+reliant-shards-daemon-reload:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: reliant-shards-qubesd-dropin
+      - file: reliant-shards-dissect-service
+      - file: reliant-shards-dissect-path
+      - file: reliant-shards-dissect-path-wanted
+
+reliant-shards-qubesd-start:
+  cmd.run:
+    - name: systemctl start qubesd.service
+    - onchanges:
+      - cmd: reliant-shards-qubesd-stop
+    - require:
+      - file: reliant-shards-cli
+      - file: reliant-shards-config
+      - cmd: reliant-shards-daemon-reload
+
+{#- The shards declared on the open volumes themselves (a reliant-shard.json in each
+    shard directory): discovered and converged at run time, so that nothing about
+    them is in this state tree, in pillar or in Salt's compiled highstate cache. #}
+reliant-shards-declared:
+  reliant_shard.declared:
+    - name: {{ shards.roots | join(",") }}
+    - max_depth: {{ shards.max_depth }}
+    - config: {{ shards.config }}
+    - require:
+      - cmd: reliant-shards-qubesd-start

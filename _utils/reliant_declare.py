@@ -1,0 +1,299 @@
+"""Shard declarations: the wanted metadata of a shard, converged by Salt.
+
+A shard is declared by its directory, its QID range and the shards it depends on
+(`Declaration`). Salt states (`reliant_shard.present`, `reliant_shard.declared`) use
+this module to compute the difference with the shard on disk (`plan`), to apply it
+(`apply`) and to read declarations kept on the open volumes themselves: a file
+``reliant-shard.json`` in a directory under a shard root declares a shard in that
+directory (`find_declarations`), so that no hidden shard is named in dom0's state
+tree or pillar::
+
+    {"qid_range": "2000-2499", "depends_on": ["../sflc_0_1"], "id": "work"}
+
+`qid_range` is required (a QID range is chosen once: qids are write-once and IPs
+derive from them); `depends_on` (directories of other shards, relative to this one
+or absolute; default none) and `id` (default: the directory's name) are optional.
+Shard files are read and written with reliant_shards/reliant_store (lockf, atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import reliant_shards
+import reliant_store
+
+DECLARATION_FILE = "reliant-shard.json"
+MAX_DECLARATION_BYTES = 64 * 1024
+_KEYS = ("qid_range", "depends_on", "id")
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """The wanted state of the shard in `path` (an absolute, normalised directory)."""
+
+    path: str
+    qid_range: tuple[int, int]
+    depends_on: tuple[str, ...] = ()
+    shard_id: Optional[str] = None
+
+
+@dataclass
+class Plan:
+    """What converging a declaration changes: `action` is None (nothing), "init" or
+    "update"; `old`/`new` hold the metadata that differs (id, qid_range, depends_on)."""
+
+    declaration: Declaration
+    action: Optional[str]
+    old: dict[str, Any] = field(default_factory=dict)
+    new: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_range(value: Any, source: str) -> tuple[int, int]:
+    """A QID range from "FIRST-LAST" or [FIRST, LAST]; ShardError naming `source`."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(item, int) and not isinstance(item, bool) for item in value):
+        value = f"{value[0]}-{value[1]}"
+    match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", value) if isinstance(
+        value, str) else None
+    if not match:
+        raise reliant_shards.ShardError(f"{source}: qid_range must be \"FIRST-LAST\", "
+                                        f"got {value!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def declaration(path: str, qid_range: Any, depends_on: Sequence[str] = (),
+                shard_id: Optional[str] = None, source: Optional[str] = None) -> Declaration:
+    """Check and normalise a declaration; dependencies are resolved against `path`."""
+    source = source or path
+    directory = os.path.abspath(path)
+    if isinstance(depends_on, str) or not all(isinstance(d, str) and d for d in depends_on):
+        raise reliant_shards.ShardError(f"{source}: depends_on must be a list of directories")
+    if shard_id is not None and not isinstance(shard_id, str):
+        raise reliant_shards.ShardError(f"{source}: id must be a string")
+    deps = tuple(os.path.normpath(os.path.join(directory, dep)) for dep in depends_on)
+    if directory in deps:
+        raise reliant_shards.ShardError(f"{source}: a shard cannot depend on itself")
+    return Declaration(directory, parse_range(qid_range, source), deps, shard_id)
+
+
+def read_declaration(directory: str) -> Declaration:
+    """The declaration file in `directory`: a regular file (no symlink), small, JSON."""
+    file = os.path.join(directory, DECLARATION_FILE)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise reliant_shards.ShardError(f"{file}: cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise reliant_shards.ShardError(f"{file}: not a regular file")
+        data = handle.read(MAX_DECLARATION_BYTES + 1)
+    if len(data) > MAX_DECLARATION_BYTES:
+        raise reliant_shards.ShardError(f"{file}: larger than {MAX_DECLARATION_BYTES} bytes")
+    try:
+        content = json.loads(data)
+    except ValueError as exc:
+        raise reliant_shards.ShardError(f"{file}: not JSON: {exc}") from None
+    if not isinstance(content, dict):
+        raise reliant_shards.ShardError(f"{file}: must hold a JSON object")
+    unknown = sorted(set(content) - set(_KEYS))
+    if unknown:
+        raise reliant_shards.ShardError(f"{file}: unknown key {unknown[0]!r} "
+                                        f"(known: {', '.join(_KEYS)})")
+    if "qid_range" not in content:
+        raise reliant_shards.ShardError(f"{file}: qid_range is required")
+    return declaration(directory, content["qid_range"], content.get("depends_on", ()),
+                       content.get("id"), source=file)
+
+
+def find_declarations(roots: Sequence[str], max_depth: int,
+                      problems: list[str]) -> list[Declaration]:
+    """Declarations in directories under `roots`, at most `max_depth` levels down, found
+    like shards (symlinks never followed, a shard directory not searched further).
+    Unreadable ones are reported in `problems` and skipped."""
+    found: list[Declaration] = []
+
+    def walk(directory: str, depth: int) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as exc:
+            problems.append(f"{directory}: cannot list: {exc.strerror}")
+            return
+        names = {entry.name for entry in entries}
+        if depth and DECLARATION_FILE in names:
+            try:
+                found.append(read_declaration(directory))
+            except reliant_shards.ShardError as exc:
+                problems.append(str(exc))
+            return
+        if depth and reliant_shards.SHARD_FILE in names:
+            return
+        for entry in entries:
+            if depth < max_depth and entry.is_dir(follow_symlinks=False):
+                walk(entry.path, depth + 1)
+
+    for root in roots:
+        if os.path.isdir(root):
+            walk(os.path.abspath(root), 0)
+    return found
+
+
+def _under_a_root(directory: str, roots: Sequence[str], max_depth: int) -> bool:
+    """True if discovery would reach `directory`: at most `max_depth` levels under a
+    root, through no symlink."""
+    for root in roots:
+        top = os.path.abspath(root).rstrip("/")
+        if directory.startswith(top + "/"):
+            parts = directory[len(top) + 1:].split("/")
+            below = [os.path.join(top, *parts[:n]) for n in range(1, len(parts) + 1)]
+            return len(parts) <= max_depth and not any(map(os.path.islink, below))
+    return False
+
+
+def _closure(shard_id: str, depends: dict[str, Sequence[str]]) -> set[str]:
+    """Every shard that `shard_id` depends on, directly or not."""
+    seen: set[str] = set()
+    todo = list(depends.get(shard_id, ()))
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(depends.get(dep, ()))
+    return seen
+
+
+def _read_locked(fd: int, file: str) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+        if sum(map(len, chunks)) > reliant_store.MAX_BYTES:
+            raise reliant_shards.ShardError(f"{file}: larger than {reliant_store.MAX_BYTES} "
+                                            "bytes")
+    return b"".join(chunks)
+
+
+def _load(path: str, what: str) -> reliant_shards.Shard:
+    """The shard in `path`; any failure as a ShardError saying what it was for."""
+    try:
+        return reliant_shards.load_shard(path)
+    except reliant_store.StoreError as exc:
+        raise reliant_shards.ShardError(f"{what} {path} is not a readable shard: {exc}") \
+            from None
+
+
+def _metadata(shard_id: str, qid_range: tuple[int, int],
+              depends_on: Sequence[str]) -> dict[str, Any]:
+    return {"id": shard_id, "qid_range": f"{qid_range[0]}-{qid_range[1]}",
+            "depends_on": sorted(depends_on)}
+
+
+def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int) -> Plan:
+    """The difference between `wanted` and the shard on disk; ShardError when converging
+    it would be refused (outside the roots, unknown dependency, a dependency cycle, an
+    id change, a range overlapping core, another shard or leaving out one of its qubes)."""
+    directory = wanted.path
+    if not _under_a_root(directory, roots, max_depth):
+        raise reliant_shards.ShardError(
+            f"{directory}: not within {max_depth} levels under a shard root "
+            f"({', '.join(roots)}); suture would never see it")
+    deps = [_load(path, f"{directory}: dependency") for path in wanted.depends_on]
+    dep_ids = [dep.id for dep in deps]
+    exists = os.path.lexists(os.path.join(directory, reliant_shards.SHARD_FILE))
+    current = _load(directory, "shard") if exists else None
+    shard_id = wanted.shard_id or (current.id if current else os.path.basename(directory))
+    if current and shard_id != current.id:
+        raise reliant_shards.ShardError(
+            f"{directory}: shard id is {current.id!r}; it cannot become {shard_id!r} "
+            "(its qubes' tags and the shards depending on it name it)")
+    # The wanted metadata, checked by the library's own reader (id syntax, range bounds).
+    probe = reliant_shards.Shard(path=directory, id=shard_id, qid_range=wanted.qid_range,
+                                 depends_on=tuple(dep_ids))
+    reliant_shards.read_metadata(reliant_shards.shard_bytes(probe, (), ()), directory)
+    others = [shard for shard in reliant_shards.discover(roots, max_depth, problems=[])
+              if os.path.realpath(shard.path) != os.path.realpath(directory)]
+    depends = {shard.id: shard.depends_on for shard in [*others, *deps]}
+    depends[shard_id] = tuple(dep_ids)
+    if shard_id in _closure(shard_id, depends):
+        raise reliant_shards.ShardError(f"{directory}: dependencies form a cycle through "
+                                        f"shard {shard_id!r}")
+    _check_range(wanted.qid_range, directory, current, others, core)
+    new = _metadata(shard_id, wanted.qid_range, dep_ids)
+    if current is None:
+        return Plan(wanted, "init", {}, new)
+    old = _metadata(current.id, current.qid_range, current.depends_on)
+    changed = [key for key in new if new[key] != old[key]]
+    if not changed:
+        return Plan(wanted, None)
+    return Plan(wanted, "update", {k: old[k] for k in changed}, {k: new[k] for k in changed})
+
+
+def _check_range(qid_range: tuple[int, int], directory: str,
+                 current: Optional[reliant_shards.Shard],
+                 others: Sequence[reliant_shards.Shard], core: str) -> None:
+    first, last = qid_range
+    text = f"QID range {first}-{last} of {directory}"
+    for other in others:
+        if first <= other.qid_range[1] and other.qid_range[0] <= last:
+            raise reliant_shards.ShardError(
+                f"{text} overlaps {other.qid_range[0]}-{other.qid_range[1]} of shard "
+                f"{other.id} ({other.path})")
+    try:
+        core_root = reliant_store.load(core)
+    except reliant_store.StoreError as exc:
+        raise reliant_shards.ShardError(str(exc)) from None
+    for domain in core_root.iterfind("domains/domain"):
+        qid = reliant_shards.qube_qid(domain)
+        if qid is not None and first <= qid <= last:
+            raise reliant_shards.ShardError(f"{text} holds qid {qid} of core qube "
+                                            f"{reliant_shards.qube_name(domain)!r}")
+    for domain in current.domains if current else ():
+        qid = reliant_shards.qube_qid(domain)
+        if qid is not None and not first <= qid <= last:
+            raise reliant_shards.ShardError(
+                f"{text} leaves out qid {qid} of its qube "
+                f"{reliant_shards.qube_name(domain)!r} (qids never change)")
+
+
+def apply(change: Plan, roots: Sequence[str], max_depth: int) -> None:
+    """Carry out `change` (from `plan`); the shard file is replaced atomically under
+    lockf, and only if it still holds the metadata the plan was made from."""
+    wanted = change.declaration
+    if change.action == "init":
+        reliant_shards.init_shard(wanted.path, wanted.qid_range, wanted.depends_on,
+                                  change.new["id"], roots, max_depth)
+        return
+    if change.action != "update":
+        return
+    file = os.path.join(wanted.path, reliant_shards.SHARD_FILE)
+    with reliant_store.locked(file, exclusive=True) as fd:
+        if fd is None:
+            raise reliant_shards.ShardError(f"{file}: vanished")
+        data = _read_locked(fd, file)
+        current = reliant_shards.Shard(wanted.path, *reliant_shards.read_metadata(data, file),
+                                       data=data)
+        old = _metadata(current.id, current.qid_range, current.depends_on)
+        if any(old[key] != value for key, value in change.old.items()):
+            raise reliant_shards.ShardError(f"{file}: changed while being converged; "
+                                            "run again")
+        deps = tuple(_load(path, "dependency").id for path in wanted.depends_on)
+        shard = reliant_shards.Shard(wanted.path, current.id, wanted.qid_range, deps)
+        content = reliant_shards.shard_bytes(shard, current.pool_elements, current.domains)
+        reliant_store.replace(file, content, mode=0o600)
+
+
+def verify(change: Plan) -> None:
+    """ShardError unless the shard on disk now holds the metadata of `change`."""
+    wanted = change.declaration
+    shard = _load(wanted.path, "shard")
+    deps = [_load(path, "dependency").id for path in wanted.depends_on]
+    now = _metadata(shard.id, shard.qid_range, shard.depends_on)
+    want = _metadata(shard.id, wanted.qid_range, deps)
+    if now != want:
+        raise reliant_shards.ShardError(f"{shard.file}: holds {now} after converging, "
+                                        f"not {want}")

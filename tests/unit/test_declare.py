@@ -1,0 +1,177 @@
+"""Shard declarations: reading them from the volumes, planning and applying them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import reliant_declare
+import reliant_shards
+from conftest import FIXTURES
+
+ShardError = reliant_shards.ShardError
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> dict:
+    """A core store and a shard root with one shard (qids 1000-1499) holding no qube."""
+    core = tmp_path / "qubes.xml"
+    core.write_bytes((FIXTURES / "qubes-r4.3-core.xml").read_bytes())
+    root = tmp_path / "shufflecake"
+    reliant_shards.init_shard(str(root / "sflc_0_1"), qid_range=(1000, 1499))
+    return {"core": str(core), "root": root, "roots": [str(root)]}
+
+
+def declare(directory: Path, **content) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / reliant_declare.DECLARATION_FILE).write_text(json.dumps(content))
+
+
+def plan(scene: dict, wanted: reliant_declare.Declaration) -> reliant_declare.Plan:
+    return reliant_declare.plan(wanted, scene["core"], scene["roots"], 3)
+
+
+# --- reading -------------------------------------------------------------------------------
+def test_find_declarations_reads_the_volumes(scene: dict) -> None:
+    declare(scene["root"] / "sflc_0_2" / "work", qid_range="1500-1999",
+            depends_on=["../../sflc_0_1"], id="work")
+    declare(scene["root"] / "sflc_0_3", qid_range=[2000, 2499])
+    problems: list[str] = []
+    found = reliant_declare.find_declarations(scene["roots"], 3, problems)
+    assert problems == []
+    assert found == [
+        reliant_declare.Declaration(str(scene["root"] / "sflc_0_2" / "work"), (1500, 1999),
+                                    (str(scene["root"] / "sflc_0_1"),), "work"),
+        reliant_declare.Declaration(str(scene["root"] / "sflc_0_3"), (2000, 2499)),
+    ]
+
+
+def test_find_declarations_respects_depth_and_symlinks(scene: dict, tmp_path: Path) -> None:
+    declare(scene["root"] / "a" / "b" / "c" / "d", qid_range="1500-1999")
+    declare(tmp_path / "outside", qid_range="1500-1999")
+    (scene["root"] / "link").symlink_to(tmp_path / "outside")
+    assert reliant_declare.find_declarations(scene["roots"], 3, []) == []
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[1, 2]", "must hold a JSON object"),
+    ("{", "not JSON"),
+    ('{"qid_range": "1500-1999", "pool": "x"}', "unknown key 'pool'"),
+    ('{"depends_on": []}', "qid_range is required"),
+    ('{"qid_range": "many"}', 'qid_range must be "FIRST-LAST"'),
+    ('{"qid_range": "1500-1999", "depends_on": "../x"}', "depends_on must be a list"),
+    ('{"qid_range": "1500-1999", "depends_on": ["."]}', "cannot depend on itself"),
+    ('{"qid_range": "1500-1999", "id": 3}', "id must be a string"),
+    ("{}" + " " * reliant_declare.MAX_DECLARATION_BYTES, "larger than"),
+])
+def test_bad_declarations_are_reported_by_file(scene: dict, content: str, message: str) -> None:
+    directory = scene["root"] / "sflc_0_2"
+    directory.mkdir()
+    (directory / reliant_declare.DECLARATION_FILE).write_text(content)
+    problems: list[str] = []
+    assert reliant_declare.find_declarations(scene["roots"], 3, problems) == []
+    assert len(problems) == 1
+    assert problems[0].startswith(str(directory / reliant_declare.DECLARATION_FILE))
+    assert message in problems[0]
+
+
+def test_declaration_file_may_not_be_a_symlink(scene: dict, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere.json").write_text('{"qid_range": "1500-1999"}')
+    directory = scene["root"] / "sflc_0_2"
+    directory.mkdir()
+    (directory / reliant_declare.DECLARATION_FILE).symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(ShardError, match="cannot open"):
+        reliant_declare.read_declaration(str(directory))
+
+
+# --- planning -------------------------------------------------------------------------------
+def test_plan_init_update_and_nothing(scene: dict) -> None:
+    first = str(scene["root"] / "sflc_0_1")
+    new = reliant_declare.declaration(str(scene["root"] / "sflc_0_2"), "1500-1999", [first])
+    change = plan(scene, new)
+    assert (change.action, change.old) == ("init", {})
+    assert change.new == {"id": "sflc_0_2", "qid_range": "1500-1999", "depends_on": ["sflc_0_1"]}
+    same = reliant_declare.declaration(first, "1000-1499")
+    assert plan(scene, same).action is None
+    wider = reliant_declare.declaration(first, "1000-1999")
+    change = plan(scene, wider)
+    assert (change.action, change.old, change.new) == (
+        "update", {"qid_range": "1000-1499"}, {"qid_range": "1000-1999"})
+
+
+@pytest.mark.parametrize(("directory", "qid_range", "depends", "shard_id", "message"), [
+    ("sflc_0_2", "1200-1600", [], None, "overlaps 1000-1499 of shard sflc_0_1"),
+    ("sflc_0_2", "10-20", [], None, r"holds qid \d+ of core qube"),
+    ("sflc_0_2", "1500-1999", ["../nowhere"], None, "dependency .*nowhere is not a readable shard"),
+    ("sflc_0_1", "1000-1499", [], "other", "it cannot become 'other'"),
+    ("sflc_0_2", "1500-10000", [], None, "last <= 9999"),
+    ("sflc_0_2", "1500-1999", [], "bad id!", "shard id 'bad id!'"),
+    ("a/b/c/d", "1500-1999", [], None, "not within 3 levels under a shard root"),
+    ("../elsewhere", "1500-1999", [], None, "not within 3 levels under a shard root"),
+])
+def test_plan_refusals(scene: dict, directory: str, qid_range: str, depends: list,
+                       shard_id: str | None, message: str) -> None:
+    wanted = reliant_declare.declaration(str(scene["root"] / directory), qid_range, depends,
+                                         shard_id)
+    with pytest.raises(ShardError, match=message.replace("(", r"\(")):
+        plan(scene, wanted)
+
+
+def test_plan_refuses_a_dependency_cycle(scene: dict) -> None:
+    first, second = str(scene["root"] / "sflc_0_1"), str(scene["root"] / "sflc_0_2")
+    reliant_shards.init_shard(second, qid_range=(1500, 1999), depends_on=[first])
+    with pytest.raises(ShardError, match="cycle"):
+        plan(scene, reliant_declare.declaration(first, "1000-1499", [second]))
+
+
+def test_plan_refuses_a_range_leaving_out_a_qube(tmp_path: Path) -> None:
+    import shards_helpers
+
+    scene = shards_helpers.merged_scene(tmp_path)
+    scene.dissect()
+    wanted = reliant_declare.declaration(str(scene.shard_dir("sflc_0_1")), "16-17")
+    with pytest.raises(ShardError, match="leaves out qid 15 of its qube"):
+        reliant_declare.plan(wanted, str(scene.core), scene.roots, 3)
+
+
+# --- applying -------------------------------------------------------------------------------
+def test_apply_init_then_update_keeps_the_qubes(tmp_path: Path) -> None:
+    import shards_helpers
+
+    scene = shards_helpers.merged_scene(tmp_path)
+    scene.dissect()
+    shard = Path(scene.shard_dir("sflc_0_2"))
+    before = reliant_shards.load_shard(str(shard))
+    wanted = reliant_declare.declaration(str(shard), "18-40", ["../sflc_0_1"])
+    change = reliant_declare.plan(wanted, str(scene.core), scene.roots, 3)
+    reliant_declare.apply(change, scene.roots, 3)
+    reliant_declare.verify(change)
+    after = reliant_shards.load_shard(str(shard))
+    assert after.qid_range == (18, 40)
+    assert [reliant_shards.qube_name(d) for d in after.domains] == [
+        reliant_shards.qube_name(d) for d in before.domains]
+    assert after.data.split(b"<pools>")[1] == before.data.split(b"<pools>")[1]
+    assert reliant_declare.plan(wanted, str(scene.core), scene.roots, 3).action is None
+
+    fresh = reliant_declare.declaration(str(scene.root / "sflc_0_3"), "2000-2499",
+                                        ["../sflc_0_2"], "third")
+    change = reliant_declare.plan(fresh, str(scene.core), scene.roots, 3)
+    reliant_declare.apply(change, scene.roots, 3)
+    reliant_declare.verify(change)
+    made = reliant_shards.load_shard(str(scene.root / "sflc_0_3"))
+    assert (made.id, made.qid_range, made.depends_on) == ("third", (2000, 2499), ("sflc_0_2",))
+
+
+def test_apply_refuses_a_shard_changed_since_the_plan(scene: dict) -> None:
+    first = str(scene["root"] / "sflc_0_1")
+    change = plan(scene, reliant_declare.declaration(first, "1000-1999"))
+    other = reliant_shards.load_shard(first)
+    shifted = reliant_shards.Shard(other.path, other.id, (1000, 1200), other.depends_on)
+    Path(first, "domains.xml").write_bytes(reliant_shards.shard_bytes(shifted, (), ()))
+    before = Path(first, "domains.xml").read_bytes()
+    with pytest.raises(ShardError, match="changed while being converged"):
+        reliant_declare.apply(change, scene["roots"], 3)
+    assert Path(first, "domains.xml").read_bytes() == before
+    assert sorted(os.listdir(first)) == ["domains.xml"]
