@@ -19,7 +19,7 @@ reliant_audit use it):
 - ``Shard``: ``.id .path .file .qid_range .depends_on .pools .pool_elements
   .domains .root``; ``identifiers(shard)``: every string that would betray it.
 - ``discover(roots, max_depth=3, problems=None)``: the shards under `roots`.
-- ``init_shard(directory, ...)``: create an empty shard.
+- ``init_shard(directory, ...)``: create an empty shard; ``parse_range("A-B")``.
 - ``suture(core, roots, out, ...)`` / ``plan_suture(...)``: core + shards -> merged.
 - ``dissect(merged, core, roots, ...)`` / ``plan_dissect(...)``: merged -> core + shards.
 - ``check(core, roots, ...)``: what suture would report, writing nothing.
@@ -302,13 +302,17 @@ def identifiers(shard: Shard) -> set[str]:
     return found
 
 
-def _parse_range(text: str) -> tuple[int, int]:
+def parse_range(text: str) -> tuple[int, int]:
+    """(first, last) from "FIRST-LAST"; ShardError when malformed or out of 1..9999."""
     match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
     if not match:
         raise ShardError(f"QID range {text!r} is not of the form FIRST-LAST")
     first, last = int(match.group(1)), int(match.group(2))
     _check_range((first, last), f"QID range {text!r}")
     return first, last
+
+
+_parse_range = parse_range  # earlier name, still used by reliant_declare
 
 
 def _check_range(qid_range: tuple[int, int], what: str) -> None:
@@ -500,7 +504,32 @@ def init_shard(directory: str, qid_range: tuple[int, int] | None = None,
 
 
 def default_state_path(merged: str) -> str:
+    """Where suture records what it merged: next to the merged store (tmpfs)."""
     return os.path.join(os.path.dirname(os.path.abspath(merged)), "shards.json")
+
+
+def default_detached_path(merged: str) -> str:
+    """Where `detach` lists the shards suture must leave out (tmpfs)."""
+    return os.path.join(os.path.dirname(os.path.abspath(merged)), "detached.json")
+
+
+def read_detached(path: str) -> set[str]:
+    """Ids of detached shards (empty if the list does not exist)."""
+    try:
+        with open(path, "rb") as handle:
+            ids = json.loads(handle.read(1 << 20))
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"{path}: cannot read the detached shards: {exc}") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ShardError(f"{path}: expected a JSON list of shard ids")
+    return set(ids)
+
+
+def write_detached(path: str, ids: Iterable[str]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
+    reliant_store.write(path, json.dumps(sorted(set(ids))).encode() + b"\n", mode=0o600)
 
 
 def read_state(path: str) -> dict[str, Any] | None:
