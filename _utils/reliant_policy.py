@@ -23,6 +23,7 @@ import json
 import os
 import re
 import string
+import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -146,9 +147,14 @@ def load_settings(path: str = SETTINGS_PATH) -> PolicySettings:
     return settings_from_mapping(data)
 
 
+def settings_to_mapping(settings: PolicySettings) -> dict[str, Any]:
+    """The settings as plain JSON-able data (lists, not tuples)."""
+    return json.loads(json.dumps(asdict(settings)))
+
+
 def render_settings(settings: PolicySettings) -> bytes:
     """The settings file (JSON, sorted keys, trailing newline)."""
-    return (json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n").encode()
+    return (json.dumps(settings_to_mapping(settings), indent=2, sort_keys=True) + "\n").encode()
 
 
 def render_persistent_policy() -> bytes:
@@ -234,3 +240,101 @@ def remove_policy_file(path: str) -> bool:
         return False
     reliant_store.fsync_dir(os.path.dirname(path) or ".")
     return True
+
+
+def _previous_policy_file(settings_path: str) -> str | None:
+    """The policy file name the installed settings name, None if there are none (or bad)."""
+    try:
+        if not os.path.exists(settings_path):
+            return None
+        return load_settings(settings_path).policy_file
+    except PolicyError:
+        return None
+
+
+def install_plan(persistent_dir: str, settings: PolicySettings,
+                 settings_path: str = SETTINGS_PATH) -> dict[str, bytes | None]:
+    """What reliant.isolation installs: path -> content (None: remove).
+
+    A renamed policy file removes the persistent file of the old name; a runtime file of the
+    old name is left to deny until reboot (the next suture writes the new name)."""
+    plan: dict[str, bytes | None] = {
+        settings_path: render_settings(settings),
+        os.path.join(persistent_dir, settings.policy_file): render_persistent_policy(),
+    }
+    previous = _previous_policy_file(settings_path)
+    if previous and previous != settings.policy_file:
+        plan[os.path.join(persistent_dir, previous)] = None
+    return plan
+
+
+def removal_plan(persistent_dir: str, runtime_dir: str, policy_file: str,
+                 settings_path: str = SETTINGS_PATH) -> dict[str, bytes | None]:
+    """What removing reliant.isolation deletes: both policy files (under the pillar's name
+    and the installed settings' name) and the settings file."""
+    names = {policy_file, _previous_policy_file(settings_path) or policy_file}
+    plan: dict[str, bytes | None] = {
+        os.path.join(directory, name): None
+        for directory in (persistent_dir, runtime_dir) for name in sorted(names)}
+    plan[settings_path] = None
+    return plan
+
+
+def pending_changes(plan: dict[str, bytes | None]) -> dict[str, str]:
+    """For each path of `plan` that differs: created, updated, mode or removed."""
+    changes = {}
+    for path, data in sorted(plan.items()):
+        exists = os.path.lexists(path)
+        if data is None:
+            if exists:
+                changes[path] = "removed"
+            continue
+        if not exists:
+            changes[path] = "created"
+            continue
+        try:
+            with open(path, "rb") as handle:
+                current = handle.read()
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError as exc:
+            raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if current != data:
+            changes[path] = "updated"
+        elif mode != POLICY_MODE:
+            changes[path] = "mode"
+    return changes
+
+
+def apply_plan(plan: dict[str, bytes | None]) -> None:
+    """Write (atomically, mode 0644) or remove every path of `plan`."""
+    for path, data in sorted(plan.items()):
+        if data is None:
+            remove_policy_file(path)
+            continue
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        reliant_store.write(path, data, mode=POLICY_MODE)
+        if os.stat(path).st_mode & 0o7777 != POLICY_MODE:
+            os.chmod(path, POLICY_MODE)
+
+
+def python_purelib(python: str = "/usr/bin/python3") -> str:
+    """The directory `python` installs pure-Python packages into (where qubesd finds them)."""
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise PolicyError(f"{python}: cannot ask for its site-packages: {exc}") from None
+    path = out.stdout.strip()
+    if not os.path.isabs(path):
+        raise PolicyError(f"{python}: unexpected site-packages {path!r}")
+    return path
+
+
+def render_extension_paths(libdir: str, settings_path: str = SETTINGS_PATH) -> str:
+    """``reliant_isolation/_paths.py``: where the extension finds the library and settings."""
+    for path in (libdir, settings_path):
+        if not os.path.isabs(path):
+            raise PolicyError(f"{path!r}: expected an absolute path")
+    return (f'"""Written by reliant.isolation."""\n\nLIBDIR = {libdir!r}\n'
+            f"SETTINGS = {settings_path!r}\n")

@@ -1,0 +1,76 @@
+"""Execution module `reliant_policy`: the qrexec policy and qubesd extension of
+reliant.isolation (see docs/isolation.md). Thin wrappers over ``_utils/reliant_policy``.
+
+Nothing here reads a shard: the deny rules between shards are written by
+``reliant-shard suture`` into /run/qubes/policy.d, never by Salt.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _lib in (os.path.join(_HERE, os.pardir, "utils"), os.path.join(_HERE, os.pardir, "_utils")):
+    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
+        sys.path.insert(0, os.path.abspath(_lib))
+
+import reliant_config  # noqa: E402
+import reliant_policy  # noqa: E402
+from salt.exceptions import CommandExecutionError  # noqa: E402
+
+__virtualname__ = "reliant_policy"
+
+
+def __virtual__():
+    if not reliant_config.is_dom0(__opts__.get("reliant_dom0_marker", reliant_config.DOM0_MARKER)):
+        return (False, "reliant_policy: not a Qubes dom0 (no /etc/qubes-release)")
+    return __virtualname__
+
+
+def persistent_policy() -> str:
+    """Text of the persistent policy file (names no shard).
+
+    CLI Example: ``qubesctl reliant_policy.persistent_policy``
+    """
+    return reliant_policy.render_persistent_policy().decode()
+
+
+def settings(services: list | None = None, directions: list | None = None, notify: bool = True,
+             policy_file: str = reliant_policy.POLICY_FILE_NAME,
+             shard_roots: list | None = None) -> dict:
+    """Validated isolation settings as the settings file holds them.
+
+    CLI Example: ``qubesctl reliant_policy.settings services='[qubes.Filecopy]'``
+    """
+    values = {"notify": notify, "policy_file": policy_file}
+    for key, value in (("services", services), ("directions", directions),
+                       ("shard_roots", shard_roots)):
+        if value is not None:
+            values[key] = value
+    try:
+        return reliant_policy.settings_to_mapping(reliant_policy.settings_from_mapping(values))
+    except reliant_policy.PolicyError as exc:
+        raise CommandExecutionError(str(exc)) from None
+
+
+def site_packages(python: str = "/usr/bin/python3") -> str:
+    """Where the qubesd extension goes: the purelib directory of `python`.
+
+    CLI Example: ``qubesctl reliant_policy.site_packages``
+    """
+    try:
+        return reliant_policy.python_purelib(python)
+    except reliant_policy.PolicyError as exc:
+        raise CommandExecutionError(str(exc)) from None
+
+
+def extension_paths(libdir: str) -> str:
+    """Text of the extension's ``_paths.py`` (library directory, settings file).
+
+    CLI Example: ``qubesctl reliant_policy.extension_paths /usr/lib/reliant``
+    """
+    try:
+        return reliant_policy.render_extension_paths(libdir)
+    except reliant_policy.PolicyError as exc:
+        raise CommandExecutionError(str(exc)) from None

@@ -1,0 +1,85 @@
+"""States of reliant.isolation: the persistent qrexec policy file and the settings file
+(`installed`), and their removal with the runtime policy (`absent`).
+
+Both compute the difference first, return early when there is none, predict it exactly
+with test=True, act, then verify. They never read a shard: the deny rules between shards
+are written at suture by ``reliant-shard``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _lib in (os.path.join(_HERE, os.pardir, "utils"), os.path.join(_HERE, os.pardir, "_utils")):
+    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
+        sys.path.insert(0, os.path.abspath(_lib))
+
+import reliant_policy  # noqa: E402
+import reliant_store  # noqa: E402
+from salt.exceptions import CommandExecutionError  # noqa: E402
+
+__virtualname__ = "reliant_policy"
+
+
+def __virtual__():
+    if "reliant_policy.settings" not in __salt__:
+        return (False, "reliant_policy: the execution module is not available (not dom0?)")
+    return __virtualname__
+
+
+def _converge(ret: dict, plan: dict, done: str) -> dict:
+    try:
+        changes = reliant_policy.pending_changes(plan)
+    except reliant_policy.PolicyError as exc:
+        ret["result"], ret["comment"] = False, str(exc)
+        return ret
+    if not changes:
+        ret["comment"] = done
+        return ret
+    if __opts__["test"]:
+        ret["result"], ret["changes"] = None, changes
+        ret["comment"] = f"{len(changes)} file(s) would change"
+        return ret
+    try:
+        reliant_policy.apply_plan(plan)
+        left = reliant_policy.pending_changes(plan)
+    except (OSError, reliant_policy.PolicyError, reliant_store.StoreError) as exc:
+        ret["result"], ret["comment"] = False, f"failed: {exc}"
+        return ret
+    ret["changes"] = changes
+    if left:
+        ret["result"] = False
+        ret["comment"] = "still different after writing: " + ", ".join(sorted(left))
+    else:
+        ret["comment"] = f"{len(changes)} file(s) changed"
+    return ret
+
+
+def installed(name: str, services: list | None = None, directions: list | None = None,
+              notify: bool = True, policy_file: str = reliant_policy.POLICY_FILE_NAME,
+              shard_roots: list | None = None,
+              settings_path: str = reliant_policy.SETTINGS_PATH) -> dict:
+    """The persistent policy file in directory `name` and the settings file are in place."""
+    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    try:
+        values = __salt__["reliant_policy.settings"](
+            services=services, directions=directions, notify=notify,
+            policy_file=policy_file, shard_roots=shard_roots)
+        settings = reliant_policy.settings_from_mapping(values)
+        plan = reliant_policy.install_plan(name, settings, settings_path)
+    except (CommandExecutionError, reliant_policy.PolicyError) as exc:
+        ret["result"], ret["comment"] = False, f"reliant:isolation: {exc}"
+        return ret
+    return _converge(ret, plan, "policy and settings files are in place")
+
+
+def absent(name: str, policy_dir: str = reliant_policy.RUNTIME_DIR,
+           policy_file: str = reliant_policy.POLICY_FILE_NAME,
+           settings_path: str = reliant_policy.SETTINGS_PATH) -> dict:
+    """No policy file of reliant.isolation in `name` (persistent) or `policy_dir` (runtime),
+    and no settings file."""
+    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    plan = reliant_policy.removal_plan(name, policy_dir, policy_file, settings_path)
+    return _converge(ret, plan, "no policy or settings file of reliant.isolation")
