@@ -51,7 +51,7 @@ def merged_scene(tmp_path: Path, ranges=((15, 17), (18, 19))) -> Scene:
     empty shards initialised for its two shard pools (the second depends on the first)."""
     scene = Scene(tmp_path, tmp_path / "qubes.xml", tmp_path / "run" / "qubes.xml",
                   tmp_path / "shufflecake", tmp_path / "varlibqubes")
-    scene.merged.parent.mkdir()
+    scene.merged.parent.mkdir(parents=True)
     scene.qubes_dir.mkdir()
     scene.core.write_bytes(fixture_bytes("qubes-r4.3-core.xml", scene.root))
     scene.merged.write_bytes(fixture_bytes("qubes-r4.3-merged.xml", scene.root))
