@@ -72,6 +72,41 @@ class Limits:
     skip_globs: tuple[str, ...] = DEFAULT_SKIP_GLOBS
 
 
+@dataclass(frozen=True)
+class Settings:
+    """Pillar `reliant:audit` (everything but `enabled`), validated."""
+
+    paths: tuple[str, ...] = DEFAULT_PATHS
+    skip_globs: tuple[str, ...] = DEFAULT_SKIP_GLOBS
+    max_file_bytes: int = Limits.max_file_bytes
+    max_files: int = Limits.max_files
+    max_depth: int = Limits.max_depth
+    disk_view: str = "/run/reliant/audit-disk"
+
+    @classmethod
+    def from_pillar(cls, pillar: dict) -> Settings:
+        """Build from pillar `reliant:audit`; unknown keys and bad values raise AuditError."""
+        values = {k: v for k, v in pillar.items() if k != "enabled"}
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise AuditError(f"reliant:audit: unknown keys {unknown}")
+        for key in ("paths", "skip_globs"):
+            if key in values:
+                values[key] = tuple(values[key])
+        settings = cls(**values)
+        for path in (*settings.paths, settings.disk_view):
+            if not os.path.isabs(path):
+                raise AuditError(f"reliant:audit: {path!r} is not an absolute path")
+        for key in ("max_file_bytes", "max_files", "max_depth"):
+            if getattr(settings, key) < 1:
+                raise AuditError(f"reliant:audit:{key}: must be at least 1")
+        return settings
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_file_bytes, self.max_files, self.max_depth, self.skip_globs)
+
+
 # --- what to look for -------------------------------------------------------------------
 
 def qube_name_forms(name: str) -> set[str]:

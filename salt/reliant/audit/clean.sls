@@ -1,5 +1,5 @@
-{%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
-# reliant.audit.clean: undoes reliant.audit.
-reliant-audit-clean:
-  test.nop:
-    - name: reliant-audit-clean
+# reliant.audit.clean: the audit installs nothing and writes nothing, so there is
+# nothing to undo.
+reliant-audit-clean-nothing:
+  test.succeed_without_changes:
+    - name: reliant.audit installs nothing

@@ -1,0 +1,82 @@
+"""Execution module: the deniability audit of dom0 (traces of open shards on disk).
+
+Its results name hidden qubes: they are returned to the caller, never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import yaml
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _lib in (os.path.join(_HERE, os.pardir, "utils"), os.path.join(_HERE, os.pardir, "_utils")):
+    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
+        sys.path.insert(0, os.path.abspath(_lib))
+
+import reliant_audit  # noqa: E402
+import reliant_config  # noqa: E402
+import reliant_shards  # noqa: E402
+import reliant_volatile  # noqa: E402
+
+__virtualname__ = "reliant_audit"
+
+
+def __virtual__():
+    if not reliant_config.is_dom0(__opts__.get("reliant_dom0_marker", reliant_config.DOM0_MARKER)):
+        return (False, "reliant_audit: not a Qubes dom0 (no /etc/qubes-release)")
+    return __virtualname__
+
+
+def _formula_settings() -> dict:
+    """The formula's defaults (parameters/defaults.yaml) merged with pillar `reliant`."""
+    text = __salt__["cp.get_file_str"]("salt://reliant/parameters/defaults.yaml") or ""
+    defaults = (yaml.safe_load(text) or {}).get("reliant", {})
+    # __pillar__, not pillar.get: Salt 3008 masks what pillar.get returns to modules
+    return __salt__["slsutil.merge"](defaults, _plain(__pillar__.get("reliant", {})),
+                                     strategy="recurse", merge_lists=False)
+
+
+def _plain(value):
+    """Plain dicts and lists (Salt 3008 wraps pillar in masking subclasses)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def run(audit: dict | None = None, shards: dict | None = None,
+        volatile: dict | None = None) -> dict:
+    """Audit dom0 for traces of the shards open now.
+
+    audit, shards, volatile: pillar `reliant:audit`, `reliant:shards`, `reliant:volatile`
+    (default: the formula's defaults merged with pillar). Returns `findings` (path,
+    reason, storage: disk or ram, location), `summary` (counts that name no shard),
+    `shards` (how many are open) and `mode` (volatile or not).
+
+    CLI Example: ``qubesctl reliant_audit.run``
+    """
+    if audit is None or shards is None or volatile is None:
+        merged = _formula_settings()
+        audit = merged.get("audit", {}) if audit is None else audit
+        shards = merged.get("shards", {}) if shards is None else shards
+        volatile = merged.get("volatile", {}) if volatile is None else volatile
+    settings = reliant_audit.Settings.from_pillar(audit)
+    mode = reliant_volatile.status(reliant_volatile.Settings.from_pillar(volatile))["mode"]
+    problems: list = []
+    open_shards = reliant_shards.discover(shards["roots"], shards["max_depth"], problems)
+    findings = reliant_audit.audit_running(
+        open_shards, shards["core"], mode == "volatile", settings.disk_view,
+        settings.paths, settings.limits)
+    # a shard that cannot be read cannot be looked for: the audit cannot vouch for it
+    findings += [reliant_audit.Finding(", ".join(shards["roots"]),
+                                       f"{p.message}: its traces were not looked for",
+                                       reliant_audit.DISK, "shards") for p in problems]
+    return {
+        "mode": mode,
+        "shards": len(open_shards),
+        "findings": [f.as_dict() for f in findings],
+        "summary": reliant_audit.summary(findings),
+    }

@@ -1,0 +1,143 @@
+"""reliant.volatile and reliant.audit through real salt-call on a temporary root.
+
+GRUB and dracut are the doubles of tests/doubles/dom0-boot installed in the root.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture
+def boot(tmp_path: Path, monkeypatch) -> dict:
+    root = tmp_path / "root"
+    subprocess.run([str(ROOT / "tests/doubles/dom0-boot/install.sh"), str(root)], check=True)
+    logs = tmp_path / "logs"
+    for name, value in {
+        "GRUB_DOUBLE_SYSCONFDIR": root / "etc", "GRUB_DOUBLE_PKGDATADIR": root / "usr/share/grub",
+        "GRUB_DOUBLE_BOOT": root / "boot", "GRUB_DOUBLE_LOG": logs / "grub2-mkconfig.log",
+        "DRACUT_DOUBLE_SYSCONFDIR": root / "etc", "DRACUT_DOUBLE_BOOT": root / "boot",
+        "DRACUT_DOUBLE_LOG": logs / "dracut.log",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    (root / "proc").mkdir()
+    (root / "proc/cmdline").write_text("placeholder ro quiet\n")
+    (root / "proc/mountinfo").write_text("22 1 253:0 / / rw - ext4 /dev/dm-0 rw\n")
+    return {
+        "enabled": True,
+        "boot_dir": str(root / "boot"), "default_grub": str(root / "etc/default/grub"),
+        "grub_d": str(root / "etc/grub.d"), "grub_cfg": str(root / "boot/grub2/grub.cfg"),
+        "mkconfig": str(root / "usr/sbin/grub2-mkconfig"),
+        "dracut_conf_d": str(root / "etc/dracut.conf.d"), "dracut": str(root / "usr/bin/dracut"),
+        "journald_conf_d": str(root / "etc/systemd/journald.conf.d"),
+        "state_file": str(root / "var/lib/reliant/volatile.json"),
+        "cmdline": str(root / "proc/cmdline"), "mountinfo": str(root / "proc/mountinfo"),
+    }
+
+
+def runs(boot: dict, tool: str) -> int:
+    log = Path(boot["state_file"]).parents[3].parent / "logs" / f"{tool}.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def only_state(result, state_id: str) -> dict:
+    return next(ret for ret in result.states.values() if ret["__id__"] == state_id)
+
+
+def test_volatile_converges_once_and_switches_only_the_default(salt_minion, boot):
+    salt_minion.set_pillar({"volatile": boot})
+    predicted = only_state(salt_minion.run("state.apply", "reliant.volatile", "test=True"),
+                           "reliant-volatile-boot")
+    assert predicted["result"] is None
+    first = only_state(salt_minion.run("state.apply", "reliant.volatile", check=True),
+                       "reliant-volatile-boot")
+    assert first["result"] is True and first["changes"] == predicted["changes"]
+    assert set(first["changes"]) == {"written", "edited", "initramfs", "grub.cfg"}
+    assert (runs(boot, "dracut"), runs(boot, "grub2-mkconfig")) == (1, 1)
+
+    for extra in ((), ("test=True",)):
+        again = only_state(salt_minion.run("state.apply", "reliant.volatile", *extra, check=True),
+                           "reliant-volatile-boot")
+        assert again["result"] is True and again["changes"] == {}
+    assert (runs(boot, "dracut"), runs(boot, "grub2-mkconfig")) == (1, 1)
+
+    salt_minion.set_pillar({"volatile": {**boot, "default_entry": "maintenance"}})
+    switched = only_state(salt_minion.run("state.apply", "reliant.volatile", check=True),
+                          "reliant-volatile-boot")
+    assert switched["changes"] == {"edited": boot["default_grub"],
+                                   "grub.cfg": f"{boot['mkconfig']} -o {boot['grub_cfg']}"}
+    assert (runs(boot, "dracut"), runs(boot, "grub2-mkconfig")) == (1, 2)
+    assert 'set default="reliant-maintenance"' in Path(boot["grub_cfg"]).read_text()
+
+
+def test_volatile_refuses_to_change_boot_setup_from_a_volatile_dom0(salt_minion, boot):
+    Path(boot["cmdline"]).write_text("ro systemd.volatile=overlay\n")
+    Path(boot["mountinfo"]).write_text("30 1 0:31 / / rw - overlay overlay rw,lowerdir=/sysroot\n")
+    salt_minion.set_pillar({"volatile": boot})
+    result = salt_minion.run("state.apply", "reliant.volatile")
+    ret = only_state(result, "reliant-volatile-boot")
+    assert result.returncode != 0 and ret["result"] is False
+    assert ret["comment"].startswith("dom0 runs in volatile mode: a change to the boot setup "
+                                     "would be lost at shutdown")
+    assert not Path(boot["grub_d"], "15_reliant_volatile").exists()
+
+
+def test_volatile_clean_restores_grub_default(salt_minion, boot):
+    original = Path(boot["default_grub"]).read_text()
+    salt_minion.set_pillar({"volatile": boot})
+    salt_minion.run("state.apply", "reliant.volatile", check=True)
+    cleaned = only_state(salt_minion.run("state.apply", "reliant.volatile.clean", check=True),
+                         "reliant-volatile-clean")
+    assert cleaned["result"] is True and "removed" in cleaned["changes"]
+    assert Path(boot["default_grub"]).read_text() == original.replace(
+        "GRUB_DEFAULT=saved", 'GRUB_DEFAULT="saved"')
+    again = only_state(salt_minion.run("state.apply", "reliant.volatile.clean", check=True),
+                       "reliant-volatile-clean")
+    assert again["changes"] == {}
+
+
+def test_volatile_status_reports_the_mode(salt_minion, boot):
+    salt_minion.set_pillar({"volatile": boot})
+    result = salt_minion.run("reliant_volatile.status", f"settings={{'cmdline': '{boot['cmdline']}', "
+                             f"'mountinfo': '{boot['mountinfo']}'}}", check=True)
+    assert result.data["mode"] == "maintenance"
+
+
+def test_audit_state_fails_on_a_trace_without_naming_it(salt_minion, tmp_path):
+    run = tmp_path / "run/shufflecake"
+    core = tmp_path / "qubes.xml"
+    core.write_text((FIXTURES / "qubes-r4.3-core.xml").read_text())
+    logs = tmp_path / "log"
+    logs.mkdir()
+    shard = run / "s1"
+    shard.mkdir(parents=True)
+    (shard / "domains.xml").write_text(
+        '<reliant-shard version="1" id="s1"><qid-range first="1000" last="1499"/>'
+        '<depends-on/><pools/><domains><domain id="domain-1000" class="AppVM"><properties>'
+        '<property name="name">hidden-mail</property><property name="qid">1000</property>'
+        '<property name="label">red</property></properties><features/><tags/></domain>'
+        "</domains></reliant-shard>\n")
+    pillar = {"shards": {"core": str(core), "roots": [str(run)]},
+              "audit": {"paths": [str(logs)]}}
+    salt_minion.set_pillar(pillar)
+    clean = only_state(salt_minion.run("state.apply", "reliant.audit", check=True),
+                       "reliant-audit-clean")
+    assert clean["result"] is True
+    assert clean["comment"] == "no trace of the 1 open shard(s) on dom0's disk"
+
+    (logs / "messages").write_text("qrexec: hidden-mail started\n")
+    result = salt_minion.run("state.apply", "reliant.audit")
+    failed = only_state(result, "reliant-audit-clean")
+    assert result.returncode != 0 and failed["result"] is False
+    assert failed["comment"].startswith(f"1 trace(s) of open shards on dom0's disk ({logs}: 1)")
+    assert "hidden-mail" not in result.stderr + str(result.data)
+
+    listed = salt_minion.run("reliant_audit.run", check=True).data
+    assert [(f["path"], f["reason"]) for f in listed["findings"]] == [
+        (str(logs / "messages"), "content names qube name 'hidden-mail' of shard s1")]
