@@ -38,7 +38,8 @@ def __virtual__():
 
 def _settings(settings: dict | None) -> dict:
     if settings is None:
-        settings = __salt__["pillar.get"]("reliant:snapshots", {})
+        # __pillar__, not pillar.get: Salt 3008's pillar.get redacts the values it returns.
+        settings = (__pillar__.get("reliant") or {}).get("snapshots") or {}
     return {**reliant_snapshot.DEFAULTS, **settings}
 
 
