@@ -9,8 +9,8 @@ Two files (DESIGN.md section 4):
   R4.3+), denies each listed service between every two groups, both directions, for named
   targets (``@tag:``) and for disposables (``@dispvm:@tag:``, which is how qrexec matches
   ``@dispvm`` resolved through the caller's default_dispvm and ``@dispvm:NAME``; ``@tag:``
-  never matches a disposable target). By default it has the persistent file's name, so it
-  replaces it while shards are open.
+  never matches a disposable target), and from shards to dom0 (``@adminvm``). By default
+  it has the persistent file's name, so it replaces it while shards are open.
 
 Calls inside one group match no generated rule and fall through to the user's own rules.
 Settings (services, directions, notify, runtime file name) come from pillar through the
@@ -185,6 +185,8 @@ def render_rules(groups: Iterable[str], settings: PolicySettings) -> list[str]:
                     continue
                 rules.append(f"{service}\t*\t@tag:{source}\t@tag:{target}\t{action}")
                 rules.append(f"{service}\t*\t@tag:{source}\t@dispvm:@tag:{target}\t{action}")
+                if target == reliant_guard.CORE_TAG:  # dom0 is core, tagged or not
+                    rules.append(f"{service}\t*\t@tag:{source}\t@adminvm\t{action}")
     return rules
 
 
@@ -213,15 +215,16 @@ def render_runtime_policy(groups: Sequence[str], settings: PolicySettings) -> by
 
 def write_runtime_policy(policy_dir: str, merged_root: etree._Element,
                          services: list[str] | None = None, *,
-                         settings_path: str = SETTINGS_PATH) -> bool:
+                         settings_path: str | None = None) -> bool:
     """Write (or, with no shard present, remove) the runtime deny rules; True if changed.
 
     Every domain of `merged_root` must carry one group tag. The file is replaced
     atomically (temp file, fsync, rename, directory fsync), so qrexec never sees half a
-    file; on any failure the previous file stays. Settings come from `settings_path`;
-    `services`, if given, replaces the listed services.
+    file; on any failure the previous file stays. Settings come from `settings_path`
+    (default: SETTINGS_PATH, written by reliant.isolation); `services`, if given, replaces
+    the listed services.
     """
-    settings = load_settings(settings_path)
+    settings = load_settings(settings_path or SETTINGS_PATH)
     if services is not None:
         settings = replace(settings, services=tuple(services))
     content = render_runtime_policy(groups_of_store(merged_root), settings)

@@ -13,6 +13,8 @@ import pytest
 import qrexec_policy_oracle as oracle
 import reliant_policy
 import reliant_store
+import shards_helpers
+from lxml import etree
 
 SHARD_TAGS = ("reliant-shard-sflc_0_1", "reliant-shard-sflc_0_2")
 
@@ -34,10 +36,15 @@ def write_settings(tmp_path: Path, **values) -> str:
     return str(path)
 
 
+def groups_of(domains: dict[str, oracle.Domain]) -> dict[str, str]:
+    """Group tag of each domain; dom0 is core whether suture tagged it or not."""
+    return {name: next((t for t in d.tags if t.startswith("reliant-")), "reliant-core")
+            for name, d in domains.items()}
+
+
 def targets_of(source: str, domains: dict[str, oracle.Domain]) -> list[tuple[str, str]]:
     """Every target a call from `source` may name, with the group it reaches."""
-    group = {name: next(t for t in d.tags if t.startswith("reliant-"))
-             for name, d in domains.items()}
+    group = groups_of(domains)
     found = [(name, group[name]) for name in domains if name != source]
     dispvm = domains[source].default_dispvm
     if dispvm:
@@ -47,18 +54,34 @@ def targets_of(source: str, domains: dict[str, oracle.Domain]) -> list[tuple[str
     return found
 
 
-def test_every_cross_group_call_is_denied_and_same_group_calls_fall_through(dirs, tmp_path):
+def sutured(tmp_path: Path, run: Path, monkeypatch) -> etree._Element:
+    """The library's suture of the split fixture, writing the runtime policy into `run`."""
+    monkeypatch.setattr(reliant_policy, "SETTINGS_PATH", str(tmp_path / "absent.json"))
+    scene = shards_helpers.split_scene(tmp_path / "dom0")
+    result = scene.suture(policy_dir=str(run))
+    assert not [p for p in result.problems if p.severity == "error"], result.problems
+    return shards_helpers.load(scene.merged)
+
+
+def test_suture_tags_every_qube_with_the_group_of_its_pools(dirs, tmp_path, monkeypatch):
+    root = sutured(tmp_path, dirs[0], monkeypatch)
+    tags = {name: sorted(t for t in d.tags if t.startswith("reliant-"))
+            for name, d in helpers.system_info(root).items()}
+    wanted = helpers.expected_groups(helpers.load(helpers.MERGED))
+    assert tags.pop("dom0") == [] and wanted.pop("dom0") == "reliant-core"
+    assert tags == {name: [group] for name, group in wanted.items()}
+
+
+def test_every_cross_group_call_is_denied_and_same_group_calls_fall_through(
+        dirs, tmp_path, monkeypatch):
     run, etc = dirs
-    root = helpers.merged_tagged()
+    root = sutured(tmp_path, run, monkeypatch)
     helpers.add_disposable(root, "disp4242", 4242, "secret-dvm")
     helpers.add_disposable(root, "disp4343", 4343, "default-dvm")
-    assert reliant_policy.write_runtime_policy(
-        str(run), root, settings_path=str(tmp_path / "absent.json")) is True
     rules = oracle.load_policy([run, etc])
     assert rules, "the runtime file holds rules"
     domains = helpers.system_info(root)
-    groups = {name: next(t for t in d.tags if t.startswith("reliant-"))
-              for name, d in domains.items()}
+    groups = groups_of(domains)
     assert set(groups.values()) == {"reliant-core", *SHARD_TAGS}
     assert groups["disp4242"] == "reliant-shard-sflc_0_1"
     checked = {"deny": 0, "fall-through": 0}
@@ -120,7 +143,8 @@ def test_every_generated_file_is_strict_policy_v5(dirs, tmp_path):
     rules = oracle.load_policy([run])
     assert {rule.params.get("notify") for rule in rules} == {"no"}
     assert {rule.service for rule in rules} == {None, "my.Service"}
-    assert all(rule.target.endswith("reliant-core") for rule in rules)
+    assert all(rule.target.endswith("reliant-core") or rule.target == "@adminvm"
+               for rule in rules)
 
 
 @pytest.mark.parametrize(("directions", "pairs"), [
@@ -133,9 +157,11 @@ def test_directions_select_the_pairs(dirs, tmp_path, directions, pairs):
     settings = write_settings(tmp_path, directions=directions)
     reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=settings)
     rules = oracle.load_policy([run])
-    found = {(r.source.removeprefix("@tag:"), r.target.split("@tag:")[1]) for r in rules}
+    found = {(r.source.removeprefix("@tag:"), r.target.split("@tag:")[-1].replace(
+        "@adminvm", "reliant-core")) for r in rules}
     assert found == pairs
-    assert len(rules) == 2 * len(pairs) * len(reliant_policy.DEFAULT_SERVICES)
+    per_pair = {pair: 3 if pair[1] == "reliant-core" else 2 for pair in pairs}
+    assert len(rules) == sum(per_pair.values()) * len(reliant_policy.DEFAULT_SERVICES)
 
 
 def test_services_argument_replaces_the_settings(dirs, tmp_path):
