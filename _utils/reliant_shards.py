@@ -129,25 +129,94 @@ def _prop(element: etree._Element, name: str) -> str | None:
     return None
 
 
+class _Qube:
+    """What the rules need to know about one <domain>, read in one pass."""
+
+    __slots__ = ("data_pools", "label", "name", "pools", "qid", "refs", "reliant_tags",
+                 "uuid")
+
+    def __init__(self, domain: etree._Element) -> None:
+        admin = domain.get("class") == "AdminVM"
+        self.name, self.uuid, self.label = ("dom0" if admin else ""), "", None
+        self.qid: int | None = 0 if admin else None
+        self.refs: list[tuple[str, str]] = []
+        self.pools: set[str] = set()
+        self.data_pools: set[str] = set()
+        self.reliant_tags: list[etree._Element] = []
+        devices = []
+        for section in domain:
+            kind = section.tag
+            if kind == "properties":
+                self._read_properties(section, admin)
+            elif kind == "volume-config":
+                for volume in section:
+                    pool = volume.get("pool")
+                    if not pool:
+                        continue
+                    self.pools.add(pool)
+                    if volume.get("name") in _DATA_VOLUMES and not (
+                            volume.get("snap_on_start") == "True" and volume.get("source")):
+                        self.data_pools.add(pool)
+            elif kind == "devices":
+                devices += [(f"device {section.get('class')}:{d.get('id')}",
+                             d.get("backend-domain")) for d in section
+                            if d.get("backend-domain")]
+            elif kind == "tags":
+                self.reliant_tags = [t for t in section
+                                     if (t.get("name") or "").startswith(TAG_PREFIX)]
+        self.refs += devices
+
+    def _read_properties(self, section: etree._Element, admin: bool) -> None:
+        for prop in section:
+            key = prop.get("name")
+            if key == "name":
+                if not admin:
+                    self.name = prop.text or ""
+            elif key == "uuid":
+                self.uuid = prop.text or ""
+            elif key == "qid":
+                try:
+                    self.qid = int(prop.text or "")
+                except ValueError:
+                    self.qid = None
+            elif key == "label":
+                self.label = prop.text or ""
+            elif key in _REFERENCE_SET and prop.text:
+                self.refs.append((key, prop.text))
+
+
+_REFERENCE_SET = frozenset(DOMAIN_REFERENCES)
+
+
 def qube_name(domain: etree._Element) -> str:
     """The name of a <domain> ("dom0" for the AdminVM, "" if it has none)."""
-    if domain.get("class") == "AdminVM":
-        return "dom0"
-    return _prop(domain, "name") or ""
+    return _Qube(domain).name
 
 
 def qube_uuid(domain: etree._Element) -> str:
-    return _prop(domain, "uuid") or ""
+    return _Qube(domain).uuid
 
 
 def qube_qid(domain: etree._Element) -> int | None:
-    value = _prop(domain, "qid")
-    if value is None and domain.get("class") == "AdminVM":
-        return 0
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
+    """The qid (0 for the AdminVM), None if missing or not a number."""
+    return _Qube(domain).qid
+
+
+def data_pools(domain: etree._Element) -> set[str]:
+    """Pools of the qube's own data: private, volatile, and root unless it is a
+    snapshot of a template's volume (snap_on_start with a source)."""
+    return _Qube(domain).data_pools
+
+
+def volume_pools(domain: etree._Element) -> set[str]:
+    """Pools of all the qube's volumes."""
+    return _Qube(domain).pools
+
+
+def references(domain: etree._Element) -> list[tuple[str, str]]:
+    """(what, qube name) for every reference of a <domain> to another qube: reference
+    properties, then device assignments ("device CLASS:ID", backend)."""
+    return _Qube(domain).refs
 
 
 def _set_qid(domain: etree._Element, qid: int) -> None:
@@ -155,39 +224,42 @@ def _set_qid(domain: etree._Element, qid: int) -> None:
     domain.set("id", f"domain-{qid}")
 
 
-def data_pools(domain: etree._Element) -> set[str]:
-    """Pools of the qube's own data: private, volatile, and root unless it is a
-    snapshot of a template's volume (snap_on_start with a source)."""
-    pools = set()
-    config = domain.find("volume-config")
-    if config is None:
-        return pools
-    for volume in config:
-        if volume.get("name") not in _DATA_VOLUMES or not volume.get("pool"):
-            continue
-        if volume.get("snap_on_start") == "True" and volume.get("source"):
-            continue
-        pools.add(volume.get("pool"))
-    return pools
+class _Facts:
+    """`_Qube` records of the domains a plan looks at, each read once."""
 
+    def __init__(self) -> None:
+        self._seen: dict[etree._Element, _Qube] = {}
 
-def volume_pools(domain: etree._Element) -> set[str]:
-    config = domain.find("volume-config")
-    return {v.get("pool") for v in config if v.get("pool")} if config is not None else set()
+    def __call__(self, domain: etree._Element) -> _Qube:
+        qube = self._seen.get(domain)
+        if qube is None:
+            qube = self._seen[domain] = _Qube(domain)
+        return qube
 
+    def forget(self, domain: etree._Element) -> None:
+        """Read `domain` again next time (after changing it)."""
+        self._seen.pop(domain, None)
 
-def references(domain: etree._Element) -> list[tuple[str, str]]:
-    """(what, qube name) for every reference of a <domain> to another qube."""
-    found = []
-    for name, prop in _properties(domain).items():
-        if name in DOMAIN_REFERENCES and prop.text:
-            found.append((name, prop.text))
-    for devices in domain.iterfind("devices"):
-        for device in devices:
-            backend = device.get("backend-domain")
-            if backend:
-                found.append((f"device {devices.get('class')}:{device.get('id')}", backend))
-    return found
+    def name(self, domain: etree._Element) -> str:
+        return self(domain).name
+
+    def uuid(self, domain: etree._Element) -> str:
+        return self(domain).uuid
+
+    def qid(self, domain: etree._Element | None) -> int | None:
+        return None if domain is None else self(domain).qid
+
+    def set_qid(self, domain: etree._Element, qid: int) -> None:
+        _set_qid(domain, qid)
+        self(domain).qid = qid
+
+    def strip_tags(self, domain: etree._Element) -> None:
+        """Remove the domain's ``reliant-`` tags."""
+        for tag in self(domain).reliant_tags:
+            parent = tag.getparent()
+            if parent is not None:
+                parent.remove(tag)
+        self(domain).reliant_tags = []
 
 
 def _tags_element(domain: etree._Element) -> etree._Element:
@@ -600,9 +672,9 @@ def _order_shards(shards: Sequence[Shard], problems: list[Problem]) -> list[Shar
     return ordered
 
 
-def _recover(domain: etree._Element, what: str, target: str, shard: Shard) -> None:
+def _recover(facts: _Facts, domain: etree._Element, what: str, target: str, shard: Shard) -> None:
     """Reset a missing reference to its default, keep the old value, prohibit start."""
-    name = qube_name(domain)
+    name = facts.name(domain)
     if what.startswith("device "):
         device = _remove_device(domain, what)
         key = RECOVERED_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", what.replace(" ", "-"))
@@ -611,6 +683,7 @@ def _recover(domain: etree._Element, what: str, target: str, shard: Shard) -> No
         prop = _properties(domain)[what]
         prop.getparent().remove(prop)
         _set_feature(domain, RECOVERED_PREFIX + what, target)
+    facts.forget(domain)
     current = _feature(domain, PROHIBIT_START)
     if current is None or current.startswith(RATIONALE_PREFIX):
         _set_feature(domain, PROHIBIT_START,
@@ -632,6 +705,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         raise ShardError(f"missing_reference must be one of {MISSING_REFERENCE_MODES}, "
                          f"not {missing_reference!r}")
     problems: list[Problem] = []
+    facts = _Facts()
     sections = _core_sections(core_root, core_source)
     labels = {label.text for label in sections["labels"]} | {
         label.get("id") for label in sections["labels"]}
@@ -641,15 +715,15 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
     qids: set[int] = set()
     core_refs: set[str] = set()
     for domain in sections["domains"]:
-        name = qube_name(domain)
+        name = facts.name(domain)
         owner[name] = CORE
-        uuids.add(qube_uuid(domain))
-        qid = qube_qid(domain)
+        uuids.add(facts.uuid(domain))
+        qid = facts.qid(domain)
         if qid is not None:
             qids.add(qid)
-        core_refs.update(target for _, target in references(domain))
+        core_refs.update(target for _, target in facts(domain).refs)
         if domain.get("class") != "AdminVM":
-            _strip_reliant_tags(domain)
+            facts.strip_tags(domain)
             etree.SubElement(_tags_element(domain), "tag", name=CORE_TAG)
     for prop in sections["properties"]:
         if prop.get("name") in GLOBAL_REFERENCES and prop.text:
@@ -674,27 +748,28 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
             continue
         allowed = {CORE, shard.id} | (_deps_closure(shard.id, by_id) & {s.id for s in sutured})
         visible_pools = {p for p, g in pool_owner.items() if g in allowed} | set(shard.pools)
-        candidates = _admissible(shard, owner, uuids, labels, visible_pools, core_refs,
+        candidates = _admissible(facts, shard, owner, uuids, labels, visible_pools, core_refs,
                                  problems)
-        candidates = _resolve_references(shard, candidates, owner, allowed,
+        candidates = _resolve_references(facts, shard, candidates, owner, allowed,
                                          missing_reference, problems)
-        candidates = _assign_qids(shard, candidates, qids, problems)
+        candidates = _assign_qids(facts, shard, candidates, qids, problems)
         merged_uuids = []
-        dirs[shard.id] = [(dom0_subdir(d), qube_name(d)) for d in candidates]
+        dirs[shard.id] = [(dom0_subdir(d), facts.name(d)) for d in candidates]
         for domain in candidates:
-            _strip_reliant_tags(domain)
+            facts.strip_tags(domain)
             etree.SubElement(_tags_element(domain), "tag", name=shard_tag(shard.id))
             sections["domains"].append(domain)
-            owner[qube_name(domain)] = shard.id
-            uuids.add(qube_uuid(domain))
-            qids.add(qube_qid(domain))
-            merged_uuids.append(qube_uuid(domain))
+            owner[facts.name(domain)] = shard.id
+            uuids.add(facts.uuid(domain))
+            qids.add(facts.qid(domain))
+            merged_uuids.append(facts.uuid(domain))
+        pool_names = shard.pools
         for pool in shard.pool_elements:
             pool_owner[pool.get("name")] = shard.id
             sections["pools"].append(pool)
         ranges.append((shard.qid_range, shard.id))
         sutured.append(shard)
-        state["shards"][shard.id] = {"path": shard.path, "pools": shard.pools,
+        state["shards"][shard.id] = {"path": shard.path, "pools": pool_names,
                                      "merged": merged_uuids}
     state["problems"] = [asdict(p) for p in problems]
     state["refused"] = sorted({p.shard for p in problems if p.kind == "refused" and p.shard})
@@ -728,7 +803,7 @@ def _refusal(shard: Shard, pool_owner: dict[str, str],
     return None
 
 
-def _admissible(shard: Shard, owner: dict[str, str], uuids: set[str], labels: set[str],
+def _admissible(facts: _Facts, shard: Shard, owner: dict[str, str], uuids: set[str], labels: set[str],
                 pools: set[str], core_refs: set[str],
                 problems: list[Problem]) -> list[etree._Element]:
     """The shard's qubes that may be merged at all (class, qid, name, uuid, label, pools)."""
@@ -736,8 +811,8 @@ def _admissible(shard: Shard, owner: dict[str, str], uuids: set[str], labels: se
     names: set[str] = set()
     own_uuids: set[str] = set()
     for domain in shard.domains:
-        name, uuid, qid = qube_name(domain), qube_uuid(domain), qube_qid(domain)
-        label = _prop(domain, "label")
+        name, uuid, qid = facts.name(domain), facts.uuid(domain), facts.qid(domain)
+        label = facts(domain).label
         reason, kind = None, "invalid"
         if domain.tag != "domain":
             reason = f"<{domain.tag}> is not a <domain>"
@@ -762,7 +837,7 @@ def _admissible(shard: Shard, owner: dict[str, str], uuids: set[str], labels: se
         elif not label or label not in labels:
             reason = f"label {label!r} is not defined in core"
         else:
-            missing = sorted(volume_pools(domain) - pools)
+            missing = sorted(facts(domain).pools - pools)
             if missing:
                 reason = f"its volumes use pools {', '.join(missing)} that are not visible"
         if reason:
@@ -777,16 +852,16 @@ def _admissible(shard: Shard, owner: dict[str, str], uuids: set[str], labels: se
     return kept
 
 
-def _resolve_references(shard: Shard, candidates: list[etree._Element], owner: dict[str, str],
+def _resolve_references(facts: _Facts, shard: Shard, candidates: list[etree._Element], owner: dict[str, str],
                         allowed: set[str], mode: str,
                         problems: list[Problem]) -> list[etree._Element]:
     """Recover (or skip) qubes whose references do not resolve to an allowed qube."""
     while True:
-        local = {qube_name(d) for d in candidates}
+        local = {facts.name(d) for d in candidates}
         dropped = False
         for domain in list(candidates):
-            name = qube_name(domain)
-            for what, target in references(domain):
+            name = facts.name(domain)
+            for what, target in facts(domain).refs:
                 if target in local or owner.get(target) in allowed:
                     continue
                 where = ("is not visible" if target not in owner
@@ -798,7 +873,7 @@ def _resolve_references(shard: Shard, candidates: list[etree._Element], owner: d
                                             f"{shard.id} not merged: {what} {target!r} {where}; "
                                             f"it stays intact in {shard.file}", shard.id, name))
                     break
-                _recover(domain, what, target, shard)
+                _recover(facts, domain, what, target, shard)
                 problems.append(Problem("warning", "recovered", f"qube {name} of shard "
                                         f"{shard.id}: {what} {target!r} {where}; reset to its "
                                         f"default, start prohibited until 'reliant-shard "
@@ -807,13 +882,13 @@ def _resolve_references(shard: Shard, candidates: list[etree._Element], owner: d
             return candidates
 
 
-def _assign_qids(shard: Shard, candidates: list[etree._Element], qids: set[int],
+def _assign_qids(facts: _Facts, shard: Shard, candidates: list[etree._Element], qids: set[int],
                  problems: list[Problem]) -> list[etree._Element]:
     """Keep qids inside the shard's range and free; give the others the lowest free one."""
     taken = set(qids)
     keep, move = [], []
     for domain in candidates:
-        qid = qube_qid(domain)
+        qid = facts.qid(domain)
         if shard.contains_qid(qid) and qid not in taken:
             taken.add(qid)
             keep.append(domain)
@@ -822,16 +897,16 @@ def _assign_qids(shard: Shard, candidates: list[etree._Element], qids: set[int],
     free = (q for q in range(shard.qid_range[0], shard.qid_range[1] + 1) if q not in taken)
     for domain in move:
         qid = next(free, None)
-        name = qube_name(domain)
+        name = facts.name(domain)
         if qid is None:
             problems.append(Problem("warning", "invalid", f"qube {name} of shard {shard.id} not "
                                     f"merged: QID range {shard.qid_range[0]}-"
                                     f"{shard.qid_range[1]} is full", shard.id, name))
             continue
         problems.append(Problem("info", "renumbered", f"qube {name} of shard {shard.id}: qid "
-                                f"{qube_qid(domain)} -> {qid} (the shard's range)", shard.id,
+                                f"{facts.qid(domain)} -> {qid} (the shard's range)", shard.id,
                                 name))
-        _set_qid(domain, qid)
+        facts.set_qid(domain, qid)
         taken.add(qid)
         keep.append(domain)
     return keep
@@ -898,6 +973,7 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
     of the merge stay in its file.
     """
     problems: list[Problem] = []
+    facts = _Facts()
     sections = _core_sections(merged_root, "merged store")
     core_pools = {p.get("name") for p in core_root.find("pools")} if core_root is not None \
         else set()
@@ -920,12 +996,12 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
         if group is None:
             problems.append(Problem("error", "unplaceable", f"pool {name} lies under a shard "
                                     "root but in no merged shard; not written anywhere"))
-    core_previous = _index(core_root.find("domains") if core_root is not None else None)
+    core_previous = _index(facts, core_root.find("domains") if core_root is not None else None)
     previous_cache: dict[str, dict[str, etree._Element]] = {CORE: core_previous}
 
     def previous(group: str) -> dict[str, etree._Element]:
         if group not in previous_cache:
-            previous_cache[group] = _index(writable[group].root.find("domains"))
+            previous_cache[group] = _index(facts, writable[group].root.find("domains"))
         return previous_cache[group]
 
     groups: dict[str, list[etree._Element]] = {CORE: [], **{sid: [] for sid in writable}}
@@ -933,22 +1009,22 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
     unplaced: set[str] = set()  # uuids: their files keep the earlier version
     pending = []
     for domain in sections["domains"]:
-        group = _group_by_pools_or_tag(domain, pool_owner, writable, visible, problems)
+        group = _group_by_pools_or_tag(facts, domain, pool_owner, writable, visible, problems)
         if group == "pending":
             pending.append(domain)
             continue
-        owner[qube_name(domain)] = group
+        owner[facts.name(domain)] = group
         if group is None:
-            unplaced.add(qube_uuid(domain))
+            unplaced.add(facts.uuid(domain))
         else:
             groups[group].append(domain)
     for domain in pending:
-        group = _group_of_new(domain, owner, pool_owner, core_previous, writable, visible)
-        owner[qube_name(domain)] = group
+        group = _group_of_new(facts, domain, owner, pool_owner, core_previous, writable, visible)
+        owner[facts.name(domain)] = group
         groups[group].append(domain)
 
-    _fix_global_references(sections["properties"], core_root, owner, problems)
-    merged_qids = {qube_qid(d) for d in sections["domains"]}
+    _fix_global_references(facts, sections["properties"], core_root, owner, problems)
+    merged_qids = {facts.qid(d) for d in sections["domains"]}
     pools_of = {sid: [p for p in sections["pools"] if pool_owner.get(p.get("name")) == sid]
                 for sid in groups}
     for sid in set(writable) - set(sutured):  # not merged: its own pools stay as they are
@@ -964,9 +1040,9 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
     for sid, shard in writable.items():
         allowed = {CORE, sid} | (_deps_closure(sid, visible) & set(writable))
         members = [d for d in groups[sid] if _fix_references(
-            d, sid, allowed, owner, pool_owner, lambda s=sid: previous(s), problems)]
-        merged_uuids = {qube_uuid(d) for d in members}
-        hold = unplaced | {qube_uuid(d) for d in groups[sid]} - merged_uuids
+            facts, d, sid, allowed, owner, pool_owner, lambda s=sid: previous(s), problems)]
+        merged_uuids = {facts.uuid(d) for d in members}
+        hold = unplaced | {facts.uuid(d) for d in groups[sid]} - merged_uuids
         known = sutured.get(sid, {}).get("merged")
         known = set(known) if known is not None else None
         file_uuids = _file_uuids(shard)
@@ -974,31 +1050,31 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
                 and file_uuids <= merged_uuids | known and not file_uuids & hold):
             kept = []
         else:
-            kept = [d for d in previous(sid).values() if qube_uuid(d) not in merged_uuids and
-                    (known is None or qube_uuid(d) not in known or qube_uuid(d) in hold)]
-        _fix_qids(shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
+            kept = [d for d in previous(sid).values() if facts.uuid(d) not in merged_uuids and
+                    (known is None or facts.uuid(d) not in known or facts.uuid(d) in hold)]
+        _fix_qids(facts, shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
         for domain in members + kept:
-            _strip_reliant_tags(domain)
-        dirs[sid] = [(dom0_subdir(d), qube_name(d)) for d in members]
-        keep_dirs[sid] = {(dom0_subdir(d), qube_name(d)) for d in kept}
+            facts.strip_tags(domain)
+        dirs[sid] = [(dom0_subdir(d), facts.name(d)) for d in members]
+        keep_dirs[sid] = {(dom0_subdir(d), facts.name(d)) for d in kept}
         new_state["shards"][sid] = {
             "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
             "merged": sorted((known or set()) | merged_uuids)}
         lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
-            - {qube_uuid(d) for d in kept}
+            - {facts.uuid(d) for d in kept}
         content = shard_bytes(shard, pools_of[sid],
-                              sorted(members + kept, key=lambda d: (qube_name(d) == "",
-                                                                    qube_name(d))))
+                              sorted(members + kept, key=lambda d: (facts.name(d) == "",
+                                                                    facts.name(d))))
         (losing if lost else gaining).append((shard.file, content, 0o600))
     for sid in set(sutured) - set(writable):
         new_state["shards"][sid] = sutured[sid]
 
     core_members = [d for d in groups[CORE] if _fix_references(
-        d, CORE, {CORE}, owner, pool_owner, lambda: core_previous, problems)]
-    hold = unplaced | {qube_uuid(d) for d in groups[CORE]} - {qube_uuid(d) for d in core_members}
+        facts, d, CORE, {CORE}, owner, pool_owner, lambda: core_previous, problems)]
+    hold = unplaced | {facts.uuid(d) for d in groups[CORE]} - {facts.uuid(d) for d in core_members}
     core_members += [deepcopy(d) for u, d in core_previous.items() if u in hold]
     for domain in core_members:
-        _strip_reliant_tags(domain)
+        facts.strip_tags(domain)
     sections["domains"][:] = core_members
     sections["pools"][:] = pools_of[CORE]
     outputs = [*gaining, *losing, (core_path, reliant_store.serialize(merged_root), 0o660)]
@@ -1024,28 +1100,29 @@ def _writable(visible: dict[str, Shard], sutured: dict[str, Any], detached: set[
                                     f"{sutured[sid]['path']} but is now at {shard.path}; not "
                                     "written", sid))
             continue
-        try:
-            shard.domains  # noqa: B018 - parse now: an unreadable shard is not written
-        except (reliant_store.StoreError, ShardError) as exc:
-            problems.append(Problem("error", "refused", f"{exc}; not written", sid))
-            continue
+        if sid not in sutured:  # merged shards parsed at suture; parse this one now
+            try:
+                shard.domains  # noqa: B018
+            except (reliant_store.StoreError, ShardError) as exc:
+                problems.append(Problem("error", "refused", f"{exc}; not written", sid))
+                continue
         writable[sid] = shard
     return writable
 
 
-def _index(domains: etree._Element | None) -> dict[str, etree._Element]:
-    return {qube_uuid(d): d for d in domains} if domains is not None else {}
+def _index(facts: _Facts, domains: etree._Element | None) -> dict[str, etree._Element]:
+    return {facts.uuid(d): d for d in domains} if domains is not None else {}
 
 
-def _group_by_pools_or_tag(domain: etree._Element, pool_owner: dict[str, str | None],
+def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element, pool_owner: dict[str, str | None],
                            writable: dict[str, Shard], visible: dict[str, Shard],
                            problems: list[Problem]) -> str | None:
     """The group of a merged qube by its data pools, else by its tag; "pending" when
     neither says (a qube created while shards are open); None when unplaceable."""
-    name = qube_name(domain)
+    name = facts.name(domain)
     if domain.get("class") == "AdminVM":
         return CORE
-    owners = {pool_owner.get(p, CORE) for p in data_pools(domain)} - {CORE}
+    owners = {pool_owner.get(p, CORE) for p in facts(domain).data_pools} - {CORE}
     if None in owners:
         problems.append(Problem("error", "unplaceable", f"qube {name}: its data volumes lie in a "
                                 "pool that belongs to no writable shard; not written anywhere",
@@ -1075,19 +1152,19 @@ def _group_by_pools_or_tag(domain: etree._Element, pool_owner: dict[str, str | N
     return "pending"
 
 
-def _group_of_new(domain: etree._Element, owner: dict[str, str | None],
+def _group_of_new(facts: _Facts, domain: etree._Element, owner: dict[str, str | None],
                   pool_owner: dict[str, str | None], core_previous: dict[str, etree._Element],
                   writable: dict[str, Shard], visible: dict[str, Shard]) -> str:
     """Group of an untagged qube with no data in a shard's pools: the file it was written
     to last time, else the first group allowed to reference all it references."""
-    uuid = qube_uuid(domain)
+    uuid = facts.uuid(domain)
     if uuid in core_previous:
         return CORE
     for sid, shard in writable.items():
-        if uuid in (_file_uuids(shard) or {qube_uuid(d) for d in shard.domains}):
+        if uuid in (_file_uuids(shard) or {facts.uuid(d) for d in shard.domains}):
             return sid
-    needed = {owner.get(target, CORE) for _, target in references(domain)}
-    needed |= {pool_owner.get(p, CORE) for p in volume_pools(domain)}
+    needed = {owner.get(target, CORE) for _, target in facts(domain).refs}
+    needed |= {pool_owner.get(p, CORE) for p in facts(domain).pools}
     needed -= {CORE, None}
     if needed:
         for sid in writable:
@@ -1096,7 +1173,7 @@ def _group_of_new(domain: etree._Element, owner: dict[str, str | None],
     return CORE
 
 
-def _fix_global_references(props: etree._Element, core_root: etree._Element | None,
+def _fix_global_references(facts: _Facts, props: etree._Element, core_root: etree._Element | None,
                            owner: dict[str, str | None], problems: list[Problem]) -> None:
     """Global properties naming a non-core qube keep their earlier core value on disk."""
     old = core_root.find("properties") if core_root is not None else None
@@ -1116,19 +1193,19 @@ def _fix_global_references(props: etree._Element, core_root: etree._Element | No
             prop.text = old_value
 
 
-def _fix_references(domain: etree._Element, group: str, allowed: set[str],
+def _fix_references(facts: _Facts, domain: etree._Element, group: str, allowed: set[str],
                     owner: dict[str, str | None], pool_owner: dict[str, str | None],
                     previous: Any, problems: list[Problem]) -> bool:
     """Undo what `domain` references outside `allowed` (on disk only); False when it
     cannot be undone (then the qube is written nowhere)."""
-    name = qube_name(domain)
+    name = facts.name(domain)
     where = "core" if group == CORE else f"shard {group}"
     shard = None if group == CORE else group
-    bad_pools = sorted(p for p in volume_pools(domain) if pool_owner.get(p, CORE) not in allowed)
-    bad_refs = [(w, t) for w, t in references(domain) if owner.get(t, CORE) not in allowed]
+    bad_pools = sorted(p for p in facts(domain).pools if pool_owner.get(p, CORE) not in allowed)
+    bad_refs = [(w, t) for w, t in facts(domain).refs if owner.get(t, CORE) not in allowed]
     if not bad_pools and not bad_refs:
         return True
-    old = previous().get(qube_uuid(domain))
+    old = previous().get(facts.uuid(domain))
     if bad_pools:
         old_config = old.find("volume-config") if old is not None else None
         if old_config is None:
@@ -1157,6 +1234,7 @@ def _fix_references(domain: etree._Element, group: str, allowed: set[str],
         problems.append(Problem("warning", "violation", f"qube {name} of {where}: {what} names "
                                 f"{target!r} of a group it may not reference; on disk {kept}",
                                 shard, name))
+    facts.forget(domain)
     return True
 
 
@@ -1169,37 +1247,37 @@ def _remove_device(domain: etree._Element, what: str) -> etree._Element | None:
     return None
 
 
-def _fix_qids(shard: Shard, members: list[etree._Element], kept: list[etree._Element],
+def _fix_qids(facts: _Facts, shard: Shard, members: list[etree._Element], kept: list[etree._Element],
               merged_qids: set[int | None], previous: Any, problems: list[Problem]) -> None:
     """Give qubes created while the shard was open (qid outside its range) a qid of the
     range in the shard file: the one written last time if still free, else the lowest
     free one. qubesd keeps the old qid until the next suture."""
-    outside = [d for d in members if not shard.contains_qid(qube_qid(d) or 0)]
+    outside = [d for d in members if not shard.contains_qid(facts.qid(d) or 0)]
     if not outside:
         return
-    taken = merged_qids | {qube_qid(d) for d in members + kept}
+    taken = merged_qids | {facts.qid(d) for d in members + kept}
     moving = []
     for domain in outside:
-        old = previous().get(qube_uuid(domain))
-        qid = qube_qid(old) if old is not None else None
+        old = previous().get(facts.uuid(domain))
+        qid = facts.qid(old) if old is not None else None
         if qid is not None and shard.contains_qid(qid) and qid not in taken:
-            _set_qid(domain, qid)
+            facts.set_qid(domain, qid)
             taken.add(qid)
         else:
             moving.append(domain)
     free = (q for q in range(shard.qid_range[0], shard.qid_range[1] + 1) if q not in taken)
     for domain in moving:
         qid = next(free, None)
-        name = qube_name(domain)
+        name = facts.name(domain)
         if qid is None:
             problems.append(Problem("warning", "renumbered", f"qube {name} of shard {shard.id}: "
-                                    f"QID range full, keeps qid {qube_qid(domain)}", shard.id,
+                                    f"QID range full, keeps qid {facts.qid(domain)}", shard.id,
                                     name))
             continue
         problems.append(Problem("info", "renumbered", f"qube {name} of shard {shard.id}: qid "
-                                f"{qube_qid(domain)} -> {qid} in the shard file (qubesd uses it "
+                                f"{facts.qid(domain)} -> {qid} in the shard file (qubesd uses it "
                                 "from the next suture)", shard.id, name))
-        _set_qid(domain, qid)
+        facts.set_qid(domain, qid)
         taken.add(qid)
 
 

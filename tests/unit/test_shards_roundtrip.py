@@ -109,3 +109,4 @@ def test_state_records_what_was_merged(tmp_path):
     state = json.loads((scene.merged.parent / "shards.json").read_text())
     assert sorted(state["shards"]) == ["sflc_0_1", "sflc_0_2"]
     assert len(state["shards"]["sflc_0_1"]["merged"]) == 3
+    assert state["shards"]["sflc_0_1"]["pools"] == ["sflc_0_1"]

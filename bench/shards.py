@@ -1,0 +1,151 @@
+"""Benchmark: suture and dissect of 2,000 qubes over 15 shards against a bare lxml
+parse + serialize of the same merged bytes, measured in the same run.
+
+    .venv/bin/python bench/shards.py [--qubes 2000] [--shards 15] [--repeat 5]
+
+Prints the median of each timing and its ratio to the baseline; the last line is
+``suture+dissect/lxml: R``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "_utils"))
+
+import reliant_shards  # noqa: E402 - after the path set-up
+import reliant_store  # noqa: E402
+from lxml import etree  # noqa: E402
+
+LABELS = ("red", "orange", "yellow", "green", "gray", "blue", "purple", "black")
+
+
+def domain(name: str, qid: int, pool: str, template: str | None, netvm: str | None) -> str:
+    """One qube in qubesd's format (properties, features, tags, devices, volumes)."""
+    ident = uuid.uuid5(uuid.NAMESPACE_DNS, name)
+    root_volume = (f'<volume name="root" pool="vm-pool" vid="qubes_dom0/vm-{name}-root" '
+                   'revisions_to_keep="2" rw="True" save_on_stop="False" snap_on_start="True" '
+                   f'size="10737418240" source="qubes_dom0/vm-{template}-root"/>' if template
+                   else f'<volume name="root" pool="{pool}" vid="appvms/{name}/root" '
+                   'revisions_to_keep="1" rw="True" save_on_stop="True" snap_on_start="False" '
+                   'size="10737418240"/>')
+    props = "".join(f'<property name="{k}">{v}</property>' for k, v in (
+        ("label", LABELS[qid % len(LABELS)]), ("name", name), ("qid", qid), ("uuid", ident),
+        ("template", template), ("netvm", netvm), ("memory", 400 + qid % 7 * 100))
+        if v is not None)
+    return (f'<domain id="domain-{qid}" class="{"AppVM" if template else "TemplateVM"}">'
+            f'<properties>{props}</properties>'
+            '<features><feature name="service.cups">1</feature>'
+            f'<feature name="menu-items">{name}.desktop</feature></features>'
+            '<tags><tag name="audiovm-dom0"/><tag name="guivm-dom0"/></tags>'
+            '<devices class="pci"/>'
+            f'<volume-config>{root_volume}'
+            f'<volume name="private" pool="{pool}" vid="appvms/{name}/private" '
+            'revisions_to_keep="1" rw="True" save_on_stop="True" snap_on_start="False" '
+            'size="2147483648"/>'
+            f'<volume name="volatile" pool="{pool}" vid="appvms/{name}/volatile" '
+            'revisions_to_keep="1" rw="True" save_on_stop="False" snap_on_start="False" '
+            'size="10737418240"/>'
+            '<volume name="kernel" pool="linux-kernel" vid="" revisions_to_keep="0" '
+            'rw="False" save_on_stop="False" snap_on_start="False"/>'
+            '</volume-config></domain>')
+
+
+def generate(base: str, qubes: int, shards: int) -> tuple[str, list[str]]:
+    """A core store and `shards` shard directories holding `qubes` qubes in all."""
+    per_shard = qubes * 9 // 10 // shards
+    core_count = qubes - per_shard * shards
+    core_domains = ['<domain id="domain-0" class="AdminVM"><properties><property '
+                    'name="label">black</property></properties><features/><tags/></domain>']
+    core_domains.append(domain("tmpl-core", 1, "vm-pool", None, None))
+    core_domains.append(domain("sys-net", 2, "vm-pool", "tmpl-core", ""))
+    for qid in range(3, core_count + 1):
+        core_domains.append(domain(f"core-{qid}", qid, "vm-pool", "tmpl-core", "sys-net"))
+    labels = "".join(f'<label id="label-{i}" color="0x000000">{n}</label>'
+                     for i, n in enumerate(LABELS, 1))
+    core = (f"<qubes><labels>{labels}</labels><pools>"
+            '<pool name="vm-pool" volume_group="qubes_dom0" thin_pool="vm-pool" '
+            'driver="lvm_thin"/><pool name="linux-kernel" dir_path="/var/lib/qubes/vm-kernels" '
+            'driver="linux-kernel"/></pools><properties>'
+            '<property name="default_netvm">sys-net</property>'
+            '<property name="default_template">tmpl-core</property></properties>'
+            f'<domains>{"".join(core_domains)}</domains></qubes>')
+    core_path = os.path.join(base, "qubes.xml")
+    root = os.path.join(base, "shufflecake")
+    with open(core_path, "wb") as handle:
+        handle.write(reliant_store.serialize(reliant_store.parse(core.encode(), core_path)))
+    for index in range(shards):
+        sid = f"sflc_0_{index + 1}"
+        path = os.path.join(root, sid)
+        first = reliant_shards.FIRST_SHARD_QID + index * reliant_shards.RANGE_SIZE
+        shard = reliant_shards.init_shard(path, qid_range=(first, first + per_shard + 99))
+        pool = (f'<pool name="{sid}" dir_path="{path}/pool" driver="file-reflink" '
+                'revisions_to_keep="1" ephemeral_volatile="False"/>')
+        items = [domain(f"{sid}-tmpl", first, sid, None, None)]
+        items += [domain(f"{sid}-q{i}", first + i, sid, f"{sid}-tmpl" if i % 2 else "tmpl-core",
+                         "sys-net") for i in range(1, per_shard)]
+        pools = [etree.fromstring(pool)]
+        domains = sorted((etree.fromstring(item) for item in items),
+                         key=reliant_shards.qube_name)  # in the order dissect writes
+        reliant_store.write(shard.file, reliant_shards.shard_bytes(shard, pools, domains))
+    return core_path, [root]
+
+
+def median_time(func, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--qubes", type=int, default=2000)
+    parser.add_argument("--shards", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="reliant-bench-") as base:
+        core, roots = generate(base, args.qubes, args.shards)
+        merged = os.path.join(base, "run", "qubes.xml")
+        qubes_dir = os.path.join(base, "varlibqubes")
+        result = reliant_shards.suture(core, roots, merged, qubes_dir=qubes_dir)
+        assert not result.problems, result.problems
+        with open(merged, "rb") as handle:
+            data = handle.read()
+        count = data.count(b"<domain ")
+
+        def bare() -> None:
+            etree.tostring(etree.fromstring(data), encoding="utf-8", pretty_print=True)
+
+        def suture() -> None:
+            os.unlink(merged)  # suture writes the whole merged store every time
+            reliant_shards.suture(core, roots, merged, qubes_dir=qubes_dir)
+
+        def dissect() -> None:
+            # qubesd saved one change: one shard file must be rewritten
+            with open(merged, "wb") as handle:
+                handle.write(data.replace(b"sflc_0_3-q7.desktop", os.urandom(4).hex().encode()))
+            result = reliant_shards.dissect(merged, core, roots, qubes_dir=qubes_dir)
+            assert len(result.written) == 1, result.written
+
+        baseline = median_time(bare, args.repeat)
+        t_suture = median_time(suture, args.repeat)
+        t_dissect = median_time(dissect, args.repeat)
+    print(f"qubes: {count - 1} in core and {args.shards} shards; merged store {len(data)} bytes")
+    print(f"lxml parse+serialize: {baseline * 1000:.1f} ms")
+    print(f"suture: {t_suture * 1000:.1f} ms = {t_suture / baseline:.2f} x lxml")
+    print(f"dissect: {t_dissect * 1000:.1f} ms = {t_dissect / baseline:.2f} x lxml")
+    print(f"suture+dissect/lxml: {(t_suture + t_dissect) / baseline:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
