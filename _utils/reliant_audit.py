@@ -37,6 +37,12 @@ import reliant_store
 DEFAULT_PATHS = ("/var/lib/qubes", "/srv", "/var/cache/salt", "/var/log", "/etc/qubes",
                  "/etc/lvm/archive", "/etc/lvm/backup", "/home", "/root")
 DEFAULT_SKIP_GLOBS = ("*.img", "*.img.*", "*.img@*")
+# The formula's own code, installed and cached by Salt: its examples are not traces.
+DEFAULT_EXCLUDE = ("/srv/formulas/base/reliant-formula", "/var/cache/salt/minion/extmods",
+                   "/var/cache/salt/minion/files/base/reliant",
+                   "/var/cache/salt/minion/files/base/_modules",
+                   "/var/cache/salt/minion/files/base/_states",
+                   "/var/cache/salt/minion/files/base/_utils")
 DISK = "disk"
 RAM = "ram"
 VOLATILE_ROOT_LINK = "/run/systemd/volatile-root"
@@ -70,6 +76,7 @@ class Limits:
     max_files: int = 200_000
     max_depth: int = 24
     skip_globs: tuple[str, ...] = DEFAULT_SKIP_GLOBS
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class Settings:
 
     paths: tuple[str, ...] = DEFAULT_PATHS
     skip_globs: tuple[str, ...] = DEFAULT_SKIP_GLOBS
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     max_file_bytes: int = Limits.max_file_bytes
     max_files: int = Limits.max_files
     max_depth: int = Limits.max_depth
@@ -90,11 +98,11 @@ class Settings:
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise AuditError(f"reliant:audit: unknown keys {unknown}")
-        for key in ("paths", "skip_globs"):
+        for key in ("paths", "skip_globs", "exclude"):
             if key in values:
                 values[key] = tuple(values[key])
         settings = cls(**values)
-        for path in (*settings.paths, settings.disk_view):
+        for path in (*settings.paths, *settings.exclude, settings.disk_view):
             if not os.path.isabs(path):
                 raise AuditError(f"reliant:audit: {path!r} is not an absolute path")
         for key in ("max_file_bytes", "max_files", "max_depth"):
@@ -104,7 +112,8 @@ class Settings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_file_bytes, self.max_files, self.max_depth, self.skip_globs)
+        return Limits(self.max_file_bytes, self.max_files, self.max_depth, self.skip_globs,
+                      self.exclude)
 
 
 # --- what to look for -------------------------------------------------------------------
@@ -231,6 +240,9 @@ class _Scan:
             self.add(path, f"cannot read: {exc.strerror}", location)
             return
         if (st.st_dev, st.st_ino) in self.seen:
+            return
+        shown = self.shown(path)
+        if any(shown == e or shown.startswith(e.rstrip("/") + "/") for e in self.limits.exclude):
             return
         if stat.S_ISDIR(st.st_mode) and os.path.realpath(path) in self.excluded:
             return

@@ -175,3 +175,13 @@ def test_audit_running_without_the_device_link_refuses(tmp_path, monkeypatch):
     with pytest.raises(ra.AuditError, match="cannot tell disk from RAM"):
         ra.audit_running(shards, CORE, True, str(tmp_path / "v"), run=lambda argv: None,
                          volatile_root_link=str(tmp_path / "missing"))
+
+
+def test_the_formulas_own_code_is_excluded(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    example = "salt-call reliant_shard.init /run/shufflecake/sflc_0_1\n"
+    write(dom0, "/srv/formulas/base/reliant-formula/_modules/reliant_shard.py", example)
+    write(dom0, "/var/cache/salt/minion/extmods/modules/reliant_shard.py", example)
+    write(dom0, "/srv/salt/user.sls", example)
+    findings = ra.audit(shards, CORE, str(dom0))
+    assert [f.path for f in findings] == ["/srv/salt/user.sls"]

@@ -1,0 +1,167 @@
+"""Suite `volatile`: boot entries, initramfs and journald settings, mode switch, audit.
+
+Runs after the kitchen converge (highstate, a second highstate with no change, a
+test=True run with no change). GRUB and dracut are the doubles of
+tests/doubles/dom0-boot; each appends one line per run to /run/reliant-doubles/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "helpers"))
+from audit_plants import CORE, LEAKS, make_shards, plant
+
+INSTANCE = os.environ.get("KITCHEN_INSTANCE", "volatile-dom0")
+PILLAR = "/srv/pillar/base/reliant/init.sls"
+GRUB_CFG = "/boot/grub2/grub.cfg"
+
+
+def runs(host, tool: str) -> int:
+    log = host.file(f"/run/reliant-doubles/{tool}.log")
+    return len(log.content_string.splitlines()) if log.exists else 0
+
+
+def highstate(host) -> dict:
+    result = host.run("salt-call --local --retcode-passthrough --out json state.highstate")
+    assert result.rc == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)["local"]
+
+
+def changed(states: dict) -> dict:
+    return {ret["__id__"]: ret["changes"] for ret in states.values() if ret["changes"]}
+
+
+def menu_entries(text: str) -> dict[str, list[str]]:
+    found, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("menuentry "):
+            current = line.split("--id '")[1].split("'")[0]
+            found[current] = []
+        elif line.strip() == "}":
+            current = None
+        elif current:
+            found[current].append(line.strip())
+    return found
+
+
+def podman(*args: str) -> None:
+    subprocess.run(["podman", *args], check=True, capture_output=True)
+
+
+def test_grub_cfg_has_the_volatile_and_the_maintenance_entry(host):
+    text = host.file(GRUB_CFG).content_string
+    entries = menu_entries(text)
+    assert 'set default="reliant-volatile"' in text
+    kernel = host.check_output("ls /boot | grep vmlinuz-").strip()
+    version = kernel.removeprefix("vmlinuz-")
+    for entry_id in ("reliant-volatile", "reliant-maintenance"):
+        body = entries[entry_id]
+        assert any(line.startswith("multiboot2 /boot/xen-") and " placeholder " in line
+                   for line in body)
+        assert f"module2 --nounzip /boot/initramfs-{version}.img" in body
+    volatile = next(line for line in entries["reliant-volatile"] if "vmlinuz" in line)
+    maintenance = next(line for line in entries["reliant-maintenance"] if "vmlinuz" in line)
+    assert volatile.startswith(f"module2 /boot/{kernel} placeholder "
+                               "root=/dev/mapper/qubes_dom0-root ro ")
+    assert volatile.endswith(" systemd.volatile=overlay systemd.swap=0")
+    assert maintenance == volatile.removesuffix(" systemd.volatile=overlay systemd.swap=0")
+    titles = [line for line in text.splitlines() if line.startswith("menuentry 'Qubes, ")]
+    assert any("MAINTENANCE" in title and "written to disk" in title for title in titles)
+
+
+def test_grub_default_is_the_only_edit_of_etc_default_grub(host):
+    text = host.file("/etc/default/grub").content_string
+    assert 'GRUB_DEFAULT="reliant-volatile"\n' in text
+    assert "GRUB_DEFAULT=saved" not in text
+    assert 'GRUB_CMDLINE_XEN_DEFAULT="console=none dom0_mem=min:1024M' in text
+
+
+def test_dracut_and_journald_dropins_and_the_initramfs(host):
+    dracut = host.file("/etc/dracut.conf.d/50-reliant-volatile.conf")
+    assert dracut.mode == 0o644
+    assert 'add_drivers+=" overlay "' in dracut.content_string
+    assert "/usr/lib/systemd/systemd-volatile-root " in dracut.content_string
+    journald = host.file("/etc/systemd/journald.conf.d/50-reliant-volatile.conf")
+    assert "[Journal]\nStorage=volatile\n" in journald.content_string
+    initramfs = host.check_output("cat /boot/initramfs-*.img")
+    assert 'add_drivers+=" overlay "' in initramfs and "Storage=volatile" in initramfs
+    script = host.file("/etc/grub.d/15_reliant_volatile")
+    assert script.mode == 0o755
+
+
+def test_three_converges_regenerated_once(host):
+    # converge, converge again, test=True: one initramfs and one grub.cfg generation
+    assert runs(host, "dracut") == 1
+    assert runs(host, "grub2-mkconfig") == 1
+
+
+def test_running_mode_is_maintenance_here(host):
+    out = json.loads(host.check_output("salt-call --local --out json reliant_volatile.status"))
+    assert out["local"]["mode"] == "maintenance"  # no systemd.volatile on this kernel
+
+
+@pytest.fixture
+def restore_pillar(host):
+    original = host.file(PILLAR).content_string
+    yield
+    host.run(f"cat > {PILLAR} <<'EOF'\n{original}EOF")
+    highstate(host)
+
+
+def test_switching_the_default_changes_only_the_default_entry(host, restore_pillar):
+    before = host.file(GRUB_CFG).content_string
+    dracut_runs, grub_runs = runs(host, "dracut"), runs(host, "grub2-mkconfig")
+    host.run(f"sed -i 's/default_entry: volatile/default_entry: maintenance/' {PILLAR}")
+    states = highstate(host)
+    assert changed(states) == {"reliant-volatile-boot": {
+        "edited": "/etc/default/grub", "grub.cfg": f"grub2-mkconfig -o {GRUB_CFG}"}}
+    after = host.file(GRUB_CFG).content_string
+    diff = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+    assert diff == [('set default="reliant-volatile"', 'set default="reliant-maintenance"')]
+    assert len(before.splitlines()) == len(after.splitlines())
+    assert (runs(host, "dracut"), runs(host, "grub2-mkconfig")) == (dracut_runs, grub_runs + 1)
+    assert changed(highstate(host)) == {}
+
+
+@pytest.fixture
+def planted(host, tmp_path):
+    """Two open shards under /run/shufflecake; undone afterwards."""
+    make_shards(tmp_path / "shufflecake", own_roots=True)
+    podman("cp", str(tmp_path / "shufflecake"), f"{INSTANCE}:/run/")
+    core = host.file(CORE).content_string
+    yield tmp_path
+    host.run("rm -rf /run/shufflecake")
+    for path, _data, _reason in LEAKS:
+        if path != CORE:
+            host.run(f"rm -rf '{path}'")
+    host.run(f"cat > {CORE} <<'EOF'\n{core}EOF")
+
+
+def audit(host) -> list[tuple[str, str, str]]:
+    out = json.loads(host.check_output("salt-call --local --out json reliant_audit.run"))
+    return sorted((f["path"], f["reason"], f["storage"]) for f in out["local"]["findings"])
+
+
+def test_audit_finds_each_planted_leak_and_nothing_else(host, planted):
+    # a dom0 with only core qubes, after three highstates: no false positive
+    assert audit(host) == []
+    tree = planted / "tree"
+    (tree / CORE.lstrip("/")).parent.mkdir(parents=True)
+    (tree / CORE.lstrip("/")).write_text(host.file(CORE).content_string)
+    for path, data, _reason in LEAKS:
+        plant(tree, path, data)
+    podman("cp", f"{tree}/.", f"{INSTANCE}:/")
+    assert audit(host) == sorted((path, reason, "disk") for path, _data, reason in LEAKS)
+    result = host.run("salt-call --local --retcode-passthrough --out json "
+                      "state.apply reliant.audit")
+    assert result.rc != 0
+    ret = next(iter(json.loads(result.stdout)["local"].values()))
+    assert ret["comment"].startswith(f"{len(LEAKS)} trace(s) of open shards on dom0's disk (")
+    assert "secret" not in ret["comment"] and "deep-" not in ret["comment"]
