@@ -34,7 +34,6 @@ Rules and the QID mechanism are described in docs/shards-library.md.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -133,7 +132,7 @@ class _Qube:
     """What the rules need to know about one <domain>, read in one pass."""
 
     __slots__ = ("data_pools", "label", "name", "pools", "qid", "refs", "reliant_tags",
-                 "uuid")
+                 "tags", "uuid")
 
     def __init__(self, domain: etree._Element) -> None:
         admin = domain.get("class") == "AdminVM"
@@ -143,6 +142,7 @@ class _Qube:
         self.pools: set[str] = set()
         self.data_pools: set[str] = set()
         self.reliant_tags: list[etree._Element] = []
+        self.tags: etree._Element | None = None
         devices = []
         for section in domain:
             kind = section.tag
@@ -162,6 +162,7 @@ class _Qube:
                              d.get("backend-domain")) for d in section
                             if d.get("backend-domain")]
             elif kind == "tags":
+                self.tags = section
                 self.reliant_tags = [t for t in section
                                      if (t.get("name") or "").startswith(TAG_PREFIX)]
         self.refs += devices
@@ -253,6 +254,12 @@ class _Facts:
         _set_qid(domain, qid)
         self(domain).qid = qid
 
+    def add_tag(self, domain: etree._Element, name: str) -> None:
+        qube = self(domain)
+        if qube.tags is None:
+            qube.tags = etree.SubElement(domain, "tags")
+        qube.reliant_tags.append(etree.SubElement(qube.tags, "tag", name=name))
+
     def strip_tags(self, domain: etree._Element) -> None:
         """Remove the domain's ``reliant-`` tags."""
         for tag in self(domain).reliant_tags:
@@ -260,13 +267,6 @@ class _Facts:
             if parent is not None:
                 parent.remove(tag)
         self(domain).reliant_tags = []
-
-
-def _tags_element(domain: etree._Element) -> etree._Element:
-    tags = domain.find("tags")
-    if tags is None:
-        tags = etree.SubElement(domain, "tags")
-    return tags
 
 
 def _strip_reliant_tags(domain: etree._Element) -> set[str]:
@@ -393,48 +393,35 @@ def _check_range(qid_range: tuple[int, int], what: str) -> None:
         raise ShardError(f"{what}: need 1 <= first <= last <= {MAX_QID - 1}")
 
 
+_BODY_RE = re.compile(rb"<(?:pools|domains)[\s/>]")
+
+
 def read_metadata(data: bytes, path: str) -> tuple[str, tuple[int, int], tuple[str, ...]]:
-    """(id, qid range, dependencies) from the head of a shard file, without parsing the
-    rest. StoreError/ShardError naming `path` when anything is wrong."""
-    reliant_store.guard(data, path)
-    shard_id, qid_range, depends = None, None, []
-    try:
-        events = etree.iterparse(io.BytesIO(data), events=("start", "end"),
-                                 resolve_entities=False, no_network=True, load_dtd=False,
-                                 huge_tree=False)
-        for event, element in events:
-            if event == "start" and shard_id is None:
-                if element.tag != SHARD_ELEMENT:
-                    raise ShardError(f"{path}: root element is <{element.tag}>, "
-                                     f"not <{SHARD_ELEMENT}>")
-                if element.get("version") != FORMAT_VERSION:
-                    raise ShardError(f"{path}: unknown format version "
-                                     f"{element.get('version')!r}")
-                shard_id = element.get("id") or ""
-                if not _ID_RE.match(shard_id):
-                    raise ShardError(f"{path}: shard id {shard_id!r} must be 1-64 of "
-                                     "A-Z a-z 0-9 _ -")
-            elif event == "end" and element.tag == "qid-range":
-                try:
-                    qid_range = (int(element.get("first", "")), int(element.get("last", "")))
-                except ValueError:
-                    raise ShardError(f"{path}: qid-range needs integer first and last") \
-                        from None
-                _check_range(qid_range, f"{path}: qid-range")
-            elif event == "end" and element.tag == "shard":
-                dep = element.get("id") or ""
-                if not _ID_RE.match(dep):
-                    raise ShardError(f"{path}: dependency id {dep!r} is invalid")
-                depends.append(dep)
-            elif event == "start" and element.tag in ("pools", "domains"):
-                break
-    except etree.XMLSyntaxError as exc:
-        raise reliant_store.StoreError(f"{path}: malformed XML: {exc}") from None
-    if shard_id is None:
-        raise ShardError(f"{path}: empty shard file")
-    if qid_range is None:
+    """(id, qid range, dependencies) from the head of a shard file (the part before
+    <pools>), without parsing the rest. StoreError/ShardError naming `path`."""
+    body = _BODY_RE.search(data)
+    head = data[:body.start()] + b"</" + SHARD_ELEMENT.encode() + b">" if body else data
+    root = reliant_store.parse(head, path)
+    if root.tag != SHARD_ELEMENT:
+        raise ShardError(f"{path}: root element is <{root.tag}>, not <{SHARD_ELEMENT}>")
+    if root.get("version") != FORMAT_VERSION:
+        raise ShardError(f"{path}: unknown format version {root.get('version')!r}")
+    shard_id = root.get("id") or ""
+    if not _ID_RE.match(shard_id):
+        raise ShardError(f"{path}: shard id {shard_id!r} must be 1-64 of A-Z a-z 0-9 _ -")
+    element = root.find("qid-range")
+    if element is None:
         raise ShardError(f"{path}: no <qid-range>")
-    return shard_id, qid_range, tuple(depends)
+    try:
+        qid_range = (int(element.get("first", "")), int(element.get("last", "")))
+    except ValueError:
+        raise ShardError(f"{path}: qid-range needs integer first and last") from None
+    _check_range(qid_range, f"{path}: qid-range")
+    depends = tuple(dep.get("id") or "" for dep in root.iterfind("depends-on/shard"))
+    for dep in depends:
+        if not _ID_RE.match(dep):
+            raise ShardError(f"{path}: dependency id {dep!r} is invalid")
+    return shard_id, qid_range, depends
 
 
 def load_shard(path: str, max_bytes: int = reliant_store.MAX_BYTES) -> Shard:
@@ -518,7 +505,7 @@ def _deps_closure(shard_id: str, by_id: dict[str, Shard]) -> set[str]:
 def shard_bytes(shard: Shard, pools: Iterable[etree._Element],
                 domains: Iterable[etree._Element]) -> bytes:
     """The shard file of `shard` (its metadata) holding `pools` and `domains`."""
-    root = etree.Element(SHARD_ELEMENT, version=FORMAT_VERSION, id=shard.id)
+    root = reliant_store.make_element(SHARD_ELEMENT, version=FORMAT_VERSION, id=shard.id)
     etree.SubElement(root, "qid-range", first=str(shard.qid_range[0]),
                      last=str(shard.qid_range[1]))
     deps = etree.SubElement(root, "depends-on")
@@ -724,7 +711,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         core_refs.update(target for _, target in facts(domain).refs)
         if domain.get("class") != "AdminVM":
             facts.strip_tags(domain)
-            etree.SubElement(_tags_element(domain), "tag", name=CORE_TAG)
+            facts.add_tag(domain, CORE_TAG)
     for prop in sections["properties"]:
         if prop.get("name") in GLOBAL_REFERENCES and prop.text:
             core_refs.add(prop.text)
@@ -757,7 +744,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         dirs[shard.id] = [(dom0_subdir(d), facts.name(d)) for d in candidates]
         for domain in candidates:
             facts.strip_tags(domain)
-            etree.SubElement(_tags_element(domain), "tag", name=shard_tag(shard.id))
+            facts.add_tag(domain, shard_tag(shard.id))
             sections["domains"].append(domain)
             owner[facts.name(domain)] = shard.id
             uuids.add(facts.uuid(domain))
@@ -1392,13 +1379,25 @@ def _real_dir(path: str) -> bool:
     return os.path.isdir(path) and not os.path.islink(path)
 
 
+def _entries(base: str) -> set[tuple[str, str]]:
+    """(subdir, name) of everything in base/appvms and base/vm-templates."""
+    found = set()
+    for subdir in ("appvms", "vm-templates"):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            found.update((subdir, name) for name in os.listdir(os.path.join(base, subdir)))
+    return found
+
+
 def restore_dom0_dirs(shard: Shard, qubes: Iterable[tuple[str, str]], qubes_dir: str,
                       problems: list[Problem]) -> None:
     """Copy the shard's saved dom0 directories of `qubes` into `qubes_dir`. An existing
     directory there is left alone (it is the same or newer)."""
     for subdir in ("appvms", "vm-templates"):
         _recover_swaps(os.path.join(shard.path, DOM0_DIR, subdir))
+    saved = _entries(os.path.join(shard.path, DOM0_DIR))
     for subdir, name in qubes:
+        if (subdir, name) not in saved:
+            continue
         src = os.path.join(shard.path, DOM0_DIR, subdir, name)
         dst = os.path.join(qubes_dir, subdir, name)
         if os.path.islink(src):
@@ -1420,9 +1419,10 @@ def save_dom0_dirs(shard: Shard, qubes: Sequence[tuple[str, str]], keep: set[tup
     drop saved directories of qubes that are neither in `qubes` nor in `keep`."""
     for subdir in ("appvms", "vm-templates"):
         _recover_swaps(os.path.join(shard.path, DOM0_DIR, subdir))
+    present = _entries(qubes_dir)
     for subdir, name in qubes:
         src = os.path.join(qubes_dir, subdir, name)
-        if _real_dir(src):
+        if (subdir, name) in present and _real_dir(src):
             skipped: list[str] = []
             _replace_tree(src, os.path.join(shard.path, DOM0_DIR, subdir), name, skipped)
             for path in skipped:

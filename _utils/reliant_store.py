@@ -8,6 +8,8 @@ Public API (used by reliant_shards and, through it, by the CLI and Salt modules)
 - ``parse(data, source)``: hardened parse of bytes -> lxml root element. No DTD,
   no entities, no network, no huge trees; blank text is dropped so that
   ``serialize`` reproduces qubesd's own pretty-printed form.
+- ``make_element(tag, **attrib)``: a new root element that elements of parsed
+  stores move into cheaply.
 - ``serialize(root)``: bytes exactly as qubesd writes them
   (``ElementTree.write(encoding="utf-8", pretty_print=True)``, no declaration).
 - ``read(path, max_bytes)``: the file's bytes, read under a shared ``lockf``.
@@ -28,6 +30,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 
 from lxml import etree
@@ -37,16 +40,31 @@ MAX_BYTES = 64 * 1024 * 1024
 _FORBIDDEN = (b"<!DOCTYPE", b"<!ENTITY", b"<!doctype", b"<!entity")
 # qubesd sets the text of value elements even when empty ("<property ...></property>");
 # lxml reads that back as no text, which would print as "<property .../>".
-_EMPTY_VALUES = etree.XPath(
-    "//property[not(node())] | //feature[not(node())] | //option[not(node())]"
-)
+_VALUE_ELEMENTS = ("property", "feature", "option")
 
 
 class StoreError(Exception):
     """A store could not be read, parsed or written; the message names the file."""
 
 
+_LOCAL = threading.local()
+
+
 def _parser() -> etree.XMLParser:
+    """One hardened parser per thread: documents parsed (or made) with the same parser
+    share its name dictionary, so moving elements between them is cheap."""
+    parser = getattr(_LOCAL, "parser", None)
+    if parser is None:
+        parser = _LOCAL.parser = _new_parser()
+    return parser
+
+
+def make_element(tag: str, **attrib: str) -> etree._Element:
+    """A new root element sharing the parser's dictionary (see `_parser`)."""
+    return _parser().makeelement(tag, attrib)
+
+
+def _new_parser() -> etree.XMLParser:
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -77,8 +95,9 @@ def parse(data: bytes, source: str) -> etree._Element:
         raise StoreError(f"{source}: malformed XML: {exc}") from None
     for node in root.iter(etree.Entity, etree.ProcessingInstruction):
         raise StoreError(f"{source}: unexpected {type(node).__name__} in store")
-    for node in _EMPTY_VALUES(root):
-        node.text = ""
+    for node in root.iter(*_VALUE_ELEMENTS):
+        if node.text is None and not len(node):
+            node.text = ""
     return root
 
 
