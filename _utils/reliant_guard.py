@@ -214,13 +214,20 @@ def facts_from_store(root: etree._Element) -> tuple[dict[str, QubeFacts], dict[s
     return qubes, global_refs
 
 
-def cross_group_dispvms(merged_root: etree._Element) -> list[str]:
-    """Problems: qubes whose `@dispvm` would start a disposable of another group.
+@dataclass(frozen=True)
+class CrossDispvm:
+    """A qube whose `@dispvm` resolves to a disposable template of another group."""
 
-    Such calls are denied by the runtime policy, so the user should point the qube's
-    default_dispvm at a disposable template of its own group. One message per qube."""
+    qube: str
+    group: Optional[str]
+    dispvm: str
+    dispvm_group: Optional[str]
+
+
+def cross_group_dispvm_qubes(merged_root: etree._Element) -> list[CrossDispvm]:
+    """Every qube (dom0 aside) whose effective default_dispvm is in another group."""
     qubes, global_refs = facts_from_store(merged_root)
-    problems = []
+    found = []
     for name in sorted(qubes):
         qube = qubes[name]
         dispvm = effective_default_dispvm(qube, global_refs.get("default_dispvm"))
@@ -228,10 +235,18 @@ def cross_group_dispvms(merged_root: etree._Element) -> list[str]:
             continue
         group, dispvm_group = group_of(qube), group_of(qubes[dispvm])
         if group != dispvm_group:
-            problems.append(f"qube {name!r} ({group or 'no group'}): default_dispvm "
-                            f"{dispvm!r} is in another group ({dispvm_group or 'no group'}); "
-                            f"its @dispvm calls are denied")
-    return problems
+            found.append(CrossDispvm(name, group, dispvm, dispvm_group))
+    return found
+
+
+def cross_group_dispvms(merged_root: etree._Element) -> list[str]:
+    """Problems: qubes whose `@dispvm` would start a disposable of another group.
+
+    Such calls are denied by the runtime policy, so the user should point the qube's
+    default_dispvm at a disposable template of its own group. One message per qube."""
+    return [f"qube {c.qube!r} ({c.group or 'no group'}): default_dispvm {c.dispvm!r} is in "
+            f"another group ({c.dispvm_group or 'no group'}); its @dispvm calls are denied"
+            for c in cross_group_dispvm_qubes(merged_root)]
 
 
 def reference_problems(merged_root: etree._Element,

@@ -50,6 +50,7 @@ POLICY_MODE = 0o644
 _FILE_NAME_CHARS = frozenset(string.digits + string.ascii_lowercase + "_.-")
 _SERVICE_RE = re.compile(r"\A[A-Za-z0-9._-]+\Z")
 _TAG_RE = re.compile(r"\A[A-Za-z0-9_-]+\Z")
+_QUBE_NAME_RE = re.compile(r"\A[A-Za-z][A-Za-z0-9_.-]{0,30}\Z")
 #: User files (30-user, 50-config-*, 90-default) must come after ours.
 _FIRST_USER_FILE = "30-user.policy"
 
@@ -170,15 +171,28 @@ def _direction(source: str, target: str) -> str:
     return "shard-to-shard"
 
 
-def render_rules(groups: Iterable[str], settings: PolicySettings) -> list[str]:
-    """Deny rules for every ordered pair of distinct groups whose direction is enabled."""
+def render_rules(groups: Iterable[str], settings: PolicySettings,
+                 cross_dispvms: Iterable[reliant_guard.CrossDispvm] = ()) -> list[str]:
+    """Deny rules for every ordered pair of distinct groups whose direction is enabled.
+
+    `cross_dispvms`: qubes whose own ``@dispvm`` is a disposable of another group. Their
+    ``@dispvm`` calls are denied by the pair rules already; a rule naming the qube and
+    ``@dispvm`` also takes that disposable out of the "ask" dialog, where qrexec adds the
+    caller's ``@dispvm`` back after the deny rules were applied."""
     ordered = sorted(set(groups), key=lambda tag: (tag != reliant_guard.CORE_TAG, tag))
     for tag in ordered:
         if not (_TAG_RE.match(tag) and reliant_guard.is_group_tag(tag)):
             raise PolicyError(f"tag {tag!r} is not a group tag qrexec can match")
     action = "deny" if settings.notify else "deny notify=no"
+    callers = sorted({cross.qube for cross in cross_dispvms
+                      if cross.group and cross.dispvm_group
+                      and _direction(cross.group, cross.dispvm_group) in settings.directions})
+    for name in callers:
+        if not _QUBE_NAME_RE.match(name):
+            raise PolicyError(f"qube name {name!r} cannot appear in a policy rule")
     rules = []
     for service in settings.services:
+        rules.extend(f"{service}\t*\t{name}\t@dispvm\t{action}" for name in callers)
         for source in ordered:
             for target in ordered:
                 if source == target or _direction(source, target) not in settings.directions:
@@ -205,11 +219,13 @@ def groups_of_store(merged_root: etree._Element) -> list[str]:
     return sorted(groups)
 
 
-def render_runtime_policy(groups: Sequence[str], settings: PolicySettings) -> bytes | None:
+def render_runtime_policy(groups: Sequence[str], settings: PolicySettings,
+                          cross_dispvms: Iterable[reliant_guard.CrossDispvm] = ()
+                          ) -> bytes | None:
     """The runtime file for these groups, None when no shard is among them."""
     if all(group == reliant_guard.CORE_TAG for group in groups):
         return None
-    rules = render_rules(groups, settings)
+    rules = render_rules(groups, settings, cross_dispvms)
     return (HEADER + "\n".join(rules) + "\n").encode()
 
 
@@ -227,7 +243,8 @@ def write_runtime_policy(policy_dir: str, merged_root: etree._Element,
     settings = load_settings(settings_path or SETTINGS_PATH)
     if services is not None:
         settings = replace(settings, services=tuple(services))
-    content = render_runtime_policy(groups_of_store(merged_root), settings)
+    content = render_runtime_policy(groups_of_store(merged_root), settings,
+                                    reliant_guard.cross_group_dispvm_qubes(merged_root))
     path = os.path.join(policy_dir, settings.policy_file)
     if content is None:
         return remove_policy_file(path)

@@ -22,7 +22,11 @@ Facts it reproduces (qubes-core-qrexec ``qrexec/policy/parser.py``, ``qrexec/__i
   ``@dispvm:@tag:T`` matches ``@dispvm:NAME`` and the caller's ``@dispvm`` when that
   template carries T and has template_for_dispvms; a ``@dispvm:`` token as source never
   matches (a caller is a plain domain name); a request for ``@dispvm:NAME`` whose NAME is
-  no disposable template, or for ``@dispvm`` without default_dispvm under an allow, fails.
+  no disposable template, or for ``@dispvm`` without default_dispvm under an allow, fails;
+- the "ask" dialog (``collect_targets_for_ask``) walks the rules last to first, adding
+  the targets of allow/ask rules and removing those of deny rules, and only then turns
+  ``@dispvm`` into the caller's default disposable template: a deny rule on
+  ``@dispvm:@tag:T`` does not keep that disposable out of the dialog.
 
 Stricter than qrexec on purpose: qube names must look like qube names, and directives
 (``!include`` ...) are refused, since generated files never use them.
@@ -237,17 +241,70 @@ def intended_target(target: str, domains: Mapping[str, Domain]) -> str:
     return target if target in domains else "@default"
 
 
+def _matches_but_target(rule: Rule, service: str, argument: str, source: str,
+                        domains: Mapping[str, Domain]) -> bool:
+    return ((rule.service is None or rule.service == service)
+            and (rule.argument is None or rule.argument == argument)
+            and _source_matches(rule.source, source, domains))
+
+
 def first_match(rules: Iterable[Rule], service: str, argument: str, source: str,
                 target: str, domains: Mapping[str, Domain]) -> Optional[Rule]:
     """The rule qrexec applies to the call, None when none matches (qrexec denies)."""
     target = intended_target(target, domains)
     for rule in rules:
-        if rule.service is not None and rule.service != service:
-            continue
-        if rule.argument is not None and rule.argument != argument:
-            continue
-        if not _source_matches(rule.source, source, domains):
-            continue
-        if _target_matches(rule.target, target, source, domains):
+        if (_matches_but_target(rule, service, argument, source, domains)
+                and _target_matches(rule.target, target, source, domains)):
             return rule
     return None
+
+
+def _expand(token: str, domains: Mapping[str, Domain]) -> set[str]:
+    """The targets a token stands for in the "ask" dialog (qrexec's ``expand``)."""
+    templates = {f"@dispvm:{n}" for n, d in domains.items() if d.template_for_dispvms}
+    if token == "*":
+        return set(domains) | templates | {"@dispvm"}
+    if token == "@anyvm":
+        return {n for n in domains if not _is_dom0(n)} | templates | {"@dispvm"}
+    if token in ("@adminvm", "@dispvm"):
+        return {token}
+    if token == "@default":
+        return set()
+    if token.startswith("@dispvm:@tag:"):
+        return {f"@dispvm:{n}" for n, d in domains.items()
+                if d.template_for_dispvms and token[13:] in d.tags}
+    if token.startswith("@dispvm:"):
+        return {token} & templates
+    if token.startswith("@tag:"):
+        return {n for n, d in domains.items() if token[5:] in d.tags}
+    if token.startswith("@type:"):
+        return {n for n, d in domains.items() if d.type == token[6:]}
+    return {token} & set(domains)
+
+
+def targets_for_ask(rules: Sequence[Rule], service: str, argument: str, source: str,
+                    domains: Mapping[str, Domain]) -> set[str]:
+    """What the "ask" dialog offers (qrexec ``collect_targets_for_ask``): rules read last
+    to first, allow/ask add their (redirect) target, deny removes; then ``@dispvm`` becomes
+    the caller's default disposable template and ``@adminvm`` dom0; the caller is left out.
+    """
+    targets: set[str] = set()
+    for rule in reversed(rules):
+        if not _matches_but_target(rule, service, argument, source, domains):
+            continue
+        token = rule.target if rule.action == "deny" else rule.params.get("target", rule.target)
+        expansion = _expand(token, domains)
+        if rule.action == "deny":
+            targets -= expansion
+        else:
+            targets |= expansion
+    if "@dispvm" in targets:
+        targets.remove("@dispvm")
+        dispvm = _resolve_dispvm(source, domains)
+        if dispvm:
+            targets.add(f"@dispvm:{dispvm}")
+    if "@adminvm" in targets:
+        targets.remove("@adminvm")
+        targets.add("dom0")
+    targets.discard(source)
+    return targets

@@ -100,6 +100,31 @@ def test_every_cross_group_call_is_denied_and_same_group_calls_fall_through(
     assert checked["deny"] > 1000 and checked["fall-through"] > 500
 
 
+def test_the_ask_dialog_offers_no_target_of_another_group(dirs, tmp_path, monkeypatch):
+    run, etc = dirs
+    (etc / "90-default.policy").write_text("* * @anyvm @anyvm ask\n")
+    root = sutured(tmp_path, run, monkeypatch)
+    rules = oracle.load_policy([run, etc])
+    domains = helpers.system_info(root)
+    group = groups_of(domains)
+    offered = 0
+    for service in reliant_policy.DEFAULT_SERVICES:
+        for source in domains:
+            if source == "dom0":
+                continue
+            for target in oracle.targets_for_ask(rules, service, "+", source, domains):
+                assert group[target.removeprefix("@dispvm:")] == group[source], (source, target)
+                offered += 1
+    assert offered > 100
+    # without the per-caller rules, qrexec would offer the core disposable to shard qubes
+    settings = reliant_policy.PolicySettings()
+    plain = reliant_policy.render_runtime_policy(reliant_policy.groups_of_store(root), settings)
+    plain_rules = (oracle.parse_policy(plain.decode(), "plain")
+                   + oracle.parse_policy("* * @anyvm @anyvm ask\n", "90-default"))
+    assert "@dispvm:default-dvm" in oracle.targets_for_ask(plain_rules, "qubes.Filecopy", "+",
+                                                           "deep-mail", domains)
+
+
 def test_generated_rules_come_before_the_users_rules(dirs, tmp_path):
     run, etc = dirs
     (etc / "30-user.policy").write_text("qubes.Filecopy * @anyvm @anyvm allow\n")
@@ -144,24 +169,34 @@ def test_every_generated_file_is_strict_policy_v5(dirs, tmp_path):
     assert {rule.params.get("notify") for rule in rules} == {"no"}
     assert {rule.service for rule in rules} == {None, "my.Service"}
     assert all(rule.target.endswith("reliant-core") or rule.target == "@adminvm"
+               or (rule.target == "@dispvm" and not rule.source.startswith("@"))
                for rule in rules)
 
 
-@pytest.mark.parametrize(("directions", "pairs"), [
-    (["core-to-shard"], {("reliant-core", s) for s in SHARD_TAGS}),
-    (["shard-to-core"], {(s, "reliant-core") for s in SHARD_TAGS}),
-    (["shard-to-shard"], set(itertools.permutations(SHARD_TAGS, 2))),
+#: Shard qubes of the fixture whose @dispvm is the global default-dvm (core).
+CORE_DISPVM_CALLERS = {"deep-mail", "deep-notes", "secret-dvm", "secret-vpn"}
+
+
+@pytest.mark.parametrize(("directions", "pairs", "callers"), [
+    (["core-to-shard"], {("reliant-core", s) for s in SHARD_TAGS}, set()),
+    (["shard-to-core"], {(s, "reliant-core") for s in SHARD_TAGS}, CORE_DISPVM_CALLERS),
+    (["shard-to-shard"], set(itertools.permutations(SHARD_TAGS, 2)), set()),
 ])
-def test_directions_select_the_pairs(dirs, tmp_path, directions, pairs):
+def test_directions_select_the_pairs(dirs, tmp_path, directions, pairs, callers):
     run, _ = dirs
     settings = write_settings(tmp_path, directions=directions)
     reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=settings)
     rules = oracle.load_policy([run])
+    by_caller = [r for r in rules if r.target == "@dispvm"]
+    assert {r.source for r in by_caller} == callers
+    pair_rules = [r for r in rules if r.target != "@dispvm"]
     found = {(r.source.removeprefix("@tag:"), r.target.split("@tag:")[-1].replace(
-        "@adminvm", "reliant-core")) for r in rules}
+        "@adminvm", "reliant-core")) for r in pair_rules}
     assert found == pairs
     per_pair = {pair: 3 if pair[1] == "reliant-core" else 2 for pair in pairs}
-    assert len(rules) == sum(per_pair.values()) * len(reliant_policy.DEFAULT_SERVICES)
+    services = len(reliant_policy.DEFAULT_SERVICES)
+    assert len(pair_rules) == sum(per_pair.values()) * services
+    assert len(by_caller) == len(callers) * services
 
 
 def test_services_argument_replaces_the_settings(dirs, tmp_path):

@@ -102,3 +102,20 @@ def test_file_order_and_runtime_override(tmp_path):
     (etc / "Bad.policy").write_text("")
     with pytest.raises(oracle.PolicySyntaxError, match="invalid file name"):
         oracle.policy_files([run, etc])
+
+
+def test_ask_dialog_adds_the_callers_dispvm_after_the_deny_rules():
+    rules = oracle.parse_policy("* * @anyvm @dispvm:@tag:t-core deny\n"
+                                "* * @anyvm @tag:t-core deny\n"
+                                "* * @anyvm @anyvm ask\n", "test")
+    offered = oracle.targets_for_ask(rules, "x", "+", "secret", DOMAINS)
+    assert offered == {"plain-s", "dvm-s", "@dispvm:dvm-s", "@dispvm:dvm-core"}
+    rules = oracle.parse_policy("* * secret @dispvm deny\n", "test") + rules
+    offered = oracle.targets_for_ask(rules, "x", "+", "secret", DOMAINS)
+    assert offered == {"plain-s", "dvm-s", "@dispvm:dvm-s"}
+
+
+def test_ask_dialog_uses_redirects_and_turns_adminvm_into_dom0():
+    rules = oracle.parse_policy("* * work @anyvm ask target=@dispvm:dvm-s\n"
+                                "* * work @adminvm allow\n", "test")
+    assert oracle.targets_for_ask(rules, "x", "+", "work", DOMAINS) == {"@dispvm:dvm-s", "dom0"}
