@@ -15,8 +15,6 @@ below, read from qubes-core-admin's release tags); otherwise `plan_install`
 reports a problem and no file is touched.
 """
 
-from __future__ import annotations
-
 import glob
 import hashlib
 import json
@@ -156,7 +154,7 @@ class Manifest:
         return json.dumps(self.__dict__, indent=1, sort_keys=True).encode() + b"\n"
 
     @classmethod
-    def load(cls, layout: Layout) -> Optional[Manifest]:
+    def load(cls, layout: Layout) -> "Optional[Manifest]":
         """The manifest, None when absent; SnapshotError when it or the backup is damaged."""
         data = read_or_none(layout.manifest)
         if data is None:
