@@ -1473,9 +1473,9 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
            state_path: str | None = None, detached: Iterable[str] = ()) -> Result:
     """Write the merged store `out` from `core` and the shards under `roots`.
 
-    Reads core and shards, never writes them. Order: dom0 directories back into
-    `qubes_dir`, runtime policy (if `policy_dir`), old runtime state removed, merged
-    store, new state. ShardError (nothing merged) if core is unusable or the policy
+    Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`),
+    dom0 directories back into `qubes_dir`, old runtime state removed, merged store,
+    new state. ShardError (nothing merged) if core is unusable or the policy
     cannot be written.
     """
     problems: list[Problem] = []
@@ -1484,8 +1484,6 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
     plan = plan_suture(core_root, shards, core_source=core,
                        missing_reference=missing_reference, detached=detached)
     problems += plan.problems
-    for shard in plan.sutured:
-        restore_dom0_dirs(shard, plan.dirs[shard.id], qubes_dir, problems)
     if policy_dir is not None:
         import reliant_policy  # written by the isolation component
 
@@ -1494,6 +1492,8 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
         except Exception as exc:  # any failure: do not start qubesd without isolation
             raise ShardError(f"runtime qrexec policy in {policy_dir} not written ({exc}); "
                              "merged store not written") from None
+    for shard in plan.sutured:
+        restore_dom0_dirs(shard, plan.dirs[shard.id], qubes_dir, problems)
     state_path = state_path or default_state_path(out)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_path)

@@ -327,3 +327,28 @@ def test_rename_resolves_a_name_conflict(tmp_path):
     merged = domains_by_name(load(scene.merged))
     assert reliant_shards._prop(merged["secret"], "netvm") == "hidden-vpn"
     assert reliant_shards._prop(merged["deep-mail"], "netvm") == "hidden-vpn"
+
+
+# --- runtime qrexec policy (reliant_policy, the isolation component) ----------------------
+
+
+def test_suture_writes_the_runtime_policy_for_the_merged_groups(tmp_path):
+    scene = split_scene(tmp_path)
+    policy_dir = tmp_path / "policy.d"
+    scene.suture(policy_dir=str(policy_dir))
+    (policy_file,) = policy_dir.iterdir()
+    text = policy_file.read_text()
+    for sid in SHARD_QUBES:
+        assert reliant_shards.shard_tag(sid) in text
+    assert reliant_shards.CORE_TAG in text
+
+
+def test_suture_refuses_when_the_policy_cannot_be_written(tmp_path):
+    scene = split_scene(tmp_path)
+    blocker = tmp_path / "policy.d"
+    blocker.write_text("not a directory")
+    before = scene.merged.read_bytes()
+    with pytest.raises(reliant_shards.ShardError, match="merged store not written"):
+        scene.suture(policy_dir=str(blocker))
+    assert scene.merged.read_bytes() == before
+    assert not (scene.qubes_dir / "appvms").exists()
