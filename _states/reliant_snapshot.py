@@ -58,7 +58,8 @@ def _converge(name: str, settings: dict | None, remove: bool) -> dict:
         if not remove:
             problems += __salt__["reliant_snapshot.verify"](settings)
     except (reliant_snapshot.SnapshotError, OSError) as exc:
-        ret["comment"] = f"{what} failed (previous files are intact; the next run resumes): {exc}"
+        ret["comment"] = (f"{what} failed (each file is either as before or complete; the next "
+                          f"run resumes): {exc}")
         return ret
     ret["result"] = not problems
     ret["comment"] = "; ".join(problems) or f"{what}: done"

@@ -25,7 +25,7 @@ def marker(image):
 
 def origin_volumes(vm):
     """The volumes of `vm` that file.py starts with `create-snapshot NAME IMG COW`."""
-    return [volume for volume in vm.volumes.values()
+    return [volume for volume in getattr(vm, "volumes", {}).values()
             if getattr(volume.pool, "driver", None) == "file"
             and volume.save_on_stop and not volume.snap_on_start]
 
