@@ -28,12 +28,14 @@ def __virtual__():
     return __virtualname__
 
 
-def persistent_policy() -> str:
+def persistent_policy(services: list | None = None, notify: bool = True) -> str:
     """Text of the persistent policy file (names no shard).
 
     CLI Example: ``qubesctl reliant_policy.persistent_policy``
     """
-    return reliant_policy.render_persistent_policy().decode()
+    values = settings(services=services, notify=notify)
+    return reliant_policy.render_persistent_policy(
+        reliant_policy.settings_from_mapping(values)).decode()
 
 
 def settings(services: list | None = None, directions: list | None = None, notify: bool = True,

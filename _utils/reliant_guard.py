@@ -26,6 +26,9 @@ from lxml import etree
 
 CORE_TAG = reliant_shards.CORE_TAG
 SHARD_TAG_PREFIX = reliant_shards.shard_tag("")
+#: Marks a qube whose own `@dispvm` is a disposable template of another group (kept by
+#: the extension; like every ``reliant-`` tag it never leaves the merged store).
+FOREIGN_DISPVM_TAG = reliant_shards.TAG_PREFIX + "foreign-dispvm"
 
 #: Per-qube and global properties that name a qube (qubes-core-admin).
 QUBE_REFERENCE_PROPERTIES = reliant_shards.DOMAIN_REFERENCES

@@ -60,8 +60,7 @@ HEADER = """\
 """
 PERSISTENT_NOTE = """\
 # While hidden volumes are open, a file of the same name in /run/qubes/policy.d replaces
-# this one with deny rules between the groups of qubes; with them closed there is nothing
-# to separate, so this file holds no rule.
+# this one with these rules plus deny rules between the groups of qubes.
 """
 
 
@@ -158,9 +157,22 @@ def render_settings(settings: PolicySettings) -> bytes:
     return (json.dumps(settings_to_mapping(settings), indent=2, sort_keys=True) + "\n").encode()
 
 
-def render_persistent_policy() -> bytes:
-    """The persistent /etc file: names no shard, holds no rule."""
-    return (HEADER + PERSISTENT_NOTE).encode()
+def _action(settings: PolicySettings) -> str:
+    return "deny" if settings.notify else "deny notify=no"
+
+
+def render_persistent_rules(settings: PolicySettings) -> list[str]:
+    """Rules that name no shard: a qube the extension tagged FOREIGN_DISPVM_TAG may not
+    call its own ``@dispvm`` (a disposable of another group), which also keeps that
+    disposable out of qrexec's "ask" dialog."""
+    return [f"{service}\t*\t@tag:{reliant_guard.FOREIGN_DISPVM_TAG}\t@dispvm\t"
+            f"{_action(settings)}" for service in settings.services]
+
+
+def render_persistent_policy(settings: PolicySettings) -> bytes:
+    """The persistent /etc file: names no shard."""
+    return (HEADER + PERSISTENT_NOTE + "\n".join(render_persistent_rules(settings))
+            + "\n").encode()
 
 
 def _direction(source: str, target: str) -> str:
@@ -169,6 +181,13 @@ def _direction(source: str, target: str) -> str:
     if target == reliant_guard.CORE_TAG:
         return "shard-to-core"
     return "shard-to-shard"
+
+
+def denied_between(settings: PolicySettings, source: str | None, target: str | None) -> bool:
+    """True when calls from group `source` to group `target` are denied by the settings."""
+    if source is None or target is None or source == target:
+        return False
+    return _direction(source, target) in settings.directions
 
 
 def render_rules(groups: Iterable[str], settings: PolicySettings,
@@ -183,10 +202,9 @@ def render_rules(groups: Iterable[str], settings: PolicySettings,
     for tag in ordered:
         if not (_TAG_RE.match(tag) and reliant_guard.is_group_tag(tag)):
             raise PolicyError(f"tag {tag!r} is not a group tag qrexec can match")
-    action = "deny" if settings.notify else "deny notify=no"
+    action = _action(settings)
     callers = sorted({cross.qube for cross in cross_dispvms
-                      if cross.group and cross.dispvm_group
-                      and _direction(cross.group, cross.dispvm_group) in settings.directions})
+                      if denied_between(settings, cross.group, cross.dispvm_group)})
     for name in callers:
         if not _QUBE_NAME_RE.match(name):
             raise PolicyError(f"qube name {name!r} cannot appear in a policy rule")
@@ -225,7 +243,7 @@ def render_runtime_policy(groups: Sequence[str], settings: PolicySettings,
     """The runtime file for these groups, None when no shard is among them."""
     if all(group == reliant_guard.CORE_TAG for group in groups):
         return None
-    rules = render_rules(groups, settings, cross_dispvms)
+    rules = render_persistent_rules(settings) + render_rules(groups, settings, cross_dispvms)
     return (HEADER + "\n".join(rules) + "\n").encode()
 
 
@@ -280,7 +298,7 @@ def install_plan(persistent_dir: str, settings: PolicySettings,
     old name is left to deny until reboot (the next suture writes the new name)."""
     plan: dict[str, bytes | None] = {
         settings_path: render_settings(settings),
-        os.path.join(persistent_dir, settings.policy_file): render_persistent_policy(),
+        os.path.join(persistent_dir, settings.policy_file): render_persistent_policy(settings),
     }
     previous = _previous_policy_file(settings_path)
     if previous and previous != settings.policy_file:

@@ -53,7 +53,8 @@ def test_installed_is_predicted_applied_verified_and_idempotent(salt_minion, dom
     assert applied["changes"] == dry["changes"] == {
         str(dom0["etc"] / NAME): "created", str(dom0["settings"]): "created"}
     assert (dom0["etc"] / NAME).stat().st_mode & 0o777 == 0o644
-    assert oracle.parse_policy((dom0["etc"] / NAME).read_text(), NAME) == []
+    rules = oracle.parse_policy((dom0["etc"] / NAME).read_text(), NAME)
+    assert {r.source for r in rules} == {"@tag:reliant-foreign-dispvm"} and len(rules) == 7
     assert json.loads(dom0["settings"].read_text())["services"][0] == "qubes.Filecopy"
     again = only_state(installed(salt_minion, dom0))
     assert again["result"] is True and again["changes"] == {}
@@ -103,8 +104,10 @@ def test_absent_removes_persistent_runtime_and_settings(salt_minion, dom0):
 
 
 def test_module_functions(salt_minion):
-    text = salt_minion.run("reliant_policy.persistent_policy", check=True).data
-    assert "reliant-shard" not in text and oracle.parse_policy(text, NAME) == []
+    text = salt_minion.run("reliant_policy.persistent_policy", 'services=["a.B"]',
+                           check=True).data
+    assert "reliant-shard" not in text
+    assert [r.service for r in oracle.parse_policy(text, NAME)] == ["a.B"]
     settings = salt_minion.run("reliant_policy.settings", 'services=["qubes.Filecopy"]',
                                check=True).data
     assert settings["services"] == ["qubes.Filecopy"] and settings["notify"] is True

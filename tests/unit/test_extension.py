@@ -20,15 +20,19 @@ REFERENCES = ("template", "netvm", "default_dispvm", "management_dispvm", "guivm
 
 
 @pytest.fixture(scope="module")
-def qubes(tmp_path_factory):
+def settings_file(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("etc") / "isolation.json"
+
+
+@pytest.fixture(scope="module")
+def qubes(tmp_path_factory, settings_file):
     """The qubes double with the extension installed as the sls installs it."""
     site = tmp_path_factory.mktemp("site-packages")
     for item in PACKAGE.iterdir():
         shutil.copytree(item, site / item.name)
-    settings = site / "isolation.json"
-    settings.write_bytes(reliant_policy.render_settings(reliant_policy.PolicySettings()))
+    settings_file.write_bytes(reliant_policy.render_settings(reliant_policy.PolicySettings()))
     (site / "reliant_isolation" / "_paths.py").write_text(
-        f"LIBDIR = {str(ROOT / '_utils')!r}\nSETTINGS = {str(settings)!r}\n")
+        reliant_policy.render_extension_paths(str(ROOT / "_utils"), str(settings_file)))
     sys.path[:0] = [str(ROOT / "tests" / "doubles" / "qubes_ext"), str(site)]
     importlib.invalidate_caches()
     qubes = importlib.import_module("qubes")
@@ -75,7 +79,7 @@ def build_app(qubes, root):
 
 
 def group(vm):
-    tags = sorted(t for t in vm.tags if t.startswith("reliant-"))
+    tags = sorted(t for t in vm.tags if t == CORE or t.startswith("reliant-shard-"))
     assert len(tags) == 1, (vm.name, tags)
     return tags[0]
 
@@ -202,3 +206,42 @@ def test_undecidable_qube_at_load_is_logged_without_its_name(qubes, caplog):
     assert "group cannot be decided" in caplog.text
     assert "secret" not in caplog.text and "sflc" not in caplog.text
     assert not any(t.startswith("reliant-") for t in app.domains["secret"].tags)
+
+
+FOREIGN = "reliant-foreign-dispvm"
+#: Shard qubes of the fixture whose @dispvm is the global default-dvm (core).
+CORE_DISPVM_CALLERS = {"deep-mail", "deep-notes", "secret-dvm", "secret-vpn"}
+
+
+def foreign(app) -> set[str]:
+    return {vm.name for vm in app.domains if FOREIGN in vm.tags}
+
+
+def test_qubes_whose_dispvm_is_of_another_group_are_marked(qubes, app):
+    assert foreign(app) == CORE_DISPVM_CALLERS
+    app.domains["secret"].default_dispvm = "default-dvm"
+    app.domains["deep-notes"].default_dispvm = ""
+    app.domains["secret-vpn"].default_dispvm = "secret-dvm"
+    assert foreign(app) == {"secret", "deep-mail", "secret-dvm"}
+    app.domains["work"].default_dispvm = "default-dvm"
+    assert "work" not in foreign(app)
+
+
+def test_the_mark_follows_the_directions_in_the_settings(qubes, app, settings_file):
+    original = settings_file.read_bytes()
+    settings_file.write_bytes(reliant_policy.render_settings(
+        reliant_policy.PolicySettings(directions=("core-to-shard",))))
+    try:
+        app.default_dispvm = "default-dvm"  # any global change re-decides every qube
+        assert foreign(app) == set()
+    finally:
+        settings_file.write_bytes(original)
+    app.default_dispvm = "default-dvm"
+    assert foreign(app) == CORE_DISPVM_CALLERS
+
+
+def test_a_new_shard_qube_inheriting_a_core_dispvm_is_marked(qubes, app):
+    vm = new_appvm(qubes, app, "fresh2")
+    assert FOREIGN not in vm.tags  # core qube, core disposable
+    vm.create_on_disk(pool=app.pools["sflc_0_2"])
+    assert group(vm) == S2 and FOREIGN in vm.tags

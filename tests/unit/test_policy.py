@@ -17,6 +17,7 @@ import shards_helpers
 from lxml import etree
 
 SHARD_TAGS = ("reliant-shard-sflc_0_1", "reliant-shard-sflc_0_2")
+SERVICES = reliant_policy.DEFAULT_SERVICES
 
 
 @pytest.fixture
@@ -25,7 +26,8 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     run, etc = tmp_path / "run", tmp_path / "etc"
     run.mkdir()
     etc.mkdir()
-    (etc / reliant_policy.POLICY_FILE_NAME).write_bytes(reliant_policy.render_persistent_policy())
+    (etc / reliant_policy.POLICY_FILE_NAME).write_bytes(
+        reliant_policy.render_persistent_policy(reliant_policy.PolicySettings()))
     return run, etc
 
 
@@ -155,6 +157,9 @@ def test_runtime_file_replaces_the_persistent_file_of_the_same_name(dirs, tmp_pa
     assert files == [run / reliant_policy.POLICY_FILE_NAME]
     rules = oracle.load_policy([run, etc])
     assert all(rule.action == "deny" for rule in rules)
+    persistent = reliant_policy.render_persistent_rules(reliant_policy.PolicySettings())
+    runtime = (run / reliant_policy.POLICY_FILE_NAME).read_text().splitlines()
+    assert set(persistent) <= set(runtime), "the runtime file keeps the persistent rules"
 
 
 def test_every_generated_file_is_strict_policy_v5(dirs, tmp_path):
@@ -169,8 +174,7 @@ def test_every_generated_file_is_strict_policy_v5(dirs, tmp_path):
     assert {rule.params.get("notify") for rule in rules} == {"no"}
     assert {rule.service for rule in rules} == {None, "my.Service"}
     assert all(rule.target.endswith("reliant-core") or rule.target == "@adminvm"
-               or (rule.target == "@dispvm" and not rule.source.startswith("@"))
-               for rule in rules)
+               or rule.target == "@dispvm" for rule in rules)
 
 
 #: Shard qubes of the fixture whose @dispvm is the global default-dvm (core).
@@ -187,9 +191,12 @@ def test_directions_select_the_pairs(dirs, tmp_path, directions, pairs, callers)
     settings = write_settings(tmp_path, directions=directions)
     reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=settings)
     rules = oracle.load_policy([run])
-    by_caller = [r for r in rules if r.target == "@dispvm"]
+    by_caller = [r for r in rules if r.target == "@dispvm" and not r.source.startswith("@")]
+    by_tag = [r for r in rules if r.source == "@tag:reliant-foreign-dispvm"]
     assert {r.source for r in by_caller} == callers
+    assert {r.target for r in by_tag} == {"@dispvm"} and len(by_tag) == len(SERVICES)
     pair_rules = [r for r in rules if r.target != "@dispvm"]
+    assert len(rules) == len(pair_rules) + len(by_caller) + len(by_tag)
     found = {(r.source.removeprefix("@tag:"), r.target.split("@tag:")[-1].replace(
         "@adminvm", "reliant-core")) for r in pair_rules}
     assert found == pairs
@@ -268,13 +275,15 @@ def test_a_qube_with_two_group_tags_is_refused_by_name(dirs, tmp_path):
 
 
 def test_persistent_file_names_no_shard():
-    text = reliant_policy.render_persistent_policy().decode()
+    text = reliant_policy.render_persistent_policy(reliant_policy.PolicySettings()).decode()
     root = helpers.load(helpers.MERGED)
     secrets = set(helpers.shard_of_pool(root)) | set(helpers.shard_of_pool(root).values())
     secrets |= {n for n, g in helpers.expected_groups(root).items() if g != "reliant-core"}
     assert secrets and not any(secret in text for secret in secrets)
     assert "reliant-shard" not in text
-    assert oracle.parse_policy(text, "persistent") == []
+    rules = oracle.parse_policy(text, "persistent")
+    assert [(r.service, r.source, r.target, r.action) for r in rules] == [
+        (service, "@tag:reliant-foreign-dispvm", "@dispvm", "deny") for service in SERVICES]
 
 
 @pytest.mark.parametrize(("values", "message"), [

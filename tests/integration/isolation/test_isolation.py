@@ -59,7 +59,10 @@ def secrets_in_etc(host) -> str:
 def test_persistent_policy_and_settings_are_installed(host):
     policy = host.file(f"{ETC}/{NAME}")
     assert policy.exists and policy.mode == 0o644 and policy.user == "root"
-    assert oracle.parse_policy(policy.content_string, NAME) == []
+    rules = oracle.parse_policy(policy.content_string, NAME)
+    assert {(r.source, r.target, r.action) for r in rules} == {
+        ("@tag:reliant-foreign-dispvm", "@dispvm", "deny")}
+    assert [r.service for r in rules] == list(SERVICES)
     settings = json.loads(read(host, "/etc/reliant/isolation.json"))
     assert settings["notify"] is False and settings["services"] == list(SERVICES)
     assert settings["policy_file"] == NAME

@@ -1,10 +1,12 @@
 """reliant-formula's qubesd extension (installed by reliant.isolation).
 
-Keeps each qube's group tag (``reliant-core`` or ``reliant-shard-<ID>``) current and
-refuses property changes that would make core (a core qube or a global property)
-reference a shard qube, or a shard qube reference a shard it does not depend on. The
-decisions are ``reliant_guard``'s (the formula's library, found in ``_paths.LIBDIR``);
-this module only turns qubesd objects into facts and events into decisions.
+Keeps each qube's group tag (``reliant-core`` or ``reliant-shard-<ID>``) current, marks
+qubes whose own ``@dispvm`` is a disposable of another group (``reliant-foreign-dispvm``,
+denied by the persistent policy), and refuses property changes that would make core (a
+core qube or a global property) reference a shard qube, or a shard qube reference a shard
+it does not depend on. The decisions are ``reliant_guard``'s and ``reliant_policy``'s (the
+formula's library, found in ``_paths.LIBDIR``); this module only turns qubesd objects into
+facts and events into decisions.
 
 Nothing here logs a qube's name: qubesd's log may reach persistent storage.
 """
@@ -90,6 +92,31 @@ class ReliantIsolation(qubes.ext.Extension):
                 vm.tags.discard(tag)
         vm.tags.add(want)
 
+    @staticmethod
+    def _group(vm):
+        try:
+            return reliant_guard.group_of(reliant_guard.QubeFacts(
+                name=vm.name, klass=type(vm).__name__, tags=frozenset(vm.tags)))
+        except reliant_guard.GuardError:
+            return None
+
+    def set_foreign_dispvm_tag(self, vm, settings=None):
+        """Mark `vm` when its own `@dispvm` starts a disposable of a group calls to which
+        are denied; unmark it otherwise."""
+        settings = settings or reliant_policy.load_settings(_paths.SETTINGS)
+        dispvm = getattr(vm, "default_dispvm", None) if type(vm).__name__ != "AdminVM" else None
+        foreign = dispvm is not None and reliant_policy.denied_between(
+            settings, self._group(vm), self._group(dispvm))
+        if foreign:
+            vm.tags.add(reliant_guard.FOREIGN_DISPVM_TAG)
+        else:
+            vm.tags.discard(reliant_guard.FOREIGN_DISPVM_TAG)
+
+    def set_all_foreign_dispvm_tags(self, app):
+        settings = reliant_policy.load_settings(_paths.SETTINGS)
+        for vm in app.domains:
+            self.set_foreign_dispvm_tag(vm, settings)
+
     def reference_problem(self, holder, prop, target):
         """Why `holder` (a qube, or None for the app) may not name `target`; None if it may."""
         if target is None:
@@ -121,6 +148,7 @@ class ReliantIsolation(qubes.ext.Extension):
         except reliant_guard.GuardError:
             log.error("reliant isolation: a qube's group cannot be decided at load; "
                       "run `reliant-shard check`")
+        self.set_foreign_dispvm_tag(vm)
 
     @qubes.ext.handler("domain-add", system=True)
     def on_domain_add(self, app, event, vm, **kwargs):
@@ -130,6 +158,7 @@ class ReliantIsolation(qubes.ext.Extension):
             self.set_group_tag(vm)
         except reliant_guard.GuardError:
             log.error("reliant isolation: a new qube's group is not known yet")
+        self.set_foreign_dispvm_tag(vm)
 
     @qubes.ext.handler("domain-create-on-disk", "domain-clone-files")
     def on_volumes_created(self, vm, event, **kwargs):
@@ -140,6 +169,7 @@ class ReliantIsolation(qubes.ext.Extension):
             self.set_group_tag(vm)
         except reliant_guard.GuardError as exc:
             raise qubes.exc.QubesException("reliant isolation: " + str(exc)) from None
+        self.set_foreign_dispvm_tag(vm)
         for prop in reliant_guard.QUBE_REFERENCE_PROPERTIES:
             target = getattr(vm, prop, None)
             problem = self.reference_problem(vm, prop, target)
@@ -147,14 +177,28 @@ class ReliantIsolation(qubes.ext.Extension):
                 raise qubes.exc.QubesException("reliant isolation: " + problem)
 
     @qubes.ext.handler("property-set:template", *_GROUP_TAG_EVENTS)
-    def on_group_may_change(self, vm, event, **kwargs):
+    def on_group_may_change(self, vm, event, tag=None, **kwargs):
         """A new template (a disposable's group follows it), or someone changed a group
-        tag by hand: put the right tag back."""
+        tag by hand: put the right tag back; the disposables of every qube may now be of
+        another group."""
+        if tag is not None and not reliant_guard.is_group_tag(tag):
+            return
         try:
             self.set_group_tag(vm)
         except reliant_guard.GuardError:
             log.error("reliant isolation: a qube's group cannot be decided after %s",
                       event.split(":")[0])
+        self.set_all_foreign_dispvm_tags(vm.app)
+
+    @qubes.ext.handler("property-set:default_dispvm", "property-reset:default_dispvm")
+    def on_default_dispvm_changed(self, vm, event, **kwargs):
+        self.set_foreign_dispvm_tag(vm)
+
+    @qubes.ext.handler("property-set:default_dispvm", "property-reset:default_dispvm",
+                       system=True)
+    def on_global_default_dispvm_changed(self, app, event, **kwargs):
+        """Qubes that inherit the global default_dispvm follow it."""
+        self.set_all_foreign_dispvm_tags(app)
 
     @qubes.ext.handler(*_REFERENCE_EVENTS)
     def on_reference_pre_set(self, vm, event, name, newvalue, oldvalue=None):
