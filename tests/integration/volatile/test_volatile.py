@@ -165,3 +165,45 @@ def test_audit_finds_each_planted_leak_and_nothing_else(host, planted):
     ret = next(iter(json.loads(result.stdout)["local"].values()))
     assert ret["comment"].startswith(f"{len(LEAKS)} trace(s) of open shards on dom0's disk (")
     assert "secret" not in ret["comment"] and "deep-" not in ret["comment"]
+
+
+@pytest.fixture
+def disk_under_overlay(host, planted):
+    """A stand-in for the disk under a volatile root: an ext4 image holding the core store
+    and two traces, attached read-only to a loop device that /run/systemd/volatile-root
+    names, as systemd-volatile-root records it. Mode files say volatile."""
+    tree = "/tmp/reliant-disk-tree"
+    host.run(f"rm -rf {tree} && mkdir -p {tree}/var/lib/qubes && cp {CORE} {tree}{CORE}")
+    host.run(f"mkdir -p {tree}/etc/lvm/backup {tree}/var/log/libvirt/libxl")
+    host.run(f"""printf 'tags = ["reliant-shard-sflc_0_2"]\\n' > {tree}/etc/lvm/backup/qubes_dom0""")
+    host.run(f"echo started > {tree}/var/log/libvirt/libxl/deep-mail.log")
+    host.check_output(f"truncate -s 32M /tmp/reliant-disk.img && "
+                      f"mkfs.ext4 -q -F -d {tree} /tmp/reliant-disk.img")
+    loop = host.check_output("losetup --find --show --read-only /tmp/reliant-disk.img").strip()
+    host.run(f"ln -sfn {loop} /run/systemd/volatile-root")
+    host.run("echo 'placeholder ro systemd.volatile=overlay systemd.swap=0' > /tmp/cmdline")
+    host.run("echo '1 0 0:31 / / rw - overlay overlay rw,lowerdir=/sysroot' > /tmp/mountinfo")
+    yield loop
+    host.run(f"losetup -d {loop}; rm -rf {tree} /tmp/reliant-disk.img /tmp/cmdline "
+             "/tmp/mountinfo /run/systemd/volatile-root")
+
+
+def test_audit_in_volatile_mode_tells_disk_from_ram(host, disk_under_overlay):
+    # running dom0: the LVM backup (also on disk) and a qube directory created since boot;
+    # the libxl log exists on disk only (deleted since boot)
+    host.run("""printf 'tags = ["reliant-shard-sflc_0_2"]\\n' > /etc/lvm/backup/qubes_dom0""")
+    host.run("mkdir -p /var/lib/qubes/appvms/secret")
+    volatile = json.dumps({"cmdline": "/tmp/cmdline", "mountinfo": "/tmp/mountinfo"})
+    out = json.loads(host.check_output(
+        f"salt-call --local --out json reliant_audit.run volatile='{volatile}'"))["local"]
+    assert out["mode"] == "volatile" and out["shards"] == 2
+    assert sorted((f["path"], f["storage"]) for f in out["findings"]) == [
+        ("/etc/lvm/backup/qubes_dom0", "disk"),
+        ("/var/lib/qubes/appvms/secret", "ram"),
+        ("/var/log/libvirt/libxl/deep-mail.log", "disk"),
+    ]
+    deleted = next(f for f in out["findings"] if f["path"].endswith("deep-mail.log"))
+    assert deleted["reason"].endswith("(deleted in the running dom0, still on disk)")
+    # the disk view was mounted read-only for the scan only
+    assert "/run/reliant/audit-disk" not in host.check_output("cat /proc/self/mountinfo")
+    host.run("rm -rf /etc/lvm/backup/qubes_dom0 /var/lib/qubes/appvms/secret")
