@@ -64,12 +64,13 @@ def run(audit: dict | None = None, shards: dict | None = None,
         shards = merged.get("shards", {}) if shards is None else shards
         volatile = merged.get("volatile", {}) if volatile is None else volatile
     settings = reliant_audit.Settings.from_pillar(audit)
-    mode = reliant_volatile.status(reliant_volatile.Settings.from_pillar(volatile))["mode"]
+    volatile_settings = reliant_volatile.Settings.from_pillar(volatile)
+    mode = reliant_volatile.status(volatile_settings)["mode"]
     problems: list = []
     open_shards = reliant_shards.discover(shards["roots"], shards["max_depth"], problems)
     findings = reliant_audit.audit_running(
         open_shards, shards["core"], mode == "volatile", settings.disk_view,
-        settings.paths, settings.limits)
+        settings.paths, settings.limits, mountinfo=volatile_settings.mountinfo)
     # a shard that cannot be read cannot be looked for: the audit cannot vouch for it
     findings += [reliant_audit.Finding(", ".join(shards["roots"]),
                                        f"{p.message}: its traces were not looked for",

@@ -33,6 +33,7 @@ from typing import Callable, Optional
 
 import reliant_shards
 import reliant_store
+import reliant_volatile
 
 DEFAULT_PATHS = ("/var/lib/qubes", "/srv", "/var/cache/salt", "/var/log", "/etc/qubes",
                  "/etc/lvm/archive", "/etc/lvm/backup", "/home", "/root")
@@ -327,14 +328,38 @@ def audit(shards: Sequence[reliant_shards.Shard], core: str, fs_root: str = "/",
     return sorted(set(scan.findings + core_pool_writes(shards, core_root)))
 
 
-def split_by_storage(live: Sequence[Finding], disk: Sequence[Finding]) -> list[Finding]:
-    """Findings of a scan of the running (overlay) root and of the disk under it:
-    a trace also found on disk is on disk; one found only in the running root
-    lives in the overlay's RAM layer; one only on disk was deleted in RAM and
-    stays on disk."""
+RAM_FSTYPES = frozenset({"tmpfs", "ramfs"})
+
+
+def _mount_of(path: str, mounts: Sequence[reliant_volatile.Mount]) -> Optional[reliant_volatile.Mount]:
+    """The mount `path` lives on (the last mounted of the longest matching mount point)."""
+    best = None
+    for mount in mounts:
+        point = mount.mount_point.rstrip("/") + "/"
+        if (path + "/").startswith(point) and (
+                best is None or len(mount.mount_point) >= len(best.mount_point)):
+            best = mount
+    return best
+
+
+def split_by_storage(live: Sequence[Finding], disk: Sequence[Finding],
+                     mounts: Sequence[reliant_volatile.Mount] = ()) -> list[Finding]:
+    """Findings of a scan of the running dom0 and of the disk under its root overlay.
+
+    A trace on another mount than the root (a separate /home, say) is on disk unless
+    that mount is a tmpfs. On the root overlay: a trace also found on disk is on
+    disk; one found only in the running root lives in the overlay's RAM layer; one
+    only on disk was deleted since boot (a whiteout hides it) and stays on disk.
+    """
     on_disk = {(f.path, f.reason) for f in disk}
-    merged = [f if (f.path, f.reason) in on_disk else
-              Finding(f.path, f.reason, RAM, f.location) for f in live]
+    merged = []
+    for finding in live:
+        mount = _mount_of(finding.path, mounts) if finding.path.startswith("/") else None
+        if mount is not None and mount.mount_point != "/":
+            storage = RAM if mount.fstype in RAM_FSTYPES else DISK
+        else:
+            storage = DISK if (finding.path, finding.reason) in on_disk else RAM
+        merged.append(Finding(finding.path, finding.reason, storage, finding.location))
     live_keys = {(f.path, f.reason) for f in live}
     merged += [Finding(f.path, f.reason + " (deleted in the running dom0, still on disk)",
                        DISK, f.location) for f in disk if (f.path, f.reason) not in live_keys]
@@ -345,11 +370,12 @@ def audit_running(shards: Sequence[reliant_shards.Shard], core: str, volatile: b
                   disk_view: str, paths: Sequence[str] = DEFAULT_PATHS,
                   limits: Limits = Limits(),
                   run: Optional[Callable[[list[str]], None]] = None,
-                  volatile_root_link: str = VOLATILE_ROOT_LINK) -> list[Finding]:
+                  volatile_root_link: str = VOLATILE_ROOT_LINK,
+                  mountinfo: str = "/proc/self/mountinfo") -> list[Finding]:
     """The audit of the running dom0. In volatile mode the disk under the overlay
     (the device systemd-volatile-root recorded in /run/systemd/volatile-root) is
     mounted read-only at `disk_view` for the time of the scan, to split findings
-    into on-disk and RAM-only ones."""
+    into on-disk and RAM-only ones (see split_by_storage)."""
     live = audit(shards, core, "/", paths, limits)
     if not volatile or not shards:
         return live
@@ -358,13 +384,18 @@ def audit_running(shards: Sequence[reliant_shards.Shard], core: str, volatile: b
     if not os.path.exists(device) or device == volatile_root_link:
         raise AuditError(f"{volatile_root_link}: no device recorded by systemd-volatile-root; "
                          "cannot tell disk from RAM")
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as handle:
+            mounts = reliant_volatile.parse_mountinfo(handle.read())
+    except OSError as exc:
+        raise AuditError(f"{mountinfo}: {exc.strerror}; cannot tell disk from RAM") from None
     os.makedirs(disk_view, mode=0o700, exist_ok=True)
     run(["mount", "-o", "ro,nosuid,nodev,noexec", device, disk_view])
     try:
         disk = audit(shards, core, disk_view, paths, limits)
     finally:
         run(["umount", disk_view])
-    return split_by_storage(live, disk)
+    return split_by_storage(live, disk, mounts)
 
 
 def _run(argv: list[str]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import reliant_audit as ra
+import reliant_volatile as rv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 from audit_plants import CORE, LEAKS, core_only_dom0, make_shards, plant, write
@@ -128,6 +129,25 @@ def test_unreadable_core_store_is_an_error(dom0, tmp_path):
 
 # --- volatile mode: disk or RAM ---------------------------------------------------------
 
+MOUNTS = rv.parse_mountinfo(
+    "30 1 0:31 / / rw - overlay overlay rw,lowerdir=/sysroot\n"
+    "40 30 253:3 / /home rw - ext4 /dev/mapper/qubes_dom0-home rw\n"
+    "41 30 0:40 / /home/user/.cache rw - tmpfs tmpfs rw\n")
+
+
+def test_split_by_storage_follows_other_mounts():
+    live = [ra.Finding("/home/user/.local/share/applications/x", "r"),
+            ra.Finding("/home/user/.cache/y", "r"), ra.Finding("/var/log/z", "r"),
+            ra.Finding("lvm:qubes_dom0/vm-pool", "w")]
+    disk = [ra.Finding("lvm:qubes_dom0/vm-pool", "w")]
+    assert [(f.path, f.storage) for f in ra.split_by_storage(live, disk, MOUNTS)] == [
+        ("/home/user/.cache/y", ra.RAM),
+        ("/home/user/.local/share/applications/x", ra.DISK),  # a separate ext4 /home
+        ("/var/log/z", ra.RAM),
+        ("lvm:qubes_dom0/vm-pool", ra.DISK),
+    ]
+
+
 def test_split_by_storage_tells_disk_from_ram(tmp_path):
     live, disk = tmp_path / "live", tmp_path / "disk"
     core_only_dom0(live)
@@ -141,7 +161,7 @@ def test_split_by_storage_tells_disk_from_ram(tmp_path):
     # deleted since boot: gone from the running view, still on disk
     plant(disk, "/var/log/libvirt/libxl/deep-mail.log", "started\n")
     findings = ra.split_by_storage(ra.audit(shards, CORE, str(live)),
-                                   ra.audit(shards, CORE, str(disk)))
+                                   ra.audit(shards, CORE, str(disk)), MOUNTS)
     assert {(f.path, f.storage) for f in findings} == {
         ("/etc/lvm/backup/qubes_dom0", ra.DISK),
         ("/var/lib/qubes/appvms/secret", ra.RAM),
@@ -162,8 +182,10 @@ def test_audit_running_mounts_the_disk_read_only_and_unmounts(tmp_path, monkeypa
     calls = []
     shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
     monkeypatch.setattr(ra, "audit", lambda s, core, root, paths, limits: [])
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("30 1 0:31 / / rw - overlay overlay rw\n")
     found = ra.audit_running(shards, CORE, True, str(disk_view), run=calls.append,
-                             volatile_root_link=str(link))
+                             volatile_root_link=str(link), mountinfo=str(mountinfo))
     assert found == []
     assert calls == [["mount", "-o", "ro,nosuid,nodev,noexec", str(device), str(disk_view)],
                      ["umount", str(disk_view)]]
