@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from snapshot_harness import Scenario, loops_usable
+from snapshot_harness import ROOT, SCRIPT, Scenario, loops_usable
 
 MARKERS = "/run/reliant/read-only"
 pytestmark = [pytest.mark.root,
@@ -190,3 +190,37 @@ echo "upper used after rw=$(used)"
     assert "No space left on device" in done.stderr or "No space left" in done.stdout
     print("\n".join(lines))
 
+
+
+QUBESD_START = """
+import importlib.util, sys
+from types import SimpleNamespace as NS
+import qubes.vm
+spec = importlib.util.spec_from_file_location("ext", sys.argv[1])
+ext = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ext)
+ext.ReadOnlyVolumes()
+qube = qubes.vm.LocalVM(None, "work")
+qube.events_enabled = True
+qube.volumes = {"private": NS(path=sys.argv[2], rw=False, pool=NS(driver="file"),
+                              save_on_stop=True, snap_on_start=False)}
+qube.fire_event("domain-pre-start", pre_event=True, start_guid=True, mem_required=None)
+"""
+
+
+def test_extension_mark_makes_the_script_attach_read_only(scenario: Scenario):
+    """The installed pair end to end: the extension's mark, then the script (MARKERS as shipped)."""
+    img = sparse(scenario.work / "private.img", 64 * MIB)
+    cow = sparse(scenario.work / "private-cow.img", 64 * MIB)
+    (scenario.work / "qubesd_start.py").write_text(QUBESD_START)
+    extension = SCRIPT.parent / "reliant_snapshots_ext.py"
+    doubles = ROOT / "tests" / "doubles" / "qubes_ext"
+    done = scenario.run(
+        f"mount -t tmpfs reliant-test /run && PYTHONPATH={doubles} {sys.executable} "
+        f"qubesd_start.py {extension} {img} && ls {MARKERS} && $CS origin-ro {img} {cow} && "
+        f"ls -A {MARKERS}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [dev_ino(img)], "one mark, consumed by the script"
+    loops = scenario.loops()
+    assert loops[str(img)]["ro"] and not loops[str(cow)]["ro"]
+    assert "--readonly" in scenario.dm_calls()[-1]["argv"]
