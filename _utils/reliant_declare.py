@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,12 +59,13 @@ def parse_range(value: Any, source: str) -> tuple[int, int]:
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(
             isinstance(item, int) and not isinstance(item, bool) for item in value):
         value = f"{value[0]}-{value[1]}"
-    match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", value) if isinstance(
-        value, str) else None
-    if not match:
+    if not isinstance(value, str):
         raise reliant_shards.ShardError(f"{source}: qid_range must be \"FIRST-LAST\", "
                                         f"got {value!r}")
-    return int(match.group(1)), int(match.group(2))
+    try:
+        return reliant_shards.parse_range(value)
+    except reliant_shards.ShardError as exc:
+        raise reliant_shards.ShardError(f"{source}: {exc}") from None
 
 
 def declaration(path: str, qid_range: Any, depends_on: Sequence[str] = (),

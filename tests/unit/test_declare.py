@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import reliant_declare
 import reliant_shards
-from conftest import FIXTURES
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ShardError = reliant_shards.ShardError
 
 
@@ -21,6 +21,25 @@ def scene(tmp_path: Path) -> dict:
     core.write_bytes((FIXTURES / "qubes-r4.3-core.xml").read_bytes())
     root = tmp_path / "shufflecake"
     reliant_shards.init_shard(str(root / "sflc_0_1"), qid_range=(1000, 1499))
+    return {"core": str(core), "root": root, "roots": [str(root)]}
+
+
+@pytest.fixture
+def sutured(tmp_path: Path) -> dict:
+    """The merged fixture dissected into core and its two shards (qids 15-17, 18-19)."""
+    root = tmp_path / "shufflecake"
+    core, merged = tmp_path / "qubes.xml", tmp_path / "merged.xml"
+    for path, name in ((core, "core"), (merged, "merged")):
+        path.write_bytes((FIXTURES / f"qubes-r4.3-{name}.xml").read_bytes().replace(
+            b"/run/shufflecake", str(root).encode()))
+    first = reliant_shards.init_shard(str(root / "sflc_0_1"), qid_range=(15, 17))
+    reliant_shards.init_shard(str(root / "sflc_0_2"), qid_range=(18, 19),
+                              depends_on=[first.path])
+    qubes_dir = tmp_path / "varlibqubes"
+    qubes_dir.mkdir()
+    result = reliant_shards.dissect(str(merged), str(core), [str(root)],
+                                    qubes_dir=str(qubes_dir))
+    assert not result.errors
     return {"core": str(core), "root": root, "roots": [str(root)]}
 
 
@@ -60,10 +79,12 @@ def test_find_declarations_respects_depth_and_symlinks(scene: dict, tmp_path: Pa
     ("{", "not JSON"),
     ('{"qid_range": "1500-1999", "pool": "x"}', "unknown key 'pool'"),
     ('{"depends_on": []}', "qid_range is required"),
-    ('{"qid_range": "many"}', 'qid_range must be "FIRST-LAST"'),
+    ('{"qid_range": "many"}', "is not of the form FIRST-LAST"),
+    ('{"qid_range": 7}', 'qid_range must be "FIRST-LAST"'),
     ('{"qid_range": "1500-1999", "depends_on": "../x"}', "depends_on must be a list"),
     ('{"qid_range": "1500-1999", "depends_on": ["."]}', "cannot depend on itself"),
     ('{"qid_range": "1500-1999", "id": 3}', "id must be a string"),
+    ('{"qid_range": "1500-10000"}', "last <= 9999"),
     ("{}" + " " * reliant_declare.MAX_DECLARATION_BYTES, "larger than"),
 ])
 def test_bad_declarations_are_reported_by_file(scene: dict, content: str, message: str) -> None:
@@ -106,7 +127,6 @@ def test_plan_init_update_and_nothing(scene: dict) -> None:
     ("sflc_0_2", "10-20", [], None, r"holds qid \d+ of core qube"),
     ("sflc_0_2", "1500-1999", ["../nowhere"], None, "dependency .*nowhere is not a readable shard"),
     ("sflc_0_1", "1000-1499", [], "other", "it cannot become 'other'"),
-    ("sflc_0_2", "1500-10000", [], None, "last <= 9999"),
     ("sflc_0_2", "1500-1999", [], "bad id!", "shard id 'bad id!'"),
     ("a/b/c/d", "1500-1999", [], None, "not within 3 levels under a shard root"),
     ("../elsewhere", "1500-1999", [], None, "not within 3 levels under a shard root"),
@@ -126,41 +146,32 @@ def test_plan_refuses_a_dependency_cycle(scene: dict) -> None:
         plan(scene, reliant_declare.declaration(first, "1000-1499", [second]))
 
 
-def test_plan_refuses_a_range_leaving_out_a_qube(tmp_path: Path) -> None:
-    import shards_helpers
-
-    scene = shards_helpers.merged_scene(tmp_path)
-    scene.dissect()
-    wanted = reliant_declare.declaration(str(scene.shard_dir("sflc_0_1")), "16-17")
+def test_plan_refuses_a_range_leaving_out_a_qube(sutured: dict) -> None:
+    wanted = reliant_declare.declaration(str(sutured["root"] / "sflc_0_1"), "16-17")
     with pytest.raises(ShardError, match="leaves out qid 15 of its qube"):
-        reliant_declare.plan(wanted, str(scene.core), scene.roots, 3)
+        plan(sutured, wanted)
 
 
 # --- applying -------------------------------------------------------------------------------
-def test_apply_init_then_update_keeps_the_qubes(tmp_path: Path) -> None:
-    import shards_helpers
-
-    scene = shards_helpers.merged_scene(tmp_path)
-    scene.dissect()
-    shard = Path(scene.shard_dir("sflc_0_2"))
+def test_apply_init_then_update_keeps_the_qubes(sutured: dict) -> None:
+    shard = sutured["root"] / "sflc_0_2"
     before = reliant_shards.load_shard(str(shard))
+    assert before.domains
     wanted = reliant_declare.declaration(str(shard), "18-40", ["../sflc_0_1"])
-    change = reliant_declare.plan(wanted, str(scene.core), scene.roots, 3)
-    reliant_declare.apply(change, scene.roots, 3)
+    change = plan(sutured, wanted)
+    reliant_declare.apply(change, sutured["roots"], 3)
     reliant_declare.verify(change)
     after = reliant_shards.load_shard(str(shard))
     assert after.qid_range == (18, 40)
-    assert [reliant_shards.qube_name(d) for d in after.domains] == [
-        reliant_shards.qube_name(d) for d in before.domains]
     assert after.data.split(b"<pools>")[1] == before.data.split(b"<pools>")[1]
-    assert reliant_declare.plan(wanted, str(scene.core), scene.roots, 3).action is None
+    assert plan(sutured, wanted).action is None
 
-    fresh = reliant_declare.declaration(str(scene.root / "sflc_0_3"), "2000-2499",
+    fresh = reliant_declare.declaration(str(sutured["root"] / "sflc_0_3"), "2000-2499",
                                         ["../sflc_0_2"], "third")
-    change = reliant_declare.plan(fresh, str(scene.core), scene.roots, 3)
-    reliant_declare.apply(change, scene.roots, 3)
+    change = plan(sutured, fresh)
+    reliant_declare.apply(change, sutured["roots"], 3)
     reliant_declare.verify(change)
-    made = reliant_shards.load_shard(str(scene.root / "sflc_0_3"))
+    made = reliant_shards.load_shard(str(sutured["root"] / "sflc_0_3"))
     assert (made.id, made.qid_range, made.depends_on) == ("third", (2000, 2499), ("sflc_0_2",))
 
 

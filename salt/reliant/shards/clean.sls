@@ -16,7 +16,7 @@ reliant-shards-clean-qubesd-stop:
 
 reliant-shards-clean-dissect:
   cmd.run:
-    - name: {{ shards.cli }} dissect
+    - name: {{ shards.cli }} dissect --final
     - env:
       - RELIANT_CONFIG: {{ shards.config }}
     - onlyif:

@@ -8,15 +8,14 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set shards = reliant.shards %}
 {%- set units = "/etc/systemd/system" %}
+{#- The CLI's settings. Without isolation, suture writes no runtime policy (""). #}
+{%- set isolation = reliant.isolation %}
 {%- set config = {
       "core": shards.core, "merged": shards.merged, "roots": shards.roots,
       "max_depth": shards.max_depth, "missing_reference": shards.missing_reference,
-      "libdir": shards.libdir} %}
-{%- for key in ["policy_dir", "services"] %}
-{%-   if reliant.isolation.enabled and key in reliant.isolation %}
-{%-     do config.update({key: reliant.isolation[key]}) %}
-{%-   endif %}
-{%- endfor %}
+      "libdir": shards.libdir,
+      "policy_dir": isolation.policy_dir if isolation.enabled else "",
+      "services": isolation.services if isolation.enabled else None} %}
 
 reliant-shards-library:
   file.recurse:
@@ -34,6 +33,7 @@ reliant-shards-cli:
   file.managed:
     - name: {{ shards.cli }}
     - source: salt://bin/reliant-shard
+    - makedirs: true
     - user: root
     - group: root
     - mode: '0755'

@@ -1,0 +1,139 @@
+"""States: shards converge to their declarations (directory, QID range, dependencies).
+
+``reliant_shard.present``: one shard, named by its directory in the state itself.
+``reliant_shard.declared``: every shard declared on the open volumes (a
+``reliant-shard.json`` in a directory under the roots); what `reliant.shards` uses,
+so that the state tree, pillar and Salt's compiled highstate cache name no shard.
+Its return names no shard either (only how many were created or changed), as Salt
+writes results to ``sls.p`` (state.sls/state.apply) and failures to its log:
+``salt-call reliant_shard.declarations`` shows the details on the terminal.
+
+Both compute the difference first, return when there is none, predict it exactly
+with test=True, act, then verify. A shard file is rewritten atomically under lockf
+and only its metadata changes; qubes, pools and dom0 directories are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Optional
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _lib in (os.path.join(_HERE, os.pardir, "utils"), os.path.join(_HERE, os.pardir, "_utils")):
+    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
+        sys.path.insert(0, os.path.abspath(_lib))
+
+import reliant_declare  # noqa: E402
+import reliant_shards  # noqa: E402
+import reliant_store  # noqa: E402
+from salt.exceptions import CommandExecutionError  # noqa: E402
+
+__virtualname__ = "reliant_shard"
+_ERRORS = (reliant_shards.ShardError, reliant_store.StoreError, CommandExecutionError)
+
+
+def __virtual__():
+    if "reliant_shard.settings" not in __salt__:
+        return (False, "reliant_shard: the reliant_shard execution module is not loaded "
+                       "(not a Qubes dom0?)")
+    return __virtualname__
+
+
+def _settings(config: Optional[str], roots: Any = None, max_depth: Optional[int] = None) -> dict:
+    return __salt__["reliant_shard.settings"](config, roots=roots, max_depth=max_depth)
+
+
+def _converge(change: reliant_declare.Plan, found: dict) -> None:
+    reliant_declare.apply(change, found["roots"], found["max_depth"])
+    reliant_declare.verify(change)
+
+
+def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
+            shard_id: Optional[str] = None, config: Optional[str] = None) -> dict:
+    """Ensure the shard in directory `name` exists with QID range `qid_range` ("A-B")
+    and depends on exactly the shards in directories `depends_on` (relative to `name`
+    or absolute). `shard_id` names a new shard (default: the directory's name); an
+    existing shard's id never changes. The state names `name` in its result.
+
+    .. code-block:: yaml
+
+        /run/shufflecake/sflc_0_2:
+          reliant_shard.present:
+            - qid_range: 1500-1999
+            - depends_on: [../sflc_0_1]
+    """
+    ret: dict[str, Any] = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        found = _settings(config)
+        wanted = reliant_declare.declaration(name, qid_range, depends_on or (), shard_id)
+        change = reliant_declare.plan(wanted, found["core"], found["roots"], found["max_depth"])
+    except _ERRORS as exc:
+        return {**ret, "result": False, "comment": str(exc)}
+    if change.action is None:
+        return {**ret, "comment": f"Shard {name} is as declared"}
+    verb = "created" if change.action == "init" else "updated"
+    ret["changes"] = {"old": change.old, "new": change.new}
+    if __opts__["test"]:
+        return {**ret, "result": None, "comment": f"Shard {name} would be {verb}"}
+    try:
+        _converge(change, found)
+    except _ERRORS as exc:
+        return {**ret, "changes": {}, "result": False, "comment": str(exc)}
+    return {**ret, "comment": f"Shard {name} {verb}"}
+
+
+def declared(name: str, max_depth: Optional[int] = None, config: Optional[str] = None) -> dict:
+    """Converge every shard declared on the open volumes under the roots `name` (a
+    comma-separated list); nothing of a shard appears in the result.
+
+    .. code-block:: yaml
+
+        reliant-shards-declared:
+          reliant_shard.declared:
+            - name: /run/shufflecake
+    """
+    ret: dict[str, Any] = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        found = _settings(config, roots=name, max_depth=max_depth)
+    except CommandExecutionError as exc:
+        return {**ret, "result": False, "comment": str(exc)}
+    problems: list[str] = []
+    plans = []
+    for wanted in reliant_declare.find_declarations(found["roots"], found["max_depth"],
+                                                    problems):
+        try:
+            plans.append(reliant_declare.plan(wanted, found["core"], found["roots"],
+                                              found["max_depth"]))
+        except _ERRORS as exc:
+            problems.append(str(exc))
+    todo = [change for change in plans if change.action]
+    refused = len(problems)
+    details = "details: salt-call reliant_shard.declarations"
+    if not todo:
+        if refused:
+            return {**ret, "result": False,
+                    "comment": f"{refused} declaration(s) refused; {details}"}
+        return {**ret, "comment": "Every shard declared on the open volumes is as declared"}
+    counts = {"created": sum(c.action == "init" for c in todo),
+              "updated": sum(c.action == "update" for c in todo)}
+    if __opts__["test"]:
+        return {**ret, "result": False if refused else None,
+                "changes": {"shards": {k: v for k, v in counts.items() if v}},
+                "comment": f"{len(todo)} declared shard(s) would be converged"
+                           + (f", {refused} declaration(s) refused" if refused else "")
+                           + f"; {details}"}
+    done = {"created": 0, "updated": 0}
+    for change in todo:
+        try:
+            _converge(change, found)
+        except _ERRORS:
+            refused += 1
+            continue
+        done["created" if change.action == "init" else "updated"] += 1
+    ret["changes"] = {"shards": {k: v for k, v in done.items() if v}} if any(
+        done.values()) else {}
+    ret["comment"] = (f"{sum(done.values())} declared shard(s) converged"
+                      + (f", {refused} refused" if refused else "") + f"; {details}")
+    ret["result"] = not refused
+    return ret
