@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import lxml.etree
 import pytest
 from qubesd import qubesd_double
 from qubesd.qubesd_double import Refused, Store
@@ -195,11 +194,11 @@ def test_new_qube_gets_the_lowest_unused_qid(store: Store, tmp_path: Path) -> No
     assert (tmp_path / "base/vm-templates/third").is_dir()
 
 
-def test_appvm_volumes_follow_qubesd_layout(store: Store) -> None:
-    shard_pool = lxml.etree.SubElement(store.root.find("pools"), "pool", name="sflc_0_1",
-                                       dir_path="/run/shufflecake/sflc_0_1/pool",
-                                       driver="file-reflink", revisions_to_keep="1")
-    assert shard_pool is not None
+def test_appvm_volumes_follow_qubesd_layout(store: Store, tmp_path: Path) -> None:
+    store.add_pool("sflc_0_1", "file-reflink", str(tmp_path / "sflc_0_1" / "pool"))
+    assert (tmp_path / "sflc_0_1" / "pool").is_dir()
+    with pytest.raises(Refused, match="already exists"):
+        store.add_pool("sflc_0_1", "file", str(tmp_path))
     store.add_domain("hidden", "AppVM", "purple", "sflc_0_1", "debian-13-xfce")
     volumes = {v.get("name"): dict(v.attrib)
                for v in store.domain("hidden").iterfind("volume-config/volume")}

@@ -21,6 +21,7 @@ It is NOT qubesd. It reproduces only what reliant-formula depends on
   pool; private and volatile in the requested pool; kernel in linux-kernel) and its dom0
   directory `appvms/NAME` (templates: `vm-templates/NAME`) with an `icon.png` link is made
   under the base dir (`QUBESD_DOUBLE_BASE_DIR`, default /var/lib/qubes) and removed with it;
+- a file/file-reflink pool can be added (`qvm-pool add`): its directory is created;
 - systemd `Type=notify` readiness (READY=1 on `NOTIFY_SOCKET`).
 
 Left out: the Admin API protocol and qrexec (requests are JSON lines on a unix socket,
@@ -202,6 +203,17 @@ class Store:
         kind = "vm-templates" if klass == "TemplateVM" else "appvms"
         return os.path.join(self.base_dir, kind, name)
 
+    def add_pool(self, name: str, driver: str, dir_path: str) -> None:
+        """Add a file(-reflink) pool like `qvm-pool add` (its directory is created)."""
+        if driver not in ("file", "file-reflink"):
+            raise Refused(f"the double adds only file and file-reflink pools, not {driver!r}")
+        if name in _pools(self.root):
+            raise Refused(f"pool named {name} already exists")
+        os.makedirs(dir_path, exist_ok=True)
+        lxml.etree.SubElement(self.root.find("pools"), "pool", name=name, dir_path=dir_path,
+                              driver=driver, revisions_to_keep="1",
+                              ephemeral_volatile="False")
+
     def remove_domain(self, name: str) -> None:
         """Remove a domain that nothing references, and its dom0 directory."""
         domain = self.domain(name)
@@ -377,6 +389,9 @@ def handle(store: Store, request: dict[str, Any]) -> Any:
         result: Any = store.add_domain(request["name"], request.get("class", "AppVM"),
                                        request.get("label", "red"), request.get("pool"),
                                        request.get("template"))
+    elif op == "pool":
+        result = store.add_pool(request["name"], request.get("driver", "file-reflink"),
+                                request["dir_path"])
     elif op == "remove":
         result = store.remove_domain(request["name"])
     elif op == "property":
@@ -471,6 +486,9 @@ def _ctl_message(args: argparse.Namespace) -> dict[str, Any]:
                 "pool": args.pool, "template": args.template}
     if args.command == "remove":
         return {"op": "remove", "name": args.name}
+    if args.command == "pool":
+        return {"op": "pool", "name": args.name, "driver": args.driver,
+                "dir_path": args.dir_path}
     if args.command in ("prop", "feature"):
         op = "property" if args.command == "prop" else "feature"
         return {"op": op, "name": args.name, "key": args.key,
@@ -497,6 +515,10 @@ def _arguments() -> argparse.ArgumentParser:
     add.add_argument("--pool", help="pool of its private/volatile (and own root) volumes")
     add.add_argument("--template")
     sub.add_parser("remove", help="remove a qube (qvm-remove)").add_argument("name")
+    pool = sub.add_parser("pool", help="add a storage pool (qvm-pool add)")
+    pool.add_argument("name")
+    pool.add_argument("--driver", default="file-reflink", choices=("file", "file-reflink"))
+    pool.add_argument("--dir-path", required=True)
     for command, what in (("prop", "property"), ("feature", "feature")):
         item = sub.add_parser(command, help=f"set a {what} (value omitted: empty)")
         item.add_argument("name")
