@@ -503,9 +503,16 @@ def _deps_closure(shard_id: str, by_id: dict[str, Shard]) -> set[str]:
 
 
 def shard_bytes(shard: Shard, pools: Iterable[etree._Element],
-                domains: Iterable[etree._Element]) -> bytes:
-    """The shard file of `shard` (its metadata) holding `pools` and `domains`."""
-    root = reliant_store.make_element(SHARD_ELEMENT, version=FORMAT_VERSION, id=shard.id)
+                domains: Iterable[etree._Element], home: etree._Element | None = None) -> bytes:
+    """The shard file of `shard` (its metadata) holding `pools` and `domains` (moved).
+
+    With `home`, the shard element is built under it, in the document the pools and
+    domains come from: moving elements within a document is much cheaper than between
+    documents, and an element serializes the same wherever it hangs."""
+    if home is None:
+        root = reliant_store.make_element(SHARD_ELEMENT, version=FORMAT_VERSION, id=shard.id)
+    else:
+        root = etree.SubElement(home, SHARD_ELEMENT, version=FORMAT_VERSION, id=shard.id)
     etree.SubElement(root, "qid-range", first=str(shard.qid_range[0]),
                      last=str(shard.qid_range[1]))
     deps = etree.SubElement(root, "depends-on")
@@ -1022,6 +1029,7 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
                                  "detached": (state or {}).get("detached", []),
                                  "refused": (state or {}).get("refused", [])}
     gaining, losing = [], []
+    scratch = etree.SubElement(merged_root, "reliant-scratch")  # shard files built in place
     dirs: dict[str, list[tuple[str, str]]] = {}
     keep_dirs: dict[str, set[tuple[str, str]]] = {}
     for sid, shard in writable.items():
@@ -1049,7 +1057,7 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
             "merged": sorted((known or set()) | merged_uuids)}
         lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
             - {facts.uuid(d) for d in kept}
-        content = shard_bytes(shard, pools_of[sid],
+        content = shard_bytes(shard, pools_of[sid], home=scratch, domains=
                               sorted(members + kept, key=lambda d: (facts.name(d) == "",
                                                                     facts.name(d))))
         (losing if lost else gaining).append((shard.file, content, 0o600))
@@ -1064,7 +1072,11 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
         facts.strip_tags(domain)
     sections["domains"][:] = core_members
     sections["pools"][:] = pools_of[CORE]
-    outputs = [*gaining, *losing, (core_path, reliant_store.serialize(merged_root), 0o660)]
+    # core is built in place too; nothing is unlinked from the merged document (lxml
+    # frees a large unlinked subtree slowly while elements in it are still referenced)
+    core_out = etree.SubElement(scratch, merged_root.tag, dict(merged_root.attrib))
+    core_out.extend([child for child in merged_root if child is not scratch])
+    outputs = [*gaining, *losing, (core_path, reliant_store.serialize(core_out), 0o660)]
     return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
 
 
@@ -1098,7 +1110,8 @@ def _writable(visible: dict[str, Shard], sutured: dict[str, Any], detached: set[
 
 
 def _index(facts: _Facts, domains: etree._Element | None) -> dict[str, etree._Element]:
-    return {facts.uuid(d): d for d in domains} if domains is not None else {}
+    """uuid -> <domain> of an earlier file (read cheaply: only the uuid is needed)."""
+    return {_prop(d, "uuid") or "": d for d in domains} if domains is not None else {}
 
 
 def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element, pool_owner: dict[str, str | None],

@@ -103,7 +103,7 @@ def parse(data: bytes, source: str) -> etree._Element:
 
 def serialize(root: etree._Element) -> bytes:
     """Bytes of `root` in qubesd's format (UTF-8, pretty-printed, no declaration)."""
-    return etree.tostring(root, encoding="utf-8", pretty_print=True)
+    return etree.tostring(root, encoding="utf-8", pretty_print=True, with_tail=False)
 
 
 @contextlib.contextmanager
