@@ -38,7 +38,6 @@ DEFAULT_SERVICES = (
 )
 #: Kinds of (source group, target group) pairs the rules may cover.
 DIRECTIONS = ("core-to-shard", "shard-to-core", "shard-to-shard")
-PERSISTENT_DIR = "/etc/qubes/policy.d"
 RUNTIME_DIR = "/run/qubes/policy.d"
 POLICY_FILE_NAME = "20-reliant-isolation.policy"
 SETTINGS_PATH = "/etc/reliant/isolation.json"
