@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 from pathlib import Path
 
 import isolation_helpers as helpers
@@ -315,3 +316,16 @@ def test_settings_round_trip_and_bad_file(tmp_path):
     Path(path).write_text("{not json")
     with pytest.raises(reliant_policy.PolicyError, match=r"isolation\.json"):
         reliant_policy.load_settings(path)
+
+
+def test_extension_paths_and_purelib(tmp_path):
+    text = reliant_policy.render_extension_paths("/usr/lib/reliant")
+    namespace: dict = {}
+    exec(compile(text, "_paths.py", "exec"), namespace)
+    assert namespace["LIBDIR"] == "/usr/lib/reliant"
+    assert namespace["SETTINGS"] == reliant_policy.SETTINGS_PATH
+    with pytest.raises(reliant_policy.PolicyError, match="expected an absolute path"):
+        reliant_policy.render_extension_paths("usr/lib/reliant")
+    assert os.path.isabs(reliant_policy.python_purelib(sys.executable))
+    with pytest.raises(reliant_policy.PolicyError, match="cannot ask for its site-packages"):
+        reliant_policy.python_purelib(str(tmp_path / "no-python"))

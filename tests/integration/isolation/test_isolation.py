@@ -161,3 +161,18 @@ def test_hidden_shards_leave_no_runtime_policy_and_nothing_in_etc(host, shards_o
     assert secrets_in_etc(host) == ""
     core = read(host, "/var/lib/qubes/qubes.xml")
     assert not any(word in core for word in SHARD_IDS + SHARD_QUBES + ("reliant-",))
+
+
+def test_clean_removes_policy_settings_and_extension(host):
+    site = host.check_output(
+        "python3 -c \"import sysconfig; print(sysconfig.get_paths()['purelib'])\"")
+    assert host.file(f"{site}/reliant_isolation/__init__.py").exists
+    out = host.run("salt-call --local --out json state.apply reliant.isolation.clean")
+    assert out.rc == 0, out.stdout + out.stderr
+    for path in (f"{ETC}/{NAME}", f"{RUN}/{NAME}", "/etc/reliant/isolation.json",
+                 f"{site}/reliant_isolation", f"{site}/reliant_isolation-0.1.0.dist-info"):
+        assert not host.file(path).exists, path
+    assert host.service("qubesd").is_running
+    again = json.loads(host.check_output(
+        "salt-call --local --out json state.apply reliant.isolation.clean"))["local"]
+    assert not [k for k, v in again.items() if v["changes"]]
