@@ -329,3 +329,16 @@ def test_extension_paths_and_purelib(tmp_path):
     assert os.path.isabs(reliant_policy.python_purelib(sys.executable))
     with pytest.raises(reliant_policy.PolicyError, match="cannot ask for its site-packages"):
         reliant_policy.python_purelib(str(tmp_path / "no-python"))
+
+
+def test_nothing_installed_under_etc_names_a_shard(tmp_path):
+    root = helpers.load(helpers.MERGED)
+    pools = helpers.shard_of_pool(root)
+    secrets = set(pools) | set(pools.values())
+    secrets |= {n for n, g in helpers.expected_groups(root).items() if g != "reliant-core"}
+    settings = reliant_policy.settings_from_mapping({"services": ["*"], "notify": False})
+    plan = reliant_policy.install_plan("/etc/qubes/policy.d", settings,
+                                       str(tmp_path / "isolation.json"))
+    assert len(plan) == 2 and all(data for data in plan.values())
+    for path, data in plan.items():
+        assert not [s for s in secrets | {"reliant-shard"} if s.encode() in data], path
