@@ -1505,17 +1505,27 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
         except Exception as exc:  # any failure: do not start qubesd without isolation
             raise ShardError(f"runtime qrexec policy in {policy_dir} not written ({exc}); "
                              "merged store not written") from None
-    for shard in plan.sutured:
-        restore_dom0_dirs(shard, plan.dirs[shard.id], qubes_dir, problems)
-    state_path = state_path or default_state_path(out)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(state_path)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), mode=0o755, exist_ok=True)
-    written = []
-    if reliant_store.write(out, reliant_store.serialize(plan.merged), mode=0o660):
-        written.append(out)
-    plan.state["problems"] = [asdict(p) for p in problems]
-    write_state(state_path, plan.state)
+    wanted = [qube for shard in plan.sutured for qube in plan.dirs[shard.id]]
+    present = _entries(qubes_dir)
+    try:
+        for shard in plan.sutured:
+            restore_dom0_dirs(shard, plan.dirs[shard.id], qubes_dir, problems)
+        state_path = state_path or default_state_path(out)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state_path)
+        os.makedirs(os.path.dirname(os.path.abspath(out)), mode=0o755, exist_ok=True)
+        written = []
+        if reliant_store.write(out, reliant_store.serialize(plan.merged), mode=0o660):
+            written.append(out)
+        plan.state["problems"] = [asdict(p) for p in problems]
+        write_state(state_path, plan.state)
+    except BaseException:
+        # qubesd will not start: take back the shard qubes' directories copied out
+        with contextlib.suppress(OSError):
+            for subdir in ("appvms", "vm-templates"):
+                _recover_swaps(os.path.join(qubes_dir, subdir))
+            release_dom0_dirs([q for q in wanted if q not in present], qubes_dir)
+        raise
     return Result(problems, written, plan.sutured)
 
 

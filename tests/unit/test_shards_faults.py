@@ -131,6 +131,7 @@ def test_fault_at_every_point_of_suture(tmp_path, monkeypatch):
         points += 1
         assert {p: p.read_bytes() for p in files} == files, n  # suture only reads them
         assert (saved / "firewall.xml").read_text() == "<secret/>"
+        assert not [p for p in (scene.qubes_dir / "appvms").glob("*") if "secret" in p.name], n
         result = scene.suture()
         assert not result.errors
         assert SHARD_QUBES["sflc_0_1"] <= domains_by_name(load(scene.merged)).keys()
