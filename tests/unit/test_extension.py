@@ -245,3 +245,16 @@ def test_a_new_shard_qube_inheriting_a_core_dispvm_is_marked(qubes, app):
     assert FOREIGN not in vm.tags  # core qube, core disposable
     vm.create_on_disk(pool=app.pools["sflc_0_2"])
     assert group(vm) == S2 and FOREIGN in vm.tags
+
+
+def test_a_damaged_settings_file_falls_back_to_denying_every_direction(qubes, app, settings_file,
+                                                                       caplog):
+    original = settings_file.read_bytes()
+    settings_file.write_text("{damaged")
+    try:
+        with caplog.at_level(logging.ERROR):
+            app.default_dispvm = "default-dvm"
+        assert foreign(app) == CORE_DISPVM_CALLERS
+        assert "settings file is unreadable" in caplog.text
+    finally:
+        settings_file.write_bytes(original)

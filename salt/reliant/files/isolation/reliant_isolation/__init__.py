@@ -37,6 +37,16 @@ def _name(value):
     return "" if value is None else str(getattr(value, "name", value))
 
 
+def load_settings():
+    """The isolation settings; their defaults (every direction denied) if the file is bad,
+    so that a damaged file neither stops qubesd nor weakens isolation."""
+    try:
+        return reliant_policy.load_settings(_paths.SETTINGS)
+    except reliant_policy.PolicyError:
+        log.error("reliant isolation: the settings file is unreadable; using the defaults")
+        return reliant_policy.PolicySettings()
+
+
 def qube_facts(vm):
     """What reliant_guard needs to know about a live qube."""
     references = {}
@@ -73,7 +83,7 @@ class ReliantIsolation(qubes.ext.Extension):
         others = self._others(vm)
         known = reliant_guard.pool_groups(others)
         paths = {name: getattr(pool, "dir_path", "") for name, pool in vm.app.pools.items()}
-        roots = reliant_policy.load_settings(_paths.SETTINGS).shard_roots
+        roots = load_settings().shard_roots
         unknown = reliant_guard.unknown_shard_pools(facts.data_pools, known, paths, roots)
         if unknown:
             raise reliant_guard.GuardError(
@@ -103,7 +113,7 @@ class ReliantIsolation(qubes.ext.Extension):
     def set_foreign_dispvm_tag(self, vm, settings=None):
         """Mark `vm` when its own `@dispvm` starts a disposable of a group calls to which
         are denied; unmark it otherwise."""
-        settings = settings or reliant_policy.load_settings(_paths.SETTINGS)
+        settings = settings or load_settings()
         dispvm = getattr(vm, "default_dispvm", None) if type(vm).__name__ != "AdminVM" else None
         foreign = dispvm is not None and reliant_policy.denied_between(
             settings, self._group(vm), self._group(dispvm))
@@ -113,7 +123,7 @@ class ReliantIsolation(qubes.ext.Extension):
             vm.tags.discard(reliant_guard.FOREIGN_DISPVM_TAG)
 
     def set_all_foreign_dispvm_tags(self, app):
-        settings = reliant_policy.load_settings(_paths.SETTINGS)
+        settings = load_settings()
         for vm in app.domains:
             self.set_foreign_dispvm_tag(vm, settings)
 
