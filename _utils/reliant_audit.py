@@ -25,6 +25,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import shutil
 import stat
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,7 @@ class Limits:
     max_depth: int = 24
     skip_globs: tuple[str, ...] = DEFAULT_SKIP_GLOBS
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    journalctl: str = "journalctl"
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Settings:
     max_file_bytes: int = Limits.max_file_bytes
     max_files: int = Limits.max_files
     max_depth: int = Limits.max_depth
+    journalctl: str = Limits.journalctl
     disk_view: str = "/run/reliant/audit-disk"
 
     @classmethod
@@ -114,7 +117,7 @@ class Settings:
     @property
     def limits(self) -> Limits:
         return Limits(self.max_file_bytes, self.max_files, self.max_depth, self.skip_globs,
-                      self.exclude)
+                      self.exclude, self.journalctl)
 
 
 # --- what to look for -------------------------------------------------------------------
@@ -224,11 +227,40 @@ class _Scan:
         except OSError as exc:
             self.add(path, f"cannot read: {exc.strerror}", location)
             return
+        if path.endswith((".journal", ".journal~")):
+            labels |= self.journal(path, location)
         for label in sorted(labels):
             self.add(path, f"content names {label}", location)
         if more:
             self.add(path, f"not fully read: larger than {self.limits.max_file_bytes} bytes "
                      "(reliant:audit:max_file_bytes)", location)
+
+    def journal(self, path: str, location: str) -> set[str]:
+        """Labels in the entries of a binary journal as journalctl decodes them:
+        journald compresses long field values, which a raw search cannot see."""
+        command = shutil.which(self.limits.journalctl) if self.limits.journalctl else None
+        if command is None:
+            return set()
+        labels: set[str] = set()
+        overlap = max(self.needles.longest - 1, 0)
+        with subprocess.Popen([command, f"--file={path}", "--output=export", "--no-pager"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+            assert proc.stdout is not None
+            read, tail = 0, b""
+            while True:
+                chunk = proc.stdout.read(CHUNK)
+                if not chunk:
+                    break
+                read += len(chunk)
+                labels |= self.needles.find(tail + chunk)
+                tail = (tail + chunk)[-overlap:] if overlap else b""
+                if read >= self.limits.max_file_bytes:
+                    proc.kill()
+                    self.add(path, f"not fully decoded: journal entries longer than "
+                             f"{self.limits.max_file_bytes} bytes (reliant:audit:max_file_bytes)",
+                             location)
+                    break
+        return labels
 
     def walk(self, path: str, location: str, depth: int) -> None:
         if self.stopped:

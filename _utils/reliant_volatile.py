@@ -65,6 +65,7 @@ class Settings:
     mkconfig: str = "grub2-mkconfig"
     dracut_conf_d: str = "/etc/dracut.conf.d"
     dracut: str = "dracut"
+    journalctl: str = "journalctl"
     journald_conf_d: str = "/etc/systemd/journald.conf.d"
     dropin_name: str = "50-reliant-volatile.conf"
     state_file: str = "/var/lib/reliant/volatile.json"
@@ -374,11 +375,12 @@ class Plan:
     regenerate_initramfs: bool
     regenerate_grub: bool
     state: Optional[dict]
+    relinquish_journal: bool = False
 
     def empty(self) -> bool:
         return not (self.write or self.remove or self.default_grub is not None
                     or self.regenerate_initramfs or self.regenerate_grub
-                    or self.state is not None)
+                    or self.state is not None or self.relinquish_journal)
 
     def changes(self, settings: Settings) -> dict[str, Any]:
         """The changes as a state reports them (same with test=True and without)."""
@@ -389,6 +391,8 @@ class Plan:
             out["removed"] = sorted(self.remove)
         if self.default_grub is not None:
             out["edited"] = settings.default_grub
+        if self.relinquish_journal:
+            out["journal"] = f"{settings.journalctl} --relinquish-var"
         if self.regenerate_initramfs:
             out["initramfs"] = f"{settings.dracut} --force --regenerate-all"
         if self.regenerate_grub:
@@ -439,6 +443,8 @@ def plan_configured(settings: Settings) -> Plan:
         regenerate_initramfs=regenerate_initramfs,
         regenerate_grub=regenerate_grub,
         state=new_state if new_state != state else None,
+        # journald reads its drop-in at start: until then, stop it writing to /var/log
+        relinquish_journal=settings.journald_dropin_path in write,
     )
 
 
@@ -505,6 +511,8 @@ def apply(plan: Plan, settings: Settings, run: Callable[[list[str]], None]) -> N
     """
     for path, (content, mode) in plan.write.items():
         write_atomic(path, content, mode)
+    if plan.relinquish_journal:
+        run([settings.journalctl, "--relinquish-var"])
     if plan.default_grub is not None:
         mode = os.stat(settings.default_grub).st_mode & 0o7777
         write_atomic(settings.default_grub, plan.default_grub, mode)

@@ -35,6 +35,7 @@ def boot(tmp_path: Path, monkeypatch) -> dict:
         "grub_d": str(root / "etc/grub.d"), "grub_cfg": str(root / "boot/grub2/grub.cfg"),
         "mkconfig": str(root / "usr/sbin/grub2-mkconfig"),
         "dracut_conf_d": str(root / "etc/dracut.conf.d"), "dracut": str(root / "usr/bin/dracut"),
+        "journalctl": "true",  # not the host's journald
         "journald_conf_d": str(root / "etc/systemd/journald.conf.d"),
         "state_file": str(root / "var/lib/reliant/volatile.json"),
         "cmdline": str(root / "proc/cmdline"), "mountinfo": str(root / "proc/mountinfo"),
@@ -58,7 +59,7 @@ def test_volatile_converges_once_and_switches_only_the_default(salt_minion, boot
     first = only_state(salt_minion.run("state.apply", "reliant.volatile", check=True),
                        "reliant-volatile-boot")
     assert first["result"] is True and first["changes"] == predicted["changes"]
-    assert set(first["changes"]) == {"written", "edited", "initramfs", "grub.cfg"}
+    assert set(first["changes"]) == {"written", "edited", "journal", "initramfs", "grub.cfg"}
     assert (runs(boot, "dracut"), runs(boot, "grub2-mkconfig")) == (1, 1)
 
     for extra in ((), ("test=True",)):

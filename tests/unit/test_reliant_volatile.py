@@ -43,7 +43,7 @@ def dom0(tmp_path: Path, monkeypatch) -> SimpleNamespace:
         grub_d=str(root / "etc/grub.d"), grub_cfg=str(root / "boot/grub2/grub.cfg"),
         mkconfig=str(root / "usr/sbin/grub2-mkconfig"),
         dracut_conf_d=str(root / "etc/dracut.conf.d"), dracut=str(root / "usr/bin/dracut"),
-        journald_conf_d=str(root / "etc/systemd/journald.conf.d"),
+        journalctl="true", journald_conf_d=str(root / "etc/systemd/journald.conf.d"),
         state_file=str(root / "var/lib/reliant/volatile.json"),
         cmdline=str(root / "proc/cmdline"), mountinfo=str(root / "proc/mountinfo"),
         swaps=str(root / "proc/swaps"))
@@ -182,6 +182,20 @@ def test_second_run_changes_nothing_and_regenerates_nothing(dom0):
     second = rv.plan_configured(dom0.settings)
     assert second.empty(), second.changes(dom0.settings)
     assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
+
+
+def test_first_converge_relinquishes_the_journal_and_the_second_does_not(dom0):
+    calls = []
+
+    def run(argv):
+        calls.append(argv[1:] if argv[0] == "true" else argv[:1])
+        rv.run_command(argv)
+
+    plan = rv.plan_configured(dom0.settings)
+    assert plan.relinquish_journal
+    rv.apply(plan, dom0.settings, run)
+    assert ["--relinquish-var"] in calls
+    assert not rv.plan_configured(dom0.settings).relinquish_journal
 
 
 def test_switching_the_default_changes_only_the_default_entry(dom0):

@@ -207,3 +207,19 @@ def test_audit_in_volatile_mode_tells_disk_from_ram(host, disk_under_overlay):
     # the disk view was mounted read-only for the scan only
     assert "/run/reliant/audit-disk" not in host.check_output("cat /proc/self/mountinfo")
     host.run("rm -rf /etc/lvm/backup/qubes_dom0 /var/lib/qubes/appvms/secret")
+
+
+def test_audit_reads_journal_entries_that_journald_compressed(host, planted):
+    # journald (Storage=volatile here: /run/log/journal) compresses long values
+    host.run("""msg="$(head -c 600 /dev/urandom | base64 -w0) qube deep-notes started \
+$(head -c 300 /dev/urandom | base64 -w0)"; printf '%s\\n' "$msg" | logger -t qrexec""")
+    host.run("journalctl --sync")
+    source = host.check_output("ls /run/log/journal/*/system.journal").strip()
+    copy = "/var/log/journal/reliant-test/system.journal"
+    host.run(f"mkdir -p /var/log/journal/reliant-test && cp {source} {copy}")
+    try:
+        assert host.run(f"grep -c deep-notes {copy}").stdout.strip() == "0"  # not in raw bytes
+        assert audit(host) == [
+            (copy, "content names qube name 'deep-notes' of shard sflc_0_2", "disk")]
+    finally:
+        host.run("rm -rf /var/log/journal/reliant-test")
