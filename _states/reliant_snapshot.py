@@ -63,9 +63,8 @@ def _converge(name: str, settings: dict | None, remove: bool) -> dict:
         return ret
     ret["result"] = not problems
     ret["comment"] = "; ".join(problems) or f"{what}: done"
-    if not remove and ret["result"]:
-        ret["comment"] += ("; qubesd loads the extension (read-only rw=False volumes) when it "
-                           "next starts")
+    if ret["result"]:
+        ret["comment"] += "; qubesd (re)loads its extensions when it next starts"
     return ret
 
 

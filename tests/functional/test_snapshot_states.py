@@ -80,8 +80,10 @@ def test_unknown_qubes_version_fails_and_changes_nothing(salt_minion, dom0):
     before = files(root)
     result = salt_minion.run("state.apply", "reliant.snapshots")
     assert result.returncode != 0
-    (state,) = result.states.values()
+    states = {ret["__id__"]: ret for ret in result.states.values()}
+    state = states["reliant-snapshots-installed"]
     assert state["result"] is False
+    assert states["reliant-snapshots-qubesd-restart"]["changes"] == {}
     assert "qubes/storage/file.py (sha256" in state["comment"]
     assert "nothing was changed" in state["comment"]
     assert files(root) == before

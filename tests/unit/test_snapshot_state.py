@@ -80,7 +80,7 @@ def test_apply_then_verify(state):
     ret = state("installed", salt)
     assert ret["result"] is True and ret["changes"] == CHANGES
     assert salt.calls == [("plan", False), ("install",), ("plan", False), ("verify",)]
-    assert "qubesd loads the extension" in ret["comment"]
+    assert "qubesd (re)loads its extensions when it next starts" in ret["comment"]
 
 
 def test_difference_left_after_acting_fails(state):

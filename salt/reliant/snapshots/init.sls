@@ -6,3 +6,11 @@ reliant-snapshots-installed:
   reliant_snapshot.installed:
     - name: {{ reliant.snapshots.script | json }}
     - settings: {{ reliant.snapshots | json }}
+
+# qubesd loads extensions when it starts: restart it, if it runs, after a change.
+reliant-snapshots-qubesd-restart:
+  cmd.run:
+    - name: systemctl try-restart qubesd.service
+    - onlyif: systemctl is-active --quiet qubesd.service
+    - onchanges:
+      - reliant_snapshot: reliant-snapshots-installed

@@ -69,6 +69,10 @@ def loops(host) -> dict[str, dict]:
             if str(loop["back-file"]).startswith(WORK)}
 
 
+def qubesd_main_pid(host) -> str:
+    return host.check_output("systemctl show --property MainPID --value qubesd.service")
+
+
 def run_script(host, *args: str):
     return host.run(f"PATH={DOUBLES}:$PATH {SCRIPT} {' '.join(args)}")
 
@@ -83,8 +87,9 @@ def installed(host):
     pillar["reliant"]["snapshots"] = {
         "enabled": True, "extra_known_sha256": [sha(STOCK_STAND_IN), sha(FILE_PY_STAND_IN)]}
     host.run_expect([0], f"cat > {PILLAR} <<'EOF'\n{yaml.safe_dump(pillar)}EOF")
+    qubesd_pid = qubesd_main_pid(host)
     first = highstate(host)
-    yield {"before": before, "first": first}
+    yield {"before": before, "first": first, "qubesd_pid": qubesd_pid}
     for loop in loops(host).values():
         host.run(f"losetup --detach {loop['name']}")
     host.run(f"umount {WORK}/merged {WORK}/upper")
@@ -92,7 +97,9 @@ def installed(host):
 
 
 def test_highstate_installs_and_converges(host, installed):
-    assert set(changed(installed["first"])) == {"reliant-snapshots-installed"}
+    assert set(changed(installed["first"])) == {"reliant-snapshots-installed",
+                                                 "reliant-snapshots-qubesd-restart"}
+    assert qubesd_main_pid(host) != installed["qubesd_pid"], "qubesd restarted: extension loaded"
     assert changed(highstate(host)) == {}, "a second highstate changes nothing"
     assert changed(highstate(host, "test=True")) == {}, "test=True predicts nothing"
 
@@ -159,8 +166,9 @@ def test_clean_restores_the_dom0_files_exactly(host, installed):
     result = host.run("salt-call --local --retcode-passthrough --out json state.apply "
                       "reliant.snapshots.clean")
     assert result.rc == 0, result.stdout + result.stderr
-    (state,) = json.loads(result.stdout)["local"].values()
-    assert state["changes"][SCRIPT] == "original restored"
+    states = {ret["__id__"]: ret for ret in json.loads(result.stdout)["local"].values()}
+    assert states["reliant-snapshots-removed"]["changes"][SCRIPT] == "original restored"
+    assert states["reliant-snapshots-clean-qubesd-restart"]["changes"], "extension unloaded"
     assert checksums(host) == installed["before"]
     again = host.run("salt-call --local --retcode-passthrough --out json state.apply "
                      "reliant.snapshots.clean")
