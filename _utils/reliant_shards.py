@@ -39,7 +39,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -596,6 +596,17 @@ def read_detached(path: str) -> set[str]:
 def write_detached(path: str, ids: Iterable[str]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
     reliant_store.write(path, json.dumps(sorted(set(ids))).encode() + b"\n", mode=0o600)
+
+
+@contextlib.contextmanager
+def operation_lock(state_path: str) -> Iterator[None]:
+    """Serialize suture and dissect runs (the path unit's dissect may overlap the one
+    after qubesd stops): an exclusive lockf on ``shards.lock`` beside the state."""
+    directory = os.path.dirname(os.path.abspath(state_path))
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    with reliant_store.locked(os.path.join(directory, "shards.lock"), exclusive=True,
+                              create=True):
+        yield
 
 
 def read_state(path: str) -> dict[str, Any] | None:
@@ -1491,6 +1502,15 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
     new state. ShardError (nothing merged) if core is unusable or the policy
     cannot be written.
     """
+    state_path = state_path or default_state_path(out)
+    with operation_lock(state_path):
+        return _suture(core, roots, out, max_depth, missing_reference, policy_dir, services,
+                       qubes_dir, state_path, detached)
+
+
+def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
+            missing_reference: str, policy_dir: str | None, services: list[str] | None,
+            qubes_dir: str, state_path: str, detached: Iterable[str]) -> Result:
     problems: list[Problem] = []
     core_root = _load_core(core)
     shards = discover(roots, max_depth, problems)
@@ -1510,7 +1530,6 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
     try:
         for shard in plan.sutured:
             restore_dom0_dirs(shard, plan.dirs[shard.id], qubes_dir, problems)
-        state_path = state_path or default_state_path(out)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(state_path)
         os.makedirs(os.path.dirname(os.path.abspath(out)), mode=0o755, exist_ok=True)
@@ -1539,11 +1558,17 @@ def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
     Order: dom0 directories into shards, runtime state, shard files gaining qubes,
     those losing qubes, core, then (final) removal of saved directories.
     """
+    state_path = state_path or default_state_path(merged)
+    with operation_lock(state_path):
+        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final)
+
+
+def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes_dir: str,
+             state_path: str, final: bool) -> Result:
     problems: list[Problem] = []
     merged_root = _load_core(merged)
     core_root = _load_core(core) if os.path.lexists(core) else None
     shards = discover(roots, max_depth, problems)
-    state_path = state_path or default_state_path(merged)
     plan = plan_dissect(merged_root, core_root, shards, read_state(state_path),
                         core_path=core, roots=roots)
     problems += plan.problems

@@ -352,3 +352,29 @@ def test_suture_refuses_when_the_policy_cannot_be_written(tmp_path):
         scene.suture(policy_dir=str(blocker))
     assert scene.merged.read_bytes() == before
     assert not (scene.qubes_dir / "appvms").exists()
+
+
+def test_dissect_waits_for_a_running_suture_or_dissect(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    scene = split_scene(tmp_path)
+    scene.suture()
+    lock = scene.merged.parent / "shards.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl,os,sys\n"
+         f"fd=os.open({str(lock)!r}, os.O_RDWR)\n"
+         "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True)\n"
+         "sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    worker = threading.Thread(target=scene.dissect)
+    worker.start()
+    worker.join(0.5)
+    blocked = worker.is_alive()
+    holder.communicate("\n")
+    worker.join(10)
+    assert blocked and not worker.is_alive()
