@@ -2,6 +2,9 @@
 QIDs, pools, tags and dom0 directories go where they belong."""
 
 import os
+import subprocess
+import sys
+import threading
 
 import pytest
 import reliant_shards
@@ -355,10 +358,6 @@ def test_suture_refuses_when_the_policy_cannot_be_written(tmp_path):
 
 
 def test_dissect_waits_for_a_running_suture_or_dissect(tmp_path):
-    import subprocess
-    import sys
-    import threading
-
     scene = split_scene(tmp_path)
     scene.suture()
     lock = scene.merged.parent / "shards.lock"
