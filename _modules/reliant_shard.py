@@ -12,7 +12,7 @@ CLI Examples::
     salt-call reliant_shard.status
     salt-call reliant_shard.check
     salt-call reliant_shard.declarations
-    salt-call reliant_shard.init /run/shufflecake/sflc_0_1 qid_range=1000-1499
+    salt-call reliant_shard.init /run/shufflecake/VOLUME qid_range=1000-1499
     salt-call reliant_shard.rename work work-hidden
 """
 
@@ -154,7 +154,7 @@ def init(directory: str, qid_range: Optional[str] = None, depends_on: Any = None
          **overrides: Any) -> dict:
     """Create an empty shard in `directory` (as ``reliant-shard init``).
 
-    CLI Example: ``salt-call reliant_shard.init /run/shufflecake/sflc_0_1 qid_range=1000-1499``
+    CLI Example: ``salt-call reliant_shard.init /run/shufflecake/VOLUME qid_range=1000-1499``
     """
     found = settings(config, **overrides)
     if isinstance(depends_on, str):
@@ -211,18 +211,19 @@ def declarations(config: Optional[str] = None, **overrides: Any) -> list:
     """
     found = settings(config, **overrides)
     problems: list[str] = []
+    declared = reliant_declare.find_declarations(found["roots"], found["max_depth"], problems)
     report: list[dict] = []
-    for wanted in reliant_declare.find_declarations(found["roots"], found["max_depth"],
-                                                    problems):
+    for outcome in reliant_declare.converge(declared, found["core"], found["roots"],
+                                            found["max_depth"], dry_run=True):
+        wanted = outcome.declaration
         entry: dict[str, Any] = {
             "directory": wanted.path, "qid_range": "{}-{}".format(*wanted.qid_range),
             "depends_on": list(wanted.depends_on), "id": wanted.shard_id}
-        try:
-            change = reliant_declare.plan(wanted, found["core"], found["roots"],
-                                          found["max_depth"])
-            entry.update(action=change.action, old=change.old, new=change.new)
-        except REFUSALS as exc:
-            entry["error"] = str(exc)
+        if outcome.error:
+            entry["error"] = outcome.error
+        else:
+            entry.update(action=outcome.plan.action, old=outcome.plan.old,
+                         new=outcome.plan.new)
         report.append(entry)
     report += [{"error": problem} for problem in problems]
     return report

@@ -44,11 +44,6 @@ def _settings(config: Optional[str], roots: Any = None, max_depth: Optional[int]
     return __salt__["reliant_shard.settings"](config, roots=roots, max_depth=max_depth)
 
 
-def _converge(change: reliant_declare.Plan, found: dict) -> None:
-    reliant_declare.apply(change, found["roots"], found["max_depth"])
-    reliant_declare.verify(change)
-
-
 def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
             shard_id: Optional[str] = None, config: Optional[str] = None) -> dict:
     """Ensure the shard in directory `name` exists with QID range `qid_range` ("A-B")
@@ -58,10 +53,10 @@ def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
 
     .. code-block:: yaml
 
-        /run/shufflecake/sflc_0_2:
+        /run/shufflecake/SECOND:
           reliant_shard.present:
             - qid_range: 1500-1999
-            - depends_on: [../sflc_0_1]
+            - depends_on: [../FIRST]
     """
     ret: dict[str, Any] = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
@@ -77,7 +72,8 @@ def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
     if __opts__["test"]:
         return {**ret, "result": None, "comment": f"Shard {name} would be {verb}"}
     try:
-        _converge(change, found)
+        reliant_declare.apply(change, found["roots"], found["max_depth"])
+        reliant_declare.verify(change)
     except _ERRORS as exc:
         return {**ret, "changes": {}, "result": False, "comment": str(exc)}
     return {**ret, "comment": f"Shard {name} {verb}"}
@@ -99,41 +95,28 @@ def declared(name: str, max_depth: Optional[int] = None, config: Optional[str] =
     except CommandExecutionError as exc:
         return {**ret, "result": False, "comment": str(exc)}
     problems: list[str] = []
-    plans = []
-    for wanted in reliant_declare.find_declarations(found["roots"], found["max_depth"],
-                                                    problems):
-        try:
-            plans.append(reliant_declare.plan(wanted, found["core"], found["roots"],
-                                              found["max_depth"]))
-        except _ERRORS as exc:
-            problems.append(str(exc))
-    todo = [change for change in plans if change.action]
-    refused = len(problems)
+    found_declarations = reliant_declare.find_declarations(found["roots"], found["max_depth"],
+                                                           problems)
+    outcomes = reliant_declare.converge(found_declarations, found["core"], found["roots"],
+                                        found["max_depth"], dry_run=__opts__["test"])
+    refused = len(problems) + sum(1 for outcome in outcomes if outcome.error)
+    actions = [outcome.plan.action for outcome in outcomes
+               if outcome.plan and outcome.plan.action and not outcome.error]
+    counts = {"created": actions.count("init"), "updated": actions.count("update")}
+    counts = {key: value for key, value in counts.items() if value}
     details = "details: salt-call reliant_shard.declarations"
-    if not todo:
-        if refused:
-            return {**ret, "result": False,
-                    "comment": f"{refused} declaration(s) refused; {details}"}
-        return {**ret, "comment": "Every shard declared on the open volumes is as declared"}
-    counts = {"created": sum(c.action == "init" for c in todo),
-              "updated": sum(c.action == "update" for c in todo)}
-    if __opts__["test"]:
-        return {**ret, "result": False if refused else None,
-                "changes": {"shards": {k: v for k, v in counts.items() if v}},
-                "comment": f"{len(todo)} declared shard(s) would be converged"
-                           + (f", {refused} declaration(s) refused" if refused else "")
-                           + f"; {details}"}
-    done = {"created": 0, "updated": 0}
-    for change in todo:
-        try:
-            _converge(change, found)
-        except _ERRORS:
-            refused += 1
-            continue
-        done["created" if change.action == "init" else "updated"] += 1
-    ret["changes"] = {"shards": {k: v for k, v in done.items() if v}} if any(
-        done.values()) else {}
-    ret["comment"] = (f"{sum(done.values())} declared shard(s) converged"
-                      + (f", {refused} refused" if refused else "") + f"; {details}")
-    ret["result"] = not refused
+    if counts:
+        ret["changes"] = {"shards": counts}
+    if __opts__["test"] and counts:
+        ret["result"] = None
+        ret["comment"] = f"{len(actions)} declared shard(s) would be converged"
+    elif counts:
+        ret["comment"] = f"{len(actions)} declared shard(s) converged"
+    elif refused:
+        ret["comment"] = "No declared shard converged"
+    else:
+        ret["comment"] = "Every shard declared on the open volumes is as declared"
+    if refused:
+        ret["result"] = False
+        ret["comment"] = f"{refused} declaration(s) refused; {ret['comment']}; {details}"
     return ret

@@ -8,7 +8,7 @@ this module to compute the difference with the shard on disk (`plan`), to apply 
 directory (`find_declarations`), so that no hidden shard is named in dom0's state
 tree or pillar::
 
-    {"qid_range": "2000-2499", "depends_on": ["../sflc_0_1"], "id": "work"}
+    {"qid_range": "2000-2499", "depends_on": ["../FIRST"], "id": "work"}
 
 `qid_range` is required (a QID range is chosen once: qids are write-once and IPs
 derive from them); `depends_on` (directories of other shards, relative to this one
@@ -193,19 +193,32 @@ def _metadata(shard_id: str, qid_range: tuple[int, int],
             "depends_on": sorted(depends_on)}
 
 
-def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int) -> Plan:
+def _declared_id(wanted: Declaration) -> str:
+    return wanted.shard_id or os.path.basename(wanted.path)
+
+
+def _exists(wanted: Declaration) -> bool:
+    return os.path.lexists(os.path.join(wanted.path, reliant_shards.SHARD_FILE))
+
+
+def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int,
+         pending: Sequence[Declaration] = ()) -> Plan:
     """The difference between `wanted` and the shard on disk; ShardError when converging
     it would be refused (outside the roots, unknown dependency, a dependency cycle, an
-    id change, a range overlapping core, another shard or leaving out one of its qubes)."""
+    id change, a range overlapping core, another shard or leaving out one of its qubes).
+    `pending`: other declared shards not created yet, taken as if they were."""
     directory = wanted.path
     if not _under_a_root(directory, roots, max_depth):
         raise reliant_shards.ShardError(
             f"{directory}: not within {max_depth} levels under a shard root "
             f"({', '.join(roots)}); suture would never see it")
-    deps = [_load(path, f"{directory}: dependency") for path in wanted.depends_on]
+    future = {other.path: reliant_shards.Shard(other.path, _declared_id(other),
+                                               other.qid_range, ())
+              for other in pending if other.path != directory and not _exists(other)}
+    deps = [future[path] if path in future else _load(path, f"{directory}: dependency")
+            for path in wanted.depends_on]
     dep_ids = [dep.id for dep in deps]
-    exists = os.path.lexists(os.path.join(directory, reliant_shards.SHARD_FILE))
-    current = _load(directory, "shard") if exists else None
+    current = _load(directory, "shard") if _exists(wanted) else None
     shard_id = wanted.shard_id or (current.id if current else os.path.basename(directory))
     if current and shard_id != current.id:
         raise reliant_shards.ShardError(
@@ -217,6 +230,7 @@ def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int) -
     reliant_shards.read_metadata(reliant_shards.shard_bytes(probe, (), ()), directory)
     others = [shard for shard in reliant_shards.discover(roots, max_depth, problems=[])
               if os.path.realpath(shard.path) != os.path.realpath(directory)]
+    others += future.values()
     depends = {shard.id: shard.depends_on for shard in [*others, *deps]}
     depends[shard_id] = tuple(dep_ids)
     if shard_id in _closure(shard_id, depends):
@@ -231,6 +245,58 @@ def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int) -
     if not changed:
         return Plan(wanted, None)
     return Plan(wanted, "update", {k: old[k] for k in changed}, {k: new[k] for k in changed})
+
+
+@dataclass
+class Outcome:
+    """What converging one declaration did (or, dry run, would do): its plan, or why
+    it was refused."""
+
+    declaration: Declaration
+    plan: Optional[Plan] = None
+    error: Optional[str] = None
+
+
+def in_dependency_order(declarations: Sequence[Declaration]) -> list[Declaration]:
+    """`declarations` with each one after the declared shards it depends on."""
+    by_path = {wanted.path: wanted for wanted in declarations}
+    ordered: list[Declaration] = []
+    placed: set[str] = set()
+
+    def place(wanted: Declaration, visiting: set[str]) -> None:
+        if wanted.path in placed or wanted.path in visiting:
+            return
+        visiting.add(wanted.path)
+        for dep in wanted.depends_on:
+            if dep in by_path:
+                place(by_path[dep], visiting)
+        placed.add(wanted.path)
+        ordered.append(wanted)
+
+    for wanted in declarations:
+        place(wanted, set())
+    return ordered
+
+
+def converge(declarations: Sequence[Declaration], core: str, roots: Sequence[str],
+             max_depth: int, dry_run: bool) -> list[Outcome]:
+    """Plan and (unless `dry_run`) apply and verify each declaration, dependencies
+    first, so that a shard can depend on one declared next to it. Of two new shards
+    whose QID ranges overlap, the first in that order is created, the other refused."""
+    ordered = in_dependency_order(declarations)
+    outcomes: list[Outcome] = []
+    for wanted in ordered:
+        outcome = Outcome(wanted)
+        earlier = [done.declaration for done in outcomes if not done.error]
+        try:
+            outcome.plan = plan(wanted, core, roots, max_depth, earlier)
+            if outcome.plan.action and not dry_run:
+                apply(outcome.plan, roots, max_depth)
+                verify(outcome.plan)
+        except (reliant_shards.ShardError, reliant_store.StoreError) as exc:
+            outcome.error = str(exc)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def _check_range(qid_range: tuple[int, int], directory: str,

@@ -51,12 +51,13 @@ def only(result) -> dict:
 
 
 def test_declared_creates_and_updates_then_reports_nothing(salt_minion, dom0: dict) -> None:
+    declare(dom0["root"] / "sflc_0_3", qid_range="2000-2499", depends_on=["../sflc_0_2"])
     declare(dom0["root"] / "sflc_0_2", qid_range="1500-1999", depends_on=["../sflc_0_1"])
     declare(dom0["root"] / "sflc_0_1", qid_range="1000-1299")
 
     predicted = only(declared(salt_minion, dom0, "test=True"))
     assert predicted["result"] is None
-    assert predicted["changes"] == {"shards": {"created": 1, "updated": 1}}
+    assert predicted["changes"] == {"shards": {"created": 2, "updated": 1}}
     assert not (dom0["root"] / "sflc_0_2" / "domains.xml").exists()
 
     applied = declared(salt_minion, dom0)
@@ -65,6 +66,7 @@ def test_declared_creates_and_updates_then_reports_nothing(salt_minion, dom0: di
     second = reliant_shards.load_shard(str(dom0["root"] / "sflc_0_2"))
     assert (second.qid_range, second.depends_on) == ((1500, 1999), ("sflc_0_1",))
     assert reliant_shards.load_shard(str(dom0["root"] / "sflc_0_1")).qid_range == (1000, 1299)
+    assert reliant_shards.load_shard(str(dom0["root"] / "sflc_0_3")).depends_on == ("sflc_0_2",)
 
     for extra in ((), ("test=True",)):
         again = only(declared(salt_minion, dom0, *extra))

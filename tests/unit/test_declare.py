@@ -186,3 +186,23 @@ def test_apply_refuses_a_shard_changed_since_the_plan(scene: dict) -> None:
         reliant_declare.apply(change, scene["roots"], 3)
     assert Path(first, "domains.xml").read_bytes() == before
     assert sorted(os.listdir(first)) == ["domains.xml"]
+
+
+def test_converge_creates_dependencies_first_and_dry_run_predicts_it(scene: dict) -> None:
+    root = scene["root"]
+    third = reliant_declare.declaration(str(root / "c"), "2500-2999", ["../b"])
+    second = reliant_declare.declaration(str(root / "b"), "2000-2499", ["../sflc_0_1"])
+    clash = reliant_declare.declaration(str(root / "d"), "2100-2200")
+    args = (scene["core"], scene["roots"], 3)
+    predicted = reliant_declare.converge([third, second, clash], *args, dry_run=True)
+    assert [o.declaration.path for o in predicted] == [second.path, third.path, clash.path]
+    assert [o.plan.action if o.plan else None for o in predicted] == ["init", "init", None]
+    assert "overlaps 2000-2499 of shard b" in predicted[2].error
+    assert [o.error for o in predicted[:2]] == [None, None]
+    assert not (root / "b").exists()
+    done = reliant_declare.converge([third, second, clash], *args, dry_run=False)
+    assert [(o.plan.action if o.plan else None, o.error) for o in done] == [
+        (p.plan.action if p.plan else None, p.error) for p in predicted]
+    assert reliant_shards.load_shard(str(root / "c")).depends_on == ("b",)
+    again = reliant_declare.converge([third, second, clash], *args, dry_run=False)
+    assert [o.plan.action if o.plan else None for o in again] == [None, None, None]

@@ -19,6 +19,8 @@ reliant-shards-clean-dissect:
     - name: {{ shards.cli }} dissect --final
     - env:
       - RELIANT_CONFIG: {{ shards.config }}
+    {#- Its messages name qubes; Salt keeps state results (sls.p) on disk. #}
+    - hide_output: true
     - onlyif:
       - test -e {{ shards.merged }}
       - test -x {{ shards.cli }}
