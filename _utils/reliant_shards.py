@@ -1068,9 +1068,8 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
             "merged": sorted((known or set()) | merged_uuids)}
         lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
             - {facts.uuid(d) for d in kept}
-        content = shard_bytes(shard, pools_of[sid], home=scratch, domains=
-                              sorted(members + kept, key=lambda d: (facts.name(d) == "",
-                                                                    facts.name(d))))
+        content = shard_bytes(shard, pools_of[sid], home=scratch,
+                              domains=sorted(members + kept, key=lambda d: _order(facts(d))))
         (losing if lost else gaining).append((shard.file, content, 0o600))
     for sid in set(sutured) - set(writable):
         new_state["shards"][sid] = sutured[sid]
@@ -1089,6 +1088,11 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
     core_out.extend([child for child in merged_root if child is not scratch])
     outputs = [*gaining, *losing, (core_path, reliant_store.serialize(core_out), 0o660)]
     return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
+
+
+def _order(qube: _Qube) -> tuple[bool, str]:
+    """Order of qubes in a shard file: by name, nameless ones last."""
+    return qube.name == "", qube.name
 
 
 def _writable(visible: dict[str, Shard], sutured: dict[str, Any], detached: set[str],
@@ -1130,10 +1134,11 @@ def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element, pool_owner: di
                            problems: list[Problem]) -> str | None:
     """The group of a merged qube by its data pools, else by its tag; "pending" when
     neither says (a qube created while shards are open); None when unplaceable."""
-    name = facts.name(domain)
+    qube = facts(domain)
+    name = qube.name
     if domain.get("class") == "AdminVM":
         return CORE
-    owners = {pool_owner.get(p, CORE) for p in facts(domain).data_pools} - {CORE}
+    owners = {pool_owner.get(p, CORE) for p in qube.data_pools} - {CORE}
     if None in owners:
         problems.append(Problem("error", "unplaceable", f"qube {name}: its data volumes lie in a "
                                 "pool that belongs to no writable shard; not written anywhere",
@@ -1149,7 +1154,7 @@ def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element, pool_owner: di
         owners = set(top)
     if owners:
         return owners.pop()
-    tags = {t.get("name") or "" for t in domain.iterfind("tags/tag")}
+    tags = {t.get("name") or "" for t in qube.reliant_tags}
     if CORE_TAG in tags:
         return CORE
     for tag in sorted(tags):
