@@ -43,11 +43,18 @@ def _settings(settings: dict | None) -> dict:
     return {**reliant_snapshot.DEFAULTS, **settings}
 
 
-def _layout(settings: dict) -> reliant_snapshot.Layout:
-    return reliant_snapshot.Layout(
-        script=settings["script"],
-        site_packages=settings["site_packages"] or reliant_snapshot.find_site_packages(),
-        backup_dir=settings["backup_dir"])
+def _layout(settings: dict, removing: bool = False) -> reliant_snapshot.Layout:
+    site_packages = settings["site_packages"]
+    if not site_packages:
+        try:
+            site_packages = reliant_snapshot.find_site_packages()
+        except reliant_snapshot.SnapshotError:
+            if not removing:
+                raise
+            # No qubes package: no extension to remove; the script may still be restored.
+            site_packages = ""
+    return reliant_snapshot.Layout(script=settings["script"], site_packages=site_packages,
+                                   backup_dir=settings["backup_dir"])
 
 
 def _source(name: str) -> bytes:
@@ -76,7 +83,7 @@ def plan(settings: dict | None = None, remove: bool = False) -> dict:
     means the component is in place (or absent).
     """
     settings = _settings(settings)
-    result = reliant_snapshot.plan_remove(_layout(settings)) if remove else \
+    result = reliant_snapshot.plan_remove(_layout(settings, removing=True)) if remove else \
         _install_plan(settings)[1]
     return {"problems": result.problems, "changes": result.changes()}
 
@@ -93,7 +100,7 @@ def install(settings: dict | None = None) -> dict:
 
 def remove(settings: dict | None = None) -> dict:
     """Put the original create-snapshot back, remove the extension and the marks."""
-    layout = _layout(_settings(settings))
+    layout = _layout(_settings(settings), removing=True)
     result = reliant_snapshot.plan_remove(layout)
     reliant_snapshot.apply_remove(layout, result)
     return result.changes()

@@ -265,9 +265,10 @@ def plan_remove(layout: Layout) -> Plan:
     except SnapshotError as exc:
         plan.problems.append(str(exc))
         return plan
-    ours = [layout.extension, os.path.join(layout.dist_info, "METADATA"),
-            os.path.join(layout.dist_info, "entry_points.txt"), *layout.compiled_extension()]
-    plan.remove = [path for path in ours if os.path.lexists(path)]
+    if layout.site_packages:  # '' when there is no qubes package, hence no extension
+        ours = [layout.extension, os.path.join(layout.dist_info, "METADATA"),
+                os.path.join(layout.dist_info, "entry_points.txt"), *layout.compiled_extension()]
+        plan.remove = [path for path in ours if os.path.lexists(path)]
     if os.path.isdir(layout.marker_dir):
         plan.remove += [os.path.join(layout.marker_dir, name)
                         for name in sorted(os.listdir(layout.marker_dir))]
@@ -347,8 +348,8 @@ def apply_remove(layout: Layout, plan: Plan) -> None:
                      manifest.mtime_ns)
     for path in plan.remove:
         os.unlink(path)
-    for directory in (layout.dist_info, layout.marker_dir):
-        if os.path.isdir(directory) and not os.listdir(directory):
+    for directory in (layout.dist_info if layout.site_packages else "", layout.marker_dir):
+        if directory and os.path.isdir(directory) and not os.listdir(directory):
             os.rmdir(directory)
     if plan.drop_backup:
         os.unlink(layout.manifest)

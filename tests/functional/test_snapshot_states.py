@@ -99,3 +99,12 @@ def test_verify_reports_a_changed_script(salt_minion, dom0):
     result = salt_minion.run("state.apply", "reliant.snapshots")
     assert result.returncode != 0
     assert "is neither reliant's nor a stock" in next(iter(result.states.values()))["comment"]
+
+
+def test_clean_without_qubes_or_installation_changes_nothing(salt_minion, tmp_path):
+    salt_minion.set_pillar({"snapshots": {"script": str(tmp_path / "absent/create-snapshot"),
+                                          "backup_dir": str(tmp_path / "absent/backup")}})
+    result = salt_minion.run("state.apply", "reliant.snapshots.clean")
+    assert result.returncode == 0, result.data
+    assert result.changed() == {}
+    assert not (tmp_path / "absent").exists()

@@ -282,3 +282,14 @@ def test_extension_marks_read_only_origin_volumes_as_the_script_names_them(tmp_p
     qube.fire_event("domain-pre-start", pre_event=True, start_guid=True, mem_required=None)
     qube.fire_event("domain-shutdown")
     assert list(marks.iterdir()) == []
+
+
+def test_remove_without_qubes_package_restores_the_script_only(dom0):
+    install(dom0)
+    bare = rs.Layout(script=dom0.layout.script, site_packages="",
+                     backup_dir=dom0.layout.backup_dir, marker_dir=dom0.layout.marker_dir)
+    plan = rs.plan_remove(bare)
+    assert plan.remove == [] and plan.restore
+    rs.apply_remove(bare, plan)
+    assert dom0.script.read_bytes() == STOCK_STAND_IN
+    assert Path(dom0.layout.extension).exists(), "nothing guessed outside site-packages"
