@@ -384,9 +384,6 @@ def parse_range(text: str) -> tuple[int, int]:
     return first, last
 
 
-_parse_range = parse_range  # earlier name, still used by reliant_declare
-
-
 def _check_range(qid_range: tuple[int, int], what: str) -> None:
     first, last = qid_range
     if not 1 <= first <= last < MAX_QID:
