@@ -4,15 +4,10 @@ salt-call on a temporary root (no file outside it is touched)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "_utils"), str(ROOT / "tests" / "doubles")]
-
-import qrexec_policy_oracle as oracle  # noqa: E402
+import qrexec_policy_oracle as oracle
 
 NAME = "20-reliant-isolation.policy"
 
