@@ -224,3 +224,24 @@ def test_extension_mark_makes_the_script_attach_read_only(scenario: Scenario):
     loops = scenario.loops()
     assert loops[str(img)]["ro"] and not loops[str(cow)]["ro"]
     assert "--readonly" in scenario.dm_calls()[-1]["argv"]
+
+
+def test_missing_image_fails_naming_it_and_attaches_nothing(scenario: Scenario):
+    cow = sparse(scenario.work / "private-cow.img", 8 * MIB)
+    missing = scenario.work / "private.img"
+    done = scenario.run(f"$CS origin-x {missing} {cow}")
+    assert done.returncode == 1
+    assert str(missing) in done.stderr
+    assert not scenario.losetup_calls() and not scenario.dm_calls()
+
+
+def test_symbolic_link_is_attached_as_its_target(scenario: Scenario):
+    img = sparse(scenario.work / "root.img", 8 * MIB)
+    src_cow = sparse(scenario.work / "root-cow.img", 8 * MIB)
+    cow = sparse(scenario.work / "app-cow.img", 8 * MIB)
+    link = scenario.work / "link.img"
+    link.symlink_to(img)
+    done = scenario.run(f"$CS snap {link} {src_cow} {cow}")
+    assert done.returncode == 0, done.stderr
+    assert scenario.losetup_calls()[0] == f"--find --nooverlap --read-only --show -- {img}"
+    assert scenario.dm_calls()[0]["argv"][1] == f"snapshot-{dev_ino(img)}-{dev_ino(src_cow)}"
