@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path[:0] = [str(ROOT / "_utils"), str(ROOT / "tests" / "doubles"),
-                str(ROOT / "tests" / "helpers")]
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
 import audit_plants  # noqa: E402
 import qrexec_policy_oracle as oracle  # noqa: E402
