@@ -31,8 +31,6 @@ reliant_audit use it):
 Rules and the QID mechanism are described in docs/shards-library.md.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os
@@ -42,7 +40,7 @@ import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import reliant_store
 from lxml import etree
@@ -90,8 +88,8 @@ class Problem:
     severity: str
     kind: str
     message: str
-    shard: str | None = None
-    qube: str | None = None
+    shard: Optional[str] = None
+    qube: Optional[str] = None
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.message}"
@@ -119,7 +117,7 @@ def _properties(element: etree._Element) -> dict[str, etree._Element]:
     return {prop.get("name"): prop for prop in props}
 
 
-def _prop(element: etree._Element, name: str) -> str | None:
+def _prop(element: etree._Element, name: str) -> Optional[str]:
     props = element.find("properties")
     if props is not None:
         for prop in props:
@@ -137,12 +135,12 @@ class _Qube:
     def __init__(self, domain: etree._Element) -> None:
         admin = domain.get("class") == "AdminVM"
         self.name, self.uuid, self.label = ("dom0" if admin else ""), "", None
-        self.qid: int | None = 0 if admin else None
+        self.qid: Optional[int] = 0 if admin else None
         self.refs: list[tuple[str, str]] = []
         self.pools: set[str] = set()
         self.data_pools: set[str] = set()
         self.reliant_tags: list[etree._Element] = []
-        self.tags: etree._Element | None = None
+        self.tags: Optional[etree._Element] = None
         devices = []
         for section in domain:
             kind = section.tag
@@ -198,7 +196,7 @@ def qube_uuid(domain: etree._Element) -> str:
     return _Qube(domain).uuid
 
 
-def qube_qid(domain: etree._Element) -> int | None:
+def qube_qid(domain: etree._Element) -> Optional[int]:
     """The qid (0 for the AdminVM), None if missing or not a number."""
     return _Qube(domain).qid
 
@@ -247,7 +245,7 @@ class _Facts:
     def uuid(self, domain: etree._Element) -> str:
         return self(domain).uuid
 
-    def qid(self, domain: etree._Element | None) -> int | None:
+    def qid(self, domain: Optional[etree._Element]) -> Optional[int]:
         return None if domain is None else self(domain).qid
 
     def set_qid(self, domain: etree._Element, qid: int) -> None:
@@ -299,7 +297,7 @@ def _set_feature(domain: etree._Element, name: str, value: str) -> None:
     etree.SubElement(features, "feature", name=name).text = value
 
 
-def _feature(domain: etree._Element, name: str) -> str | None:
+def _feature(domain: etree._Element, name: str) -> Optional[str]:
     features = domain.find("features")
     if features is not None:
         for feature in features:
@@ -326,7 +324,7 @@ class Shard:
     qid_range: tuple[int, int]
     depends_on: tuple[str, ...]
     data: bytes = field(repr=False, default=b"")
-    _root: etree._Element | None = field(repr=False, default=None)
+    _root: Optional[etree._Element] = field(repr=False, default=None)
 
     @property
     def file(self) -> str:
@@ -437,7 +435,7 @@ def _within(path: str, directory: str) -> bool:
 
 
 def discover(roots: Sequence[str], max_depth: int = 3,
-             problems: list[Problem] | None = None) -> list[Shard]:
+             problems: Optional[list[Problem]] = None) -> list[Shard]:
     """Shards in the directories under `roots`, at most `max_depth` levels down.
 
     Symlinks are never followed; one pointing outside its root is reported. A
@@ -500,7 +498,7 @@ def _deps_closure(shard_id: str, by_id: dict[str, Shard]) -> set[str]:
 
 
 def shard_bytes(shard: Shard, pools: Iterable[etree._Element],
-                domains: Iterable[etree._Element], home: etree._Element | None = None) -> bytes:
+                domains: Iterable[etree._Element], home: Optional[etree._Element] = None) -> bytes:
     """The shard file of `shard` (its metadata) holding `pools` and `domains` (moved).
 
     With `home`, the shard element is built under it, in the document the pools and
@@ -520,8 +518,8 @@ def shard_bytes(shard: Shard, pools: Iterable[etree._Element],
     return reliant_store.serialize(root)
 
 
-def init_shard(directory: str, qid_range: tuple[int, int] | None = None,
-               depends_on: Sequence[str] = (), shard_id: str | None = None,
+def init_shard(directory: str, qid_range: Optional[tuple[int, int]] = None,
+               depends_on: Sequence[str] = (), shard_id: Optional[str] = None,
                roots: Sequence[str] = (), max_depth: int = 3) -> Shard:
     """Create an empty shard in `directory` (created if needed, 0700).
 
@@ -606,7 +604,7 @@ def operation_lock(state_path: str) -> Iterator[None]:
         yield
 
 
-def read_state(path: str) -> dict[str, Any] | None:
+def read_state(path: str) -> Optional[dict[str, Any]]:
     """The runtime state written by suture, None if absent or unreadable."""
     try:
         with open(path, "rb") as handle:
@@ -779,7 +777,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
 
 
 def _refusal(shard: Shard, pool_owner: dict[str, str],
-             ranges: list[tuple[tuple[int, int], str]]) -> str | None:
+             ranges: list[tuple[tuple[int, int], str]]) -> Optional[str]:
     """Why `shard` as a whole cannot be merged, None if it can."""
     try:
         pools = shard.pool_elements
@@ -805,7 +803,8 @@ def _refusal(shard: Shard, pool_owner: dict[str, str],
     return None
 
 
-def _admissible(facts: _Facts, shard: Shard, owner: dict[str, str], uuids: set[str], labels: set[str],
+def _admissible(facts: _Facts, shard: Shard, owner: dict[str, str], uuids: set[str],
+                labels: set[str],
                 pools: set[str], core_refs: set[str],
                 problems: list[Problem]) -> list[etree._Element]:
     """The shard's qubes that may be merged at all (class, qid, name, uuid, label, pools)."""
@@ -854,7 +853,8 @@ def _admissible(facts: _Facts, shard: Shard, owner: dict[str, str], uuids: set[s
     return kept
 
 
-def _resolve_references(facts: _Facts, shard: Shard, candidates: list[etree._Element], owner: dict[str, str],
+def _resolve_references(facts: _Facts, shard: Shard, candidates: list[etree._Element],
+                        owner: dict[str, str],
                         allowed: set[str], mode: str,
                         problems: list[Problem]) -> list[etree._Element]:
     """Recover (or skip) qubes whose references do not resolve to an allowed qube."""
@@ -935,7 +935,7 @@ class DissectPlan:
 _UUID_RE = re.compile(rb'<property name="uuid">([^<]*)</property>')
 
 
-def _file_uuids(shard: Shard) -> set[str] | None:
+def _file_uuids(shard: Shard) -> Optional[set[str]]:
     """uuids of the shard file's qubes without parsing it; None if a qube has none."""
     found = {m.decode("utf-8", "replace") for m in _UUID_RE.findall(shard.data)}
     return found if len(found) == shard.data.count(b"<domain ") else None
@@ -943,9 +943,9 @@ def _file_uuids(shard: Shard) -> set[str] | None:
 
 def _pool_owners(merged_pools: etree._Element, core_pools: set[str],
                  writable: dict[str, Shard], sutured: dict[str, Any],
-                 visible: dict[str, Shard], roots: Sequence[str]) -> dict[str, str | None]:
+                 visible: dict[str, Shard], roots: Sequence[str]) -> dict[str, Optional[str]]:
     """Group of each merged pool; None when it cannot be placed without a leak."""
-    owners: dict[str, str | None] = {}
+    owners: dict[str, Optional[str]] = {}
     for pool in merged_pools:
         name, dir_path = pool.get("name"), pool.get("dir_path")
         if name in core_pools:
@@ -964,8 +964,8 @@ def _pool_owners(merged_pools: etree._Element, core_pools: set[str],
     return owners
 
 
-def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
-                 shards: Sequence[Shard], state: dict[str, Any] | None, *,
+def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element],
+                 shards: Sequence[Shard], state: Optional[dict[str, Any]], *,
                  core_path: str, roots: Sequence[str] = ()) -> DissectPlan:
     """Split `merged_root` (consumed) into the core file and the files of merged shards.
 
@@ -1007,7 +1007,7 @@ def plan_dissect(merged_root: etree._Element, core_root: etree._Element | None,
         return previous_cache[group]
 
     groups: dict[str, list[etree._Element]] = {CORE: [], **{sid: [] for sid in writable}}
-    owner: dict[str, str | None] = {}
+    owner: dict[str, Optional[str]] = {}
     unplaced: set[str] = set()  # uuids: their files keep the earlier version
     pending = []
     for domain in sections["domains"]:
@@ -1121,14 +1121,15 @@ def _writable(visible: dict[str, Shard], sutured: dict[str, Any], detached: set[
     return writable
 
 
-def _index(facts: _Facts, domains: etree._Element | None) -> dict[str, etree._Element]:
+def _index(facts: _Facts, domains: Optional[etree._Element]) -> dict[str, etree._Element]:
     """uuid -> <domain> of an earlier file (read cheaply: only the uuid is needed)."""
     return {_prop(d, "uuid") or "": d for d in domains} if domains is not None else {}
 
 
-def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element, pool_owner: dict[str, str | None],
+def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element,
+                           pool_owner: dict[str, Optional[str]],
                            writable: dict[str, Shard], visible: dict[str, Shard],
-                           problems: list[Problem]) -> str | None:
+                           problems: list[Problem]) -> Optional[str]:
     """The group of a merged qube by its data pools, else by its tag; "pending" when
     neither says (a qube created while shards are open); None when unplaceable."""
     qube = facts(domain)
@@ -1165,8 +1166,8 @@ def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element, pool_owner: di
     return "pending"
 
 
-def _group_of_new(facts: _Facts, domain: etree._Element, owner: dict[str, str | None],
-                  pool_owner: dict[str, str | None], core_previous: dict[str, etree._Element],
+def _group_of_new(facts: _Facts, domain: etree._Element, owner: dict[str, Optional[str]],
+                  pool_owner: dict[str, Optional[str]], core_previous: dict[str, etree._Element],
                   writable: dict[str, Shard], visible: dict[str, Shard]) -> str:
     """Group of an untagged qube with no data in a shard's pools: the file it was written
     to last time, else the first group allowed to reference all it references."""
@@ -1186,8 +1187,9 @@ def _group_of_new(facts: _Facts, domain: etree._Element, owner: dict[str, str | 
     return CORE
 
 
-def _fix_global_references(facts: _Facts, props: etree._Element, core_root: etree._Element | None,
-                           owner: dict[str, str | None], problems: list[Problem]) -> None:
+def _fix_global_references(facts: _Facts, props: etree._Element,
+                           core_root: Optional[etree._Element],
+                           owner: dict[str, Optional[str]], problems: list[Problem]) -> None:
     """Global properties naming a non-core qube keep their earlier core value on disk."""
     old = core_root.find("properties") if core_root is not None else None
     for prop in list(props):
@@ -1207,7 +1209,7 @@ def _fix_global_references(facts: _Facts, props: etree._Element, core_root: etre
 
 
 def _fix_references(facts: _Facts, domain: etree._Element, group: str, allowed: set[str],
-                    owner: dict[str, str | None], pool_owner: dict[str, str | None],
+                    owner: dict[str, Optional[str]], pool_owner: dict[str, Optional[str]],
                     previous: Any, problems: list[Problem]) -> bool:
     """Undo what `domain` references outside `allowed` (on disk only); False when it
     cannot be undone (then the qube is written nowhere)."""
@@ -1251,7 +1253,7 @@ def _fix_references(facts: _Facts, domain: etree._Element, group: str, allowed: 
     return True
 
 
-def _remove_device(domain: etree._Element, what: str) -> etree._Element | None:
+def _remove_device(domain: etree._Element, what: str) -> Optional[etree._Element]:
     for devices in domain.iterfind("devices"):
         for device in devices:
             if f"device {devices.get('class')}:{device.get('id')}" == what:
@@ -1260,8 +1262,9 @@ def _remove_device(domain: etree._Element, what: str) -> etree._Element | None:
     return None
 
 
-def _fix_qids(facts: _Facts, shard: Shard, members: list[etree._Element], kept: list[etree._Element],
-              merged_qids: set[int | None], previous: Any, problems: list[Problem]) -> None:
+def _fix_qids(facts: _Facts, shard: Shard, members: list[etree._Element],
+              kept: list[etree._Element],
+              merged_qids: set[Optional[int]], previous: Any, problems: list[Problem]) -> None:
     """Give qubes created while the shard was open (qid outside its range) a qid of the
     range in the shard file: the one written last time if still free, else the lowest
     free one. qubesd keeps the old qid until the next suture."""
@@ -1494,9 +1497,9 @@ def _load_core(path: str) -> etree._Element:
 
 
 def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
-           missing_reference: str = "recover", policy_dir: str | None = None,
-           services: list[str] | None = None, qubes_dir: str = QUBES_DIR,
-           state_path: str | None = None, detached: Iterable[str] = ()) -> Result:
+           missing_reference: str = "recover", policy_dir: Optional[str] = None,
+           services: Optional[list[str]] = None, qubes_dir: str = QUBES_DIR,
+           state_path: Optional[str] = None, detached: Iterable[str] = ()) -> Result:
     """Write the merged store `out` from `core` and the shards under `roots`.
 
     Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`),
@@ -1511,7 +1514,7 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
 
 
 def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
-            missing_reference: str, policy_dir: str | None, services: list[str] | None,
+            missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
             qubes_dir: str, state_path: str, detached: Iterable[str]) -> Result:
     problems: list[Problem] = []
     core_root = _load_core(core)
@@ -1551,7 +1554,7 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
 
 
 def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
-            qubes_dir: str = QUBES_DIR, state_path: str | None = None,
+            qubes_dir: str = QUBES_DIR, state_path: Optional[str] = None,
             final: bool = False) -> Result:
     """Write core and every merged shard back from the merged store (only files whose
     content changed). With `final` (qubesd stopped), the dom0 directories of shard
@@ -1596,7 +1599,7 @@ def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
 
 
 def status(core: str, merged: str, roots: Sequence[str], *, max_depth: int = 3,
-           state_path: str | None = None) -> dict[str, Any]:
+           state_path: Optional[str] = None) -> dict[str, Any]:
     """What is visible and merged, and what needs attention (JSON-serialisable)."""
     problems: list[Problem] = []
     shards = discover(roots, max_depth, problems)
@@ -1628,7 +1631,7 @@ def status(core: str, merged: str, roots: Sequence[str], *, max_depth: int = 3,
     return report
 
 
-def _find_qube(roots: Sequence[str], name: str, shard_id: str | None,
+def _find_qube(roots: Sequence[str], name: str, shard_id: Optional[str],
                max_depth: int) -> tuple[Shard, etree._Element, list[Shard]]:
     shards = discover(roots, max_depth, problems=[])
     hits = [(s, d) for s in shards if shard_id in (None, s.id)
@@ -1652,7 +1655,7 @@ def _rewrite(shard: Shard) -> bool:
 
 
 def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
-                shard_id: str | None = None, max_depth: int = 3) -> Result:
+                shard_id: Optional[str] = None, max_depth: int = 3) -> Result:
     """Rename a shard qube (e.g. to resolve a name conflict with core), with the
     references to it in its shard and the shards depending on it, and its saved dom0
     directory. Offline: qubesd must not be running on these files."""
@@ -1685,7 +1688,7 @@ def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
     return Result([], written, [shard])
 
 
-def review_qube(roots: Sequence[str], name: str, *, shard_id: str | None = None,
+def review_qube(roots: Sequence[str], name: str, *, shard_id: Optional[str] = None,
                 max_depth: int = 3) -> Result:
     """Accept a recovered qube: drop the prohibit-start set by suture and the
     reliant-recovered-* records. Offline: qubesd must not be running on these files."""
