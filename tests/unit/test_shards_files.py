@@ -1,5 +1,6 @@
 """Shard files: init, metadata, discovery bounds, identifiers."""
 
+import importlib.util
 import os
 
 import pytest
@@ -85,3 +86,14 @@ def test_identifiers_cover_names_uuids_pools_tag_and_path(tmp_path):
     reliant_store.write(shard.file, reliant_shards.shard_bytes(shard, [pool], [domain]))
     found = reliant_shards.identifiers(reliant_shards.load_shard(shard.path))
     assert found == {"q1", "u-1", "p1", f"{shard.path}/pool", "reliant-shard-s", shard.path}
+
+
+@pytest.mark.parametrize("name", ["reliant_store", "reliant_shards", "reliant_cli"])
+def test_modules_load_as_salt_utils_do(name):
+    """Salt's loader executes a utils module before registering it in sys.modules;
+    dataclasses with postponed annotations would fail there."""
+    path = os.path.join(os.path.dirname(reliant_shards.__file__), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"salt.loaded.ext.utils.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.__doc__
