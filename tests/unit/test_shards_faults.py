@@ -10,11 +10,13 @@ import reliant_store
 from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
 from test_shards_rules import new_domain, set_prop
 
-INJECTED = ("write", "fsync", "replace", "rename")
+# os.sendfile is how shutil copies the files of dom0 directories
+INJECTED = ("write", "sendfile", "fsync", "replace", "rename")
 
 
 class Faults:
-    """Make the n-th call to any of os.write/fsync/replace/rename fail with EIO."""
+    """Make the n-th call to any of os.write/sendfile/fsync/replace/rename fail with
+    ENOSPC (shutil gives up a copy on that errno instead of falling back)."""
 
     def __init__(self, monkeypatch, n):
         self.calls, self.n = 0, n
@@ -25,7 +27,7 @@ class Faults:
         def wrapper(*args, **kwargs):
             self.calls += 1
             if self.calls == self.n:
-                raise OSError(errno.EIO, f"injected fault at call {self.n} (os.{name})")
+                raise OSError(errno.ENOSPC, f"injected fault at call {self.n} (os.{name})")
             return real(*args, **kwargs)
         return wrapper
 
