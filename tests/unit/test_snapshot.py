@@ -251,8 +251,8 @@ def volume(path: Path, rw: bool, driver="file", save_on_stop=True, snap_on_start
 
 def stat_name(path: Path) -> str:
     """The name create-snapshot gives the mark of `path`."""
-    return subprocess.run(["stat", "--printf=%D:%i", str(path)], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(["stat", "-L", "--printf=%D:%i", str(path)], capture_output=True,
+                          text=True, check=True).stdout
 
 
 def test_extension_marks_read_only_origin_volumes_as_the_script_names_them(tmp_path, extension):

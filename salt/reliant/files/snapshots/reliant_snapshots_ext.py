@@ -3,7 +3,7 @@
 Installed by the `reliant.snapshots` Salt state next to the `qubes` package, with an
 entry point in group `qubes.ext`; qubesd loads it when it starts. Just before a
 qube's volumes start, it leaves an empty file named DEV:INODE (hex device, decimal
-inode, as `stat --printf=%D:%i` prints them) of the image of each save_on_stop
+inode, as `stat -L --printf=%D:%i` prints them) of the image of each save_on_stop
 volume of a file pool with rw=False in MARKERS; reliant's create-snapshot
 consumes it and attaches that image read-only. Marks of read-write volumes, and
 marks left by a start that failed or by a qube that stopped, are removed.
