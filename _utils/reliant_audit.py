@@ -22,13 +22,15 @@ Findings name hidden qubes: callers print them, never log them.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import re
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -49,6 +51,7 @@ DISK = "disk"
 RAM = "ram"
 VOLATILE_ROOT_LINK = "/run/systemd/volatile-root"
 CHUNK = 1 << 20
+GREP_FROM = 1 << 20  # streams from this size on are prefiltered by grep -F
 _UUID = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 
 
@@ -158,6 +161,7 @@ class Needles:
                         label += f" (as {form!r})"
                     self.labels.setdefault(form.lower(), label)
         alternatives = sorted(self.labels, key=len, reverse=True)
+        self.literals = b"\n".join(a.encode() for a in alternatives) + b"\n"
         self.longest = max((len(a.encode()) for a in alternatives), default=0)
         body = b"|".join(re.escape(a.encode()) for a in alternatives)
         # a match may not continue a longer word: no letter or digit on either side,
@@ -205,62 +209,134 @@ class _Scan:
     def file(self, path: str, location: str) -> None:
         if any(fnmatch.fnmatch(os.path.basename(path), g) for g in self.limits.skip_globs):
             return
-        labels: set[str] = set()
-        overlap = max(self.needles.longest - 1, 0)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
         except OSError as exc:
             self.add(path, f"cannot read: {exc.strerror}", location)
             return
-        read = 0
-        tail = b""
-        try:
-            with os.fdopen(fd, "rb") as handle:
-                while read < self.limits.max_file_bytes:
-                    chunk = handle.read(min(CHUNK, self.limits.max_file_bytes - read))
-                    if not chunk:
-                        break
-                    read += len(chunk)
-                    labels |= self.needles.find(tail + chunk)
-                    tail = (tail + chunk)[-overlap:] if overlap else b""
-                more = bool(handle.read(1))
-        except OSError as exc:
-            self.add(path, f"cannot read: {exc.strerror}", location)
-            return
+        limit = self.limits.max_file_bytes
+        more = False
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal more
+            read = 0
+            while read < limit:
+                chunk = handle.read(min(CHUNK, limit - read))
+                if not chunk:
+                    return
+                read += len(chunk)
+                yield chunk
+            more = bool(handle.read(1))
+
+        with handle:
+            try:
+                labels = self.labels_in(chunks(), os.fstat(handle.fileno()).st_size)
+            except OSError as exc:
+                self.add(path, f"cannot read: {exc.strerror or exc}", location)
+                return
         if path.endswith((".journal", ".journal~")):
             labels |= self.journal(path, location)
         for label in sorted(labels):
             self.add(path, f"content names {label}", location)
         if more:
-            self.add(path, f"not fully read: larger than {self.limits.max_file_bytes} bytes "
+            self.add(path, f"not fully read: larger than {limit} bytes "
                      "(reliant:audit:max_file_bytes)", location)
 
     def journal(self, path: str, location: str) -> set[str]:
         """Labels in the entries of a binary journal as journalctl decodes them:
-        journald compresses long field values, which a raw search cannot see."""
+        journald compresses long field values, which a raw search cannot see. A
+        journal journalctl cannot read yields nothing here (its raw bytes were read)."""
         command = shutil.which(self.limits.journalctl) if self.limits.journalctl else None
         if command is None:
             return set()
-        labels: set[str] = set()
-        overlap = max(self.needles.longest - 1, 0)
+        limit = self.limits.max_file_bytes
+        cut = False
         with subprocess.Popen([command, f"--file={path}", "--output=export", "--no-pager"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
             assert proc.stdout is not None
-            read, tail = 0, b""
+            out = proc.stdout
+
+            def chunks() -> Iterator[bytes]:
+                nonlocal cut
+                read = 0
+                while True:
+                    chunk = out.read(CHUNK)
+                    if not chunk:
+                        return
+                    read += len(chunk)
+                    yield chunk
+                    if read >= limit:
+                        cut = True
+                        proc.kill()
+                        return
+
+            labels = self.labels_in(chunks(), GREP_FROM)
+        if cut:
+            self.add(path, f"not fully decoded: journal entries longer than {limit} bytes "
+                     "(reliant:audit:max_file_bytes)", location)
+        return labels
+
+    def labels_in(self, chunks: Iterable[bytes], size: int) -> set[str]:
+        """Labels in a byte stream. From GREP_FROM bytes on, the stream goes through
+        `grep -a -i -F` first (fast on gigabytes) and only the lines it keeps reach
+        the exact matcher; grep keeps a superset of what the matcher accepts."""
+        if self.needles.pattern is None:
+            return set()
+        grep = shutil.which("grep") if size >= GREP_FROM else None
+        return self._match(self._grepped(grep, chunks) if grep else chunks)
+
+    def _match(self, chunks: Iterable[bytes]) -> set[str]:
+        labels: set[str] = set()
+        overlap = max(self.needles.longest - 1, 0)
+        tail = b""
+        for chunk in chunks:
+            labels |= self.needles.find(tail + chunk)
+            tail = (tail + chunk)[-overlap:] if overlap else b""
+        return labels
+
+    def _grepped(self, grep: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """The lines of `chunks` that hold a needle, through grep. The needles reach
+        grep through a pipe: never a file on disk, never its command line."""
+        patterns, patterns_in = os.pipe()
+        proc = subprocess.Popen([grep, "-a", "-i", "-F", "-f", f"/dev/fd/{patterns}"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, pass_fds=(patterns,),
+                                env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "")})
+        os.close(patterns)
+        failure: list[BaseException] = []
+
+        def feed() -> None:
+            assert proc.stdin is not None
+            try:
+                with os.fdopen(patterns_in, "wb") as out:
+                    out.write(self.needles.literals)
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass
+            except BaseException as exc:  # reading the source failed: report it below
+                failure.append(exc)
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        assert proc.stdout is not None
+        try:
             while True:
                 chunk = proc.stdout.read(CHUNK)
                 if not chunk:
                     break
-                read += len(chunk)
-                labels |= self.needles.find(tail + chunk)
-                tail = (tail + chunk)[-overlap:] if overlap else b""
-                if read >= self.limits.max_file_bytes:
-                    proc.kill()
-                    self.add(path, f"not fully decoded: journal entries longer than "
-                             f"{self.limits.max_file_bytes} bytes (reliant:audit:max_file_bytes)",
-                             location)
-                    break
-        return labels
+                yield chunk
+        finally:
+            feeder.join()
+            proc.stdout.close()
+            proc.wait()
+        if failure:
+            raise failure[0]
+        if proc.returncode not in (0, 1):  # 1: no line matched
+            raise OSError(f"grep exited {proc.returncode}")
 
     def walk(self, path: str, location: str, depth: int) -> None:
         if self.stopped:

@@ -24,7 +24,7 @@ def dom0(tmp_path: Path):
     return root
 
 
-def test_core_only_dom0_has_no_finding(dom0, tmp_path):
+def test_core_only_dom0_has_no_finding(dom0, tmp_path, matcher):
     shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
     assert ra.audit(shards, CORE, str(dom0)) == []
 
@@ -33,8 +33,18 @@ def test_no_open_shard_means_nothing_to_look_for(dom0):
     assert ra.audit([], CORE, str(dom0)) == []
 
 
+@pytest.fixture(params=["python", "grep"])
+def matcher(request, monkeypatch):
+    """Both ways a stream is read: the exact matcher alone, and grep -F in front of it
+    (used from GREP_FROM bytes on; 0 here so that every file takes that way)."""
+    if request.param == "grep":
+        monkeypatch.setattr(ra, "GREP_FROM", 0)
+    return request.param
+
+
 @pytest.mark.parametrize(("path", "data", "reason"), LEAKS, ids=[leak[0] for leak in LEAKS])
-def test_each_planted_leak_is_found_and_nothing_else(dom0, tmp_path, path, data, reason):
+def test_each_planted_leak_is_found_and_nothing_else(dom0, tmp_path, path, data, reason,
+                                                     matcher):
     shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
     plant(dom0, path, data)
     findings = ra.audit(shards, CORE, str(dom0))
@@ -69,7 +79,7 @@ def test_a_leak_across_a_chunk_boundary_is_found(dom0, tmp_path, monkeypatch):
         "content names qube name 'deep-notes' of shard sflc_0_2"]
 
 
-def test_words_that_only_contain_a_name_are_not_findings(dom0, tmp_path):
+def test_words_that_only_contain_a_name_are_not_findings(dom0, tmp_path, matcher):
     shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
     write(dom0, "/var/log/app.log",
           "secrets, client2secret, client_secret, secret_key, secretive, undeep-notesx\n")
@@ -207,3 +217,26 @@ def test_the_formulas_own_code_is_excluded(dom0, tmp_path):
     write(dom0, "/srv/salt/user.sls", example)
     findings = ra.audit(shards, CORE, str(dom0))
     assert [f.path for f in findings] == ["/srv/salt/user.sls"]
+
+
+def test_a_source_that_fails_while_grep_reads_it_is_a_finding(dom0, tmp_path, monkeypatch):
+    monkeypatch.setattr(ra, "GREP_FROM", 0)
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    scan = ra._Scan(ra.Needles(shards), ra.Limits(), str(dom0))
+
+    def failing():
+        yield b"deep-notes\n"
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        scan.labels_in(failing(), 10)
+
+
+def test_grep_finds_what_python_finds_in_a_large_file(dom0, tmp_path):
+    shards = make_shards(tmp_path / "run/shufflecake", own_roots=True)
+    line = b"Nov 27 dom0 qrexec: qubes.Filecopy work -> personal allowed\n"
+    body = line * (3 * ra.GREP_FROM // len(line)) + b"xx QUBES_VM=Secret-VPN yy\n" + line * 10
+    write(dom0, "/var/log/big.log", body)
+    findings = ra.audit(shards, CORE, str(dom0))
+    assert [(f.path, f.reason) for f in findings] == [
+        ("/var/log/big.log", "content names qube name 'secret-vpn' of shard sflc_0_1")]
