@@ -45,7 +45,7 @@ from typing import Any, Optional
 import reliant_store
 from lxml import etree
 
-CORE = "core"
+CORE = "@core"  # group key of core; no shard id can be this (ids are [A-Za-z0-9_-])
 CORE_TAG = "reliant-core"
 TAG_PREFIX = "reliant-"
 SHARD_FILE = "domains.xml"

@@ -377,3 +377,25 @@ def test_dissect_waits_for_a_running_suture_or_dissect(tmp_path):
     holder.communicate("\n")
     worker.join(10)
     assert blocked and not worker.is_alive()
+
+
+def test_a_shard_named_core_or_carrying_group_tags_cannot_pass_as_core(tmp_path):
+    scene = split_scene(tmp_path)
+    path = scene.shard_dir("sflc_0_2") / "domains.xml"
+    path.write_bytes(path.read_bytes().replace(b'id="sflc_0_2"', b'id="core"'))
+    edit_shard(scene, "sflc_0_1", lambda r: [
+        etree.SubElement(d.find("tags"), "tag", name=reliant_shards.CORE_TAG)
+        for d in r.iterfind(".//domain")])
+    scene.suture()
+    for name, domain in domains_by_name(load(scene.merged)).items():
+        tags = {t.get("name") for t in domain.iterfind("tags/tag")
+                if t.get("name").startswith("reliant-")}
+        if name in SHARD_QUBES["sflc_0_1"]:
+            assert tags == {"reliant-shard-sflc_0_1"}
+        elif name in SHARD_QUBES["sflc_0_2"]:
+            assert tags == {"reliant-shard-core"}
+    scene.dissect(final=True)
+    core = scene.core.read_bytes()
+    assert b"deep-" not in core and b"secret" not in core
+    for sid in SHARD_QUBES:
+        assert b'<tag name="reliant-' not in (scene.shard_dir(sid) / "domains.xml").read_bytes()
