@@ -279,22 +279,35 @@ def get_shell_var(text: str, key: str, source: str = "/etc/default/grub") -> Opt
     return words[0] if words else ""
 
 
+def assignment_line(text: str, key: str, source: str = "/etc/default/grub") -> Optional[str]:
+    """The exact line of `text` that assigns `key` (None if none); two raise."""
+    found = [m.group(0) for m in _assignment(key).finditer(text)]
+    if len(found) > 1:
+        raise VolatileError(f"{source}: {key} is assigned {len(found)} times; "
+                            "keep one assignment and re-run")
+    return found[0] if found else None
+
+
+def replace_assignment(text: str, key: str, line: Optional[str],
+                       source: str = "/etc/default/grub") -> str:
+    """`text` with the assignment of `key` replaced by `line` (appended if there is
+    none; removed if `line` is None); every other byte untouched."""
+    current = assignment_line(text, key, source)
+    if current is None:
+        if line is None:
+            return text
+        return text + ("" if text.endswith("\n") or not text else "\n") + line + "\n"
+    if line is None:
+        return "".join(kept for kept in text.splitlines(keepends=True)
+                       if kept.rstrip("\r\n") != current)
+    return _assignment(key).sub(lambda _m: line, text, count=1)
+
+
 def set_shell_var(text: str, key: str, value: Optional[str],
                   source: str = "/etc/default/grub") -> str:
     """`text` with `key` set to `value` (None: the assignment removed); rest untouched."""
-    current = get_shell_var(text, key, source)
-    pattern = _assignment(key)
-    if value is None:
-        return _remove_assignment(text, pattern)
-    line = f'{key}="{value}"'
-    if current is None:
-        return text + ("" if text.endswith("\n") or not text else "\n") + line + "\n"
-    return pattern.sub(lambda _m: line, text, count=1)
-
-
-def _remove_assignment(text: str, pattern: re.Pattern) -> str:
-    kept = [line for line in text.splitlines(keepends=True) if not pattern.match(line)]
-    return "".join(kept)
+    get_shell_var(text, key, source)  # refuses what it cannot parse
+    return replace_assignment(text, key, None if value is None else f'{key}="{value}"', source)
 
 
 # --- inputs, stamps and the plan ---------------------------------------------------
@@ -424,11 +437,11 @@ def plan_configured(settings: Settings) -> Plan:
     if grub_raw is None:
         raise VolatileError(f"{settings.default_grub}: missing; is GRUB installed?")
     grub_text = grub_raw.decode("utf-8")
-    current_default = get_shell_var(grub_text, "GRUB_DEFAULT", settings.default_grub)
     new_grub = set_shell_var(grub_text, "GRUB_DEFAULT", settings.entry_id, settings.default_grub)
     new_state = dict(state)
-    if "grub_default_before" not in state:
-        new_state["grub_default_before"] = current_default
+    if "grub_default_line_before" not in state:
+        new_state["grub_default_line_before"] = assignment_line(
+            grub_text, "GRUB_DEFAULT", settings.default_grub)
 
     new_state["dracut_inputs"] = dracut_inputs(settings, present=True)
     regenerate_initramfs = state.get("dracut_inputs") != new_state["dracut_inputs"]
@@ -456,10 +469,10 @@ def plan_absent(settings: Settings) -> Plan:
         remove.append(settings.state_file)
     new_grub = None
     grub_raw = _read(settings.default_grub)
-    if grub_raw is not None and "grub_default_before" in state:
+    if grub_raw is not None and "grub_default_line_before" in state:
         grub_text = grub_raw.decode("utf-8")
-        restored = set_shell_var(grub_text, "GRUB_DEFAULT", state["grub_default_before"],
-                                 settings.default_grub)
+        restored = replace_assignment(grub_text, "GRUB_DEFAULT",
+                                      state["grub_default_line_before"], settings.default_grub)
         new_grub = restored if restored != grub_text else None
     touched = bool(remove) or new_grub is not None
     return Plan(write={}, remove=remove, default_grub=new_grub,

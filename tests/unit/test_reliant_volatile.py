@@ -119,6 +119,16 @@ def test_a_key_assigned_twice_is_refused():
         rv.set_shell_var(GRUB + "GRUB_DEFAULT=0\n", "GRUB_DEFAULT", "x")
 
 
+def test_clean_removes_an_assignment_that_was_not_there_before(dom0):
+    grub = Path(dom0.settings.default_grub)
+    original = grub.read_text().replace("GRUB_DEFAULT=saved\n", "")
+    grub.write_text(original)
+    converge(dom0.settings)
+    assert 'GRUB_DEFAULT="reliant-volatile"' in grub.read_text()
+    rv.apply(rv.plan_absent(dom0.settings), dom0.settings, rv.run_command)
+    assert grub.read_text() == original
+
+
 def test_get_shell_var_reads_quoted_and_bare_values():
     assert rv.get_shell_var("export GRUB_DEFAULT='a b'\n", "GRUB_DEFAULT") == "a b"
     assert rv.get_shell_var("GRUB_DEFAULT=0 # first\n", "GRUB_DEFAULT") == "0"
@@ -236,11 +246,10 @@ def test_absent_restores_grub_default_and_regenerates(dom0):
     original = Path(dom0.settings.default_grub).read_text()
     converge(dom0.settings)
     state = json.loads(Path(dom0.settings.state_file).read_text())
-    assert state["grub_default_before"] == "saved"
+    assert state["grub_default_line_before"] == "GRUB_DEFAULT=saved"
     plan = rv.plan_absent(dom0.settings)
     rv.apply(plan, dom0.settings, rv.run_command)
-    assert Path(dom0.settings.default_grub).read_text() == original.replace(
-        "GRUB_DEFAULT=saved", 'GRUB_DEFAULT="saved"')
+    assert Path(dom0.settings.default_grub).read_text() == original  # byte for byte
     for path in rv.managed_files(dom0.settings):
         assert not os.path.lexists(path)
     assert not os.path.exists(dom0.settings.state_file)
