@@ -46,6 +46,7 @@ import reliant_store
 from lxml import etree
 
 CORE = "@core"  # group key of core; no shard id can be this (ids are [A-Za-z0-9_-])
+_PENDING = "@pending"  # group not known yet (a qube created while shards are open)
 CORE_TAG = "reliant-core"
 TAG_PREFIX = "reliant-"
 SHARD_FILE = "domains.xml"
@@ -1012,7 +1013,7 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     pending = []
     for domain in sections["domains"]:
         group = _group_by_pools_or_tag(facts, domain, pool_owner, writable, visible, problems)
-        if group == "pending":
+        if group == _PENDING:
             pending.append(domain)
             continue
         owner[facts.name(domain)] = group
@@ -1130,7 +1131,7 @@ def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element,
                            pool_owner: dict[str, Optional[str]],
                            writable: dict[str, Shard], visible: dict[str, Shard],
                            problems: list[Problem]) -> Optional[str]:
-    """The group of a merged qube by its data pools, else by its tag; "pending" when
+    """The group of a merged qube by its data pools, else by its tag; _PENDING when
     neither says (a qube created while shards are open); None when unplaceable."""
     qube = facts(domain)
     name = qube.name
@@ -1163,7 +1164,7 @@ def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element,
             problems.append(Problem("error", "unplaceable", f"qube {name} of shard {sid}: the "
                                     "shard is not writable now; not written anywhere", sid, name))
             return None
-    return "pending"
+    return _PENDING
 
 
 def _group_of_new(facts: _Facts, domain: etree._Element, owner: dict[str, Optional[str]],
