@@ -52,6 +52,6 @@ bench: $(VENV)/.installed
 # Lay the formula out as a dom0 package does (FORMULA: formula-files, pillar-files).
 install:
 	install -d $(FORMULA_DIR) $(PILLAR_DIR)/reliant
-	cp -r salt/reliant salt/reliant.top _modules _states _utils $(FORMULA_DIR)/
+	cp -r salt/reliant salt/reliant.top _modules _states _utils bin $(FORMULA_DIR)/
 	install -m 0644 pillar/reliant.top $(PILLAR_DIR)/reliant.top
 	test -e $(PILLAR_DIR)/reliant/init.sls || install -m 0644 pillar.example $(PILLAR_DIR)/reliant/init.sls

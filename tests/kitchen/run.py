@@ -33,7 +33,7 @@ IMAGE_DIR = ROOT / "tests" / "kitchen" / "image"
 FORMULA_DIR = "/srv/formulas/base/reliant-formula"
 # What a dom0 package of the formula installs (FORMULA: formula-files, pillar-files).
 FORMULA_FILES = {"salt/reliant": "reliant", "salt/reliant.top": "reliant.top",
-                 "_modules": "_modules", "_states": "_states", "_utils": "_utils"}
+                 "_modules": "_modules", "_states": "_states", "_utils": "_utils", "bin": "bin"}
 # Inputs of the dom0 layer: context name -> repository path.
 DOM0_FILES = {
     "Containerfile": "tests/kitchen/image/Containerfile.dom0",
