@@ -422,6 +422,12 @@ def _file_differs(path: str, content: str, mode: int) -> bool:
             or (current.st_mode & 0o7777) != mode or _read(path) != content.encode())
 
 
+def _ours(path: str) -> bool:
+    """A regular file that this component wrote (it carries the mark)."""
+    return (os.path.isfile(path) and not os.path.islink(path)
+            and f"Written by {MARK}".encode() in (_read(path) or b""))
+
+
 def _grub_cfg_has_entries(settings: Settings) -> bool:
     text = (_read(settings.grub_cfg) or b"").decode("utf-8", "replace")
     return all(f"--id '{entry}'" in text for entry in ENTRY_IDS.values())
@@ -431,6 +437,11 @@ def plan_configured(settings: Settings) -> Plan:
     """The plan that makes dom0 boot-ready for volatile mode with `settings`."""
     state = load_state(settings.state_file)
     wanted = managed_files(settings)
+    for path in wanted:
+        if os.path.lexists(path) and not _ours(path):
+            raise VolatileError(f"{path}: exists and was not written by {MARK}; move it away "
+                                "or choose another name (reliant:volatile:grub_script, "
+                                "dropin_name)")
     write = {p: cm for p, cm in wanted.items() if _file_differs(p, *cm)}
 
     grub_raw = _read(settings.default_grub)
@@ -464,7 +475,7 @@ def plan_configured(settings: Settings) -> Plan:
 def plan_absent(settings: Settings) -> Plan:
     """The plan that removes every trace of this component from the boot setup."""
     state = load_state(settings.state_file)
-    remove = [p for p in managed_files(settings) if os.path.lexists(p)]
+    remove = [p for p in managed_files(settings) if os.path.lexists(p) and _ours(p)]
     if os.path.lexists(settings.state_file):
         remove.append(settings.state_file)
     new_grub = None

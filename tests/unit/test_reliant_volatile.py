@@ -129,6 +129,15 @@ def test_clean_removes_an_assignment_that_was_not_there_before(dom0):
     assert grub.read_text() == original
 
 
+def test_a_file_of_someone_else_at_our_path_is_refused_and_kept(dom0):
+    foreign = Path(dom0.settings.dracut_dropin_path)
+    foreign.write_text('add_drivers+=" nvme "\n')
+    with pytest.raises(rv.VolatileError, match="exists and was not written by reliant-formula"):
+        rv.plan_configured(dom0.settings)
+    assert rv.plan_absent(dom0.settings).empty()
+    assert foreign.read_text() == 'add_drivers+=" nvme "\n'
+
+
 def test_get_shell_var_reads_quoted_and_bare_values():
     assert rv.get_shell_var("export GRUB_DEFAULT='a b'\n", "GRUB_DEFAULT") == "a b"
     assert rv.get_shell_var("GRUB_DEFAULT=0 # first\n", "GRUB_DEFAULT") == "0"
