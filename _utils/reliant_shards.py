@@ -1418,10 +1418,26 @@ def _entries(base: str) -> set[tuple[str, str]]:
     return found
 
 
+def _saved_dirs_usable(shard: Shard, problems: list[Problem]) -> bool:
+    """False (reported) when the shard's dom0, dom0/appvms or dom0/vm-templates is a
+    symlink or not a directory: a hostile shard could point them at dom0's own files."""
+    for part in (DOM0_DIR, os.path.join(DOM0_DIR, "appvms"),
+                 os.path.join(DOM0_DIR, "vm-templates")):
+        path = os.path.join(shard.path, part)
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+            problems.append(Problem("error", "refused", f"{path} is a symlink or not a "
+                                    "directory; the shard's dom0 directories are not used",
+                                    shard.id))
+            return False
+    return True
+
+
 def restore_dom0_dirs(shard: Shard, qubes: Iterable[tuple[str, str]], qubes_dir: str,
                       problems: list[Problem]) -> None:
     """Copy the shard's saved dom0 directories of `qubes` into `qubes_dir`. An existing
     directory there is left alone (it is the same or newer)."""
+    if not _saved_dirs_usable(shard, problems):
+        return
     for subdir in ("appvms", "vm-templates"):
         _recover_swaps(os.path.join(shard.path, DOM0_DIR, subdir))
     saved = _entries(os.path.join(shard.path, DOM0_DIR))
@@ -1444,9 +1460,12 @@ def restore_dom0_dirs(shard: Shard, qubes: Iterable[tuple[str, str]], qubes_dir:
 
 
 def save_dom0_dirs(shard: Shard, qubes: Sequence[tuple[str, str]], keep: set[tuple[str, str]],
-                   qubes_dir: str, problems: list[Problem]) -> None:
+                   qubes_dir: str, problems: list[Problem]) -> bool:
     """Copy the dom0 directories of the shard's `qubes` from `qubes_dir` into the shard;
-    drop saved directories of qubes that are neither in `qubes` nor in `keep`."""
+    drop saved directories of qubes that are neither in `qubes` nor in `keep`. False
+    (nothing done) when the shard's directories cannot be used safely."""
+    if not _saved_dirs_usable(shard, problems):
+        return False
     for subdir in ("appvms", "vm-templates"):
         _recover_swaps(os.path.join(shard.path, DOM0_DIR, subdir))
     present = _entries(qubes_dir)
@@ -1465,6 +1484,7 @@ def save_dom0_dirs(shard: Shard, qubes: Sequence[tuple[str, str]], keep: set[tup
             for name in sorted(os.listdir(parent)):
                 if not name.startswith(".") and (subdir, name) not in wanted:
                     _remove_tree(os.path.join(parent, name))
+    return True
 
 
 def release_dom0_dirs(qubes: Iterable[tuple[str, str]], qubes_dir: str) -> None:
@@ -1578,13 +1598,13 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
     plan = plan_dissect(merged_root, core_root, shards, read_state(state_path),
                         core_path=core, roots=roots)
     problems += plan.problems
-    for sid, shard in plan.shards.items():
-        save_dom0_dirs(shard, plan.dirs[sid], plan.keep_dirs[sid], qubes_dir, problems)
+    saved = [sid for sid, shard in plan.shards.items()
+             if save_dom0_dirs(shard, plan.dirs[sid], plan.keep_dirs[sid], qubes_dir, problems)]
     write_state(state_path, plan.state)
     written = [path for path, content, mode in plan.outputs
                if reliant_store.write(path, content, mode=mode)]
     if final:
-        for sid in plan.shards:
+        for sid in saved:
             release_dom0_dirs(plan.dirs[sid], qubes_dir)
     return Result(problems, written, list(plan.shards.values()))
 

@@ -399,3 +399,19 @@ def test_a_shard_named_core_or_carrying_group_tags_cannot_pass_as_core(tmp_path)
     assert b"deep-" not in core and b"secret" not in core
     for sid in SHARD_QUBES:
         assert b'<tag name="reliant-' not in (scene.shard_dir(sid) / "domains.xml").read_bytes()
+
+
+def test_a_symlinked_dom0_directory_in_a_shard_is_never_followed(tmp_path):
+    scene = split_scene(tmp_path)
+    victim = scene.qubes_dir / "appvms"
+    (victim / "work").mkdir(parents=True)
+    (victim / "work" / "firewall.xml").write_text("<core/>")
+    os.symlink(scene.qubes_dir, scene.shard_dir("sflc_0_1") / "dom0")
+    result = scene.suture()
+    assert any("is a symlink" in p.message for p in result.errors)
+    (victim / "secret").mkdir()
+    (victim / "secret" / "firewall.xml").write_text("<secret/>")
+    result = scene.dissect(final=True)
+    assert any("is a symlink" in p.message for p in result.errors)
+    assert (victim / "work" / "firewall.xml").read_text() == "<core/>"
+    assert (victim / "secret" / "firewall.xml").read_text() == "<secret/>"  # not lost
