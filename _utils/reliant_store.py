@@ -108,13 +108,15 @@ def serialize(root: etree._Element) -> bytes:
 
 @contextlib.contextmanager
 def locked(path: str, exclusive: bool, create: bool = False) -> Iterator[int | None]:
-    """Hold `lockf` on `path` like qubesd; yield the fd (None if absent and not `create`)."""
+    """Hold `lockf` on `path` like qubesd; yield the fd (None if absent and not `create`).
+
+    A symlink is refused (ELOOP): stores are regular files, never links to elsewhere."""
     while True:
         flags = os.O_RDWR if exclusive else os.O_RDONLY
         if create:
             flags |= os.O_CREAT
         try:
-            fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except FileNotFoundError:
             if create:
                 raise

@@ -92,3 +92,15 @@ def test_write_waits_for_lockf_held_by_another_process(tmp_path):
     writer.join(5)
     assert blocked
     assert path.read_bytes() == b"<new/>\n"
+
+
+def test_a_symlinked_store_is_refused(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"<secret/>\n")
+    link = tmp_path / "qubes.xml"
+    link.symlink_to(target)
+    with pytest.raises(reliant_store.StoreError, match=r"qubes\.xml: cannot read"):
+        reliant_store.read(str(link))
+    with pytest.raises(reliant_store.StoreError, match=r"qubes\.xml: cannot write"):
+        reliant_store.write(str(link), b"<new/>\n")
+    assert target.read_bytes() == b"<secret/>\n"
