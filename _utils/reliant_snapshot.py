@@ -120,10 +120,17 @@ class Layout:
     def manifest(self) -> str:
         return os.path.join(self.backup_dir, MANIFEST_NAME)
 
-    def compiled_extension(self) -> list[str]:
-        """The bytecode Python wrote when qubesd imported the extension."""
-        return sorted(glob.glob(os.path.join(self.site_packages, "__pycache__",
-                                             EXTENSION_MODULE + ".*.pyc")))
+
+def with_bytecode(paths: list[str]) -> list[str]:
+    """`paths` and, after each module among them, the bytecode Python compiled from it."""
+    found = []
+    for path in paths:
+        found.append(path)
+        if path.endswith(".py"):
+            stem = os.path.basename(path)[:-3]
+            found += sorted(glob.glob(os.path.join(os.path.dirname(path), "__pycache__",
+                                                   stem + ".*.pyc")))
+    return found
 
 
 def desired_files(layout: Layout, script: bytes, extension: bytes) -> dict[str, bytes]:
@@ -250,6 +257,9 @@ def plan_install(layout: Layout, script: bytes, extension: bytes,
     if plan.problems:
         return plan
     plan.write = {path: data for path, data in wanted.items() if read_or_none(path) != data}
+    # Files of an earlier installation that are no longer wanted (site-packages moved).
+    stale = [path for path in (manifest.installed if manifest else {}) if path not in wanted]
+    plan.remove = [path for path in with_bytecode(stale) if os.path.lexists(path)]
     installed = {path: sha256_bytes(data) for path, data in wanted.items()}
     if manifest is not None and (plan.write or manifest.installed != installed):
         manifest.installed = installed
@@ -265,10 +275,10 @@ def plan_remove(layout: Layout) -> Plan:
     except SnapshotError as exc:
         plan.problems.append(str(exc))
         return plan
-    if layout.site_packages:  # '' when there is no qubes package, hence no extension
-        ours = [layout.extension, os.path.join(layout.dist_info, "METADATA"),
-                os.path.join(layout.dist_info, "entry_points.txt"), *layout.compiled_extension()]
-        plan.remove = [path for path in ours if os.path.lexists(path)]
+    ours = [path for path in (manifest.installed if manifest else {}) if path != layout.script]
+    if layout.site_packages:  # '' when there is no qubes package: only what the manifest names
+        ours += [path for path in desired_files(layout, b"", b"") if path != layout.script]
+    plan.remove = [path for path in dict.fromkeys(with_bytecode(ours)) if os.path.lexists(path)]
     if os.path.isdir(layout.marker_dir):
         plan.remove += [os.path.join(layout.marker_dir, name)
                         for name in sorted(os.listdir(layout.marker_dir))]
@@ -334,6 +344,18 @@ def apply_install(layout: Layout, plan: Plan) -> None:
             write_atomic(path, data, manifest.mode, manifest.uid, manifest.gid)
         else:
             write_atomic(path, data, 0o644)
+    remove_files(plan.remove)
+
+
+def remove_files(paths: list[str], directories: tuple[str, ...] = ()) -> None:
+    """Unlink `paths`, then our .dist-info directories and `directories` left empty."""
+    for path in paths:
+        os.unlink(path)
+    ours = {os.path.dirname(path) for path in paths
+            if os.path.basename(os.path.dirname(path)).startswith(EXTENSION_MODULE + "-")}
+    for directory in sorted(ours.union(directories)):
+        if os.path.isdir(directory) and not os.listdir(directory):
+            os.rmdir(directory)
 
 
 def apply_remove(layout: Layout, plan: Plan) -> None:
@@ -346,11 +368,7 @@ def apply_remove(layout: Layout, plan: Plan) -> None:
             original = handle.read()
         write_atomic(layout.script, original, manifest.mode, manifest.uid, manifest.gid,
                      manifest.mtime_ns)
-    for path in plan.remove:
-        os.unlink(path)
-    for directory in (layout.dist_info if layout.site_packages else "", layout.marker_dir):
-        if directory and os.path.isdir(directory) and not os.listdir(directory):
-            os.rmdir(directory)
+    remove_files(plan.remove, (layout.marker_dir,))
     if plan.drop_backup:
         os.unlink(layout.manifest)
         os.unlink(layout.original)

@@ -284,12 +284,37 @@ def test_extension_marks_read_only_origin_volumes_as_the_script_names_them(tmp_p
     assert list(marks.iterdir()) == []
 
 
-def test_remove_without_qubes_package_restores_the_script_only(dom0):
+def test_remove_without_qubes_package_removes_what_the_manifest_names(dom0):
+    before_install = tree(dom0.root)
     install(dom0)
+    os.unlink(dom0.layout.file_py)  # qubes-core-dom0 gone: site-packages is not found any more
     bare = rs.Layout(script=dom0.layout.script, site_packages="",
                      backup_dir=dom0.layout.backup_dir, marker_dir=dom0.layout.marker_dir)
     plan = rs.plan_remove(bare)
-    assert plan.remove == [] and plan.restore
+    assert plan.restore and sorted(plan.remove) == sorted(
+        path for path in rs.desired_files(dom0.layout, b"", b"") if path != dom0.layout.script)
     rs.apply_remove(bare, plan)
-    assert dom0.script.read_bytes() == STOCK_STAND_IN
-    assert Path(dom0.layout.extension).exists(), "nothing guessed outside site-packages"
+    del before_install[str(Path(dom0.layout.file_py).relative_to(dom0.root))]
+    assert tree(dom0.root) == before_install
+
+
+def test_files_left_where_site_packages_was_are_removed(dom0):
+    install(dom0)
+    old_cache = dom0.site / "__pycache__"
+    old_cache.mkdir()
+    (old_cache / "reliant_snapshots_ext.cpython-311.pyc").write_bytes(b"\0")
+    new_site = dom0.root / "usr/lib/python3.14/site-packages"  # a dom0 upgrade moved qubes
+    (new_site / "qubes/storage").mkdir(parents=True)
+    os.rename(dom0.layout.file_py, new_site / "qubes/storage/file.py")
+    moved = rs.Layout(script=dom0.layout.script, site_packages=str(new_site),
+                      backup_dir=dom0.layout.backup_dir, marker_dir=dom0.layout.marker_dir)
+    plan = rs.plan_install(moved, OURS, EXTENSION, dom0.known)
+    old_files = [path for path in rs.desired_files(dom0.layout, b"", b"")
+                 if path != dom0.layout.script]
+    assert sorted(plan.remove) == sorted([*old_files,
+                                          str(old_cache / "reliant_snapshots_ext.cpython-311.pyc")])
+    rs.apply_install(moved, plan)
+    assert not any(os.path.exists(path) for path in old_files)
+    assert not Path(dom0.layout.dist_info).exists()
+    assert rs.verify(moved, OURS, EXTENSION) == []
+    assert rs.plan_install(moved, OURS, EXTENSION, dom0.known).changes() == {}
