@@ -131,7 +131,7 @@ class _Qube:
     """What the rules need to know about one <domain>, read in one pass."""
 
     __slots__ = ("data_pools", "label", "name", "pools", "qid", "refs", "reliant_tags",
-                 "tags", "uuid")
+                 "tags", "uuid", "volumes")
 
     def __init__(self, domain: etree._Element) -> None:
         admin = domain.get("class") == "AdminVM"
@@ -140,6 +140,7 @@ class _Qube:
         self.refs: list[tuple[str, str]] = []
         self.pools: set[str] = set()
         self.data_pools: set[str] = set()
+        self.volumes: list[tuple[str, str, str, Optional[str]]] = []  # name pool vid source
         self.reliant_tags: list[etree._Element] = []
         self.tags: Optional[etree._Element] = None
         devices = []
@@ -153,6 +154,8 @@ class _Qube:
                     if not pool:
                         continue
                     self.pools.add(pool)
+                    self.volumes.append((volume.get("name") or "", pool,
+                                         volume.get("vid") or "", volume.get("source")))
                     if volume.get("name") in _DATA_VOLUMES and not (
                             volume.get("snap_on_start") == "True" and volume.get("source")):
                         self.data_pools.add(pool)
@@ -715,9 +718,15 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
     uuids: set[str] = set()
     qids: set[int] = set()
     core_refs: set[str] = set()
+    kernel_pools = {p.get("name") for p in sections["pools"]
+                    if p.get("driver") == "linux-kernel"}
+    merged_by_name: dict[str, _Qube] = {}
+    used_vids: dict[tuple[str, str], str] = {}
     for domain in sections["domains"]:
         name = facts.name(domain)
         owner[name] = CORE
+        merged_by_name[name] = facts(domain)
+        _note_volumes(facts(domain), used_vids, kernel_pools)
         uuids.add(facts.uuid(domain))
         qid = facts.qid(domain)
         if qid is not None:
@@ -751,12 +760,16 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         visible_pools = {p for p, g in pool_owner.items() if g in allowed} | set(shard.pools)
         candidates = _admissible(facts, shard, owner, uuids, labels, visible_pools, core_refs,
                                  problems)
+        candidates = _own_volumes(facts, shard, candidates, merged_by_name, used_vids,
+                                  kernel_pools, problems)
         candidates = _resolve_references(facts, shard, candidates, owner, allowed,
                                          missing_reference, problems)
         candidates = _assign_qids(facts, shard, candidates, qids, problems)
         merged_uuids = []
         dirs[shard.id] = [(dom0_subdir(d), facts.name(d)) for d in candidates]
         for domain in candidates:
+            _note_volumes(facts(domain), used_vids, kernel_pools)
+            merged_by_name[facts.name(domain)] = facts(domain)
             facts.strip_tags(domain)
             facts.add_tag(domain, shard_tag(shard.id))
             sections["domains"].append(domain)
@@ -850,6 +863,48 @@ def _admissible(facts: _Facts, shard: Shard, owner: dict[str, str], uuids: set[s
             continue
         names.add(name)
         own_uuids.add(uuid)
+        kept.append(domain)
+    return kept
+
+
+def _note_volumes(qube: _Qube, used: dict[tuple[str, str], str], kernel_pools: set[str]) -> None:
+    for _, pool, vid, _ in qube.volumes:
+        if vid and pool not in kernel_pools:
+            used.setdefault((pool, vid), qube.name)
+
+
+def _own_volumes(facts: _Facts, shard: Shard, candidates: list[etree._Element],
+                 merged: dict[str, _Qube], used: dict[tuple[str, str], str],
+                 kernel_pools: set[str], problems: list[Problem]) -> list[etree._Element]:
+    """Leave out shard qubes whose volumes would open another qube's data: a volume
+    (pool, vid) already used by another qube, or a snapshot source that is not a
+    volume of the qube's template (checked when the template is visible)."""
+    local = {facts.name(d): facts(d) for d in candidates}
+    claimed: dict[tuple[str, str], str] = {}
+    kept = []
+    for domain in candidates:
+        qube = facts(domain)
+        template = local.get(dict(qube.refs).get("template", "")) or merged.get(
+            dict(qube.refs).get("template", ""))
+        sources = set() if template is None else {
+            v for _, _, vid, source in template.volumes for v in (vid, source) if v}
+        reason = None
+        for volume, pool, vid, source in qube.volumes:
+            holder = used.get((pool, vid)) or claimed.get((pool, vid))
+            if vid and pool not in kernel_pools and holder not in (None, qube.name):
+                reason = f"volume {volume} is {pool}:{vid}, a volume of qube {holder}"
+            elif source and template is not None and source not in sources:
+                reason = (f"volume {volume} takes its data from {source}, which is not a "
+                          f"volume of its template {template.name}")
+            if reason:
+                break
+            if vid and pool not in kernel_pools:
+                claimed.setdefault((pool, vid), qube.name)
+        if reason:
+            problems.append(Problem("warning", "invalid", f"qube {qube.name} of shard "
+                                    f"{shard.id} not merged: {reason}; it stays intact in "
+                                    f"{shard.file}", shard.id, qube.name))
+            continue
         kept.append(domain)
     return kept
 

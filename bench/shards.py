@@ -34,8 +34,8 @@ def domain(name: str, qid: int, pool: str, template: str | None, netvm: str | No
     ident = uuid.uuid5(uuid.NAMESPACE_DNS, name)
     root_volume = (f'<volume name="root" pool="vm-pool" vid="qubes_dom0/vm-{name}-root" '
                    'revisions_to_keep="2" rw="True" save_on_stop="False" snap_on_start="True" '
-                   f'size="10737418240" source="qubes_dom0/vm-{template}-root"/>' if template
-                   else f'<volume name="root" pool="{pool}" vid="appvms/{name}/root" '
+                   f'size="10737418240" source="vm-templates/{template}/root"/>' if template
+                   else f'<volume name="root" pool="{pool}" vid="vm-templates/{name}/root" '
                    'revisions_to_keep="1" rw="True" save_on_stop="True" snap_on_start="False" '
                    'size="10737418240"/>')
     props = "".join(f'<property name="{k}">{v}</property>' for k, v in (

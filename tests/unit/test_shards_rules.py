@@ -415,3 +415,28 @@ def test_a_symlinked_dom0_directory_in_a_shard_is_never_followed(tmp_path):
     assert any("is a symlink" in p.message for p in result.errors)
     assert (victim / "work" / "firewall.xml").read_text() == "<core/>"
     assert (victim / "secret" / "firewall.xml").read_text() == "<secret/>"  # not lost
+
+
+def set_volume(domain, volume, **attrs):
+    for element in domain.iterfind("volume-config/volume"):
+        if element.get("name") == volume:
+            for key, value in attrs.items():
+                element.set(key, value)
+
+
+@pytest.mark.parametrize("qube, volume, attrs, words", [
+    ("deep-notes", "private", {"pool": "vm-pool", "vid": "qubes_dom0/vm-vault-private"},
+     "vm-pool:qubes_dom0/vm-vault-private, a volume of qube vault"),
+    ("deep-mail", "root", {"source": "qubes_dom0/vm-vault-private"},
+     "not a volume of its template debian-13-xfce"),
+])
+def test_a_shard_qube_cannot_open_another_qubes_volume(tmp_path, qube, volume, attrs, words):
+    scene = split_scene(tmp_path)
+    path = edit_shard(scene, "sflc_0_2", lambda r: set_volume(domain_of(r, qube), volume,
+                                                             **attrs))
+    result = scene.suture()
+    assert kinds(result) == ["invalid"], result.problems
+    assert words in result.problems[0].message
+    assert qube not in domains_by_name(load(scene.merged))
+    scene.dissect(final=True)
+    assert qube in domains_by_name(load(path))
