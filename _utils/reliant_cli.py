@@ -48,8 +48,12 @@ class Host:
     """qubesd and the running qubes, as seen through systemctl and xl/qvm-ls."""
 
     def qubesd_active(self) -> bool:
-        return subprocess.run(["systemctl", "is-active", "--quiet", "qubesd"],
-                              check=False).returncode == 0
+        try:
+            return subprocess.run(["systemctl", "is-active", "--quiet", "qubesd"],
+                                  check=False).returncode == 0
+        except OSError as exc:
+            raise reliant_shards.ShardError(f"cannot tell whether qubesd runs: systemctl: "
+                                            f"{exc.strerror}") from None
 
     def running_qubes(self) -> set[str]:
         """Names of running qubes; ShardError if no tool can tell."""
@@ -64,15 +68,22 @@ class Host:
                                         "found); refusing to detach")
 
     def qubesd(self, action: str) -> None:
-        result = subprocess.run(["systemctl", action, "qubesd"], check=False,
-                                capture_output=True, text=True)
+        try:
+            result = subprocess.run(["systemctl", action, "qubesd"], check=False,
+                                    capture_output=True, text=True)
+        except OSError as exc:
+            raise reliant_shards.ShardError(f"systemctl {action} qubesd: {exc.strerror}") \
+                from None
         if result.returncode:
             raise reliant_shards.ShardError(f"systemctl {action} qubesd failed: "
                                             f"{result.stderr.strip() or result.returncode}")
 
     @staticmethod
     def _output(argv: list[str]) -> str:
-        result = subprocess.run(argv, check=False, capture_output=True, text=True)
+        try:
+            result = subprocess.run(argv, check=False, capture_output=True, text=True)
+        except OSError as exc:
+            raise reliant_shards.ShardError(f"{argv[0]}: {exc.strerror}") from None
         if result.returncode:
             raise reliant_shards.ShardError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
         return result.stdout

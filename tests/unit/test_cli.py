@@ -158,3 +158,18 @@ def test_audit_reports_a_trace_of_a_shard(scene, tmp_path, capsys):
     cli("audit", "--json", "--fs-root", str(fs_root), "--core", "/var/lib/qubes/qubes.xml")
     assert not any(f["path"].endswith("appvms/secret")
                    for f in json.loads(capsys.readouterr().out))
+
+
+def test_the_real_host_refuses_when_it_cannot_ask_systemd(scene, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(scene.tmp))  # no systemctl, xl or qvm-ls here
+    assert reliant_cli.main(["suture"]) == 1
+    assert "cannot tell whether qubesd runs" in capsys.readouterr().err
+
+
+def test_the_real_host_reads_xl_list(tmp_path, monkeypatch):
+    xl = tmp_path / "xl"
+    xl.write_text("#!/bin/sh\necho 'Name  ID Mem VCPUs State Time(s)'\n"
+                  "echo 'Domain-0 0 4096 4 r----- 10.0'\necho 'secret 3 400 2 -b---- 1.0'\n")
+    xl.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert reliant_cli.Host().running_qubes() == {"secret"}
