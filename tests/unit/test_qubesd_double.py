@@ -190,8 +190,22 @@ def test_new_qube_gets_the_lowest_unused_qid(store: Store, tmp_path: Path) -> No
     qids = {d["name"]: d["qid"] for d in reloaded.list_domains()}
     assert (qids["first"], qids["second"], qids["third"]) == (15, 14, 16)
     assert "anon-whonix" not in qids
-    assert (tmp_path / "base/appvms/first/icon.png").is_symlink()
+    assert (tmp_path / "base/appvms/first").is_dir()
     assert (tmp_path / "base/vm-templates/third").is_dir()
+    assert not (tmp_path / "base/appvms/anon-whonix").exists()
+
+
+def test_firewall_goes_to_the_dom0_directory_not_the_store(store: Store, tmp_path: Path) -> None:
+    store.add_domain("walled", "StandaloneVM", "red", "vm-pool")
+    before = Path(store.path).read_bytes()
+    store.set_firewall("walled", "drop")
+    firewall = tmp_path / "base/appvms/walled/firewall.xml"
+    assert firewall.read_text() == (
+        '<firewall version="2">\n  <rules>\n    <rule>\n      <properties>\n'
+        '        <property name="action">drop</property>\n      </properties>\n'
+        "    </rule>\n  </rules>\n</firewall>\n")
+    assert firewall.stat().st_mode & 0o777 == 0o664
+    assert Path(store.path).read_bytes() == before
 
 
 def test_appvm_volumes_follow_qubesd_layout(store: Store, tmp_path: Path) -> None:

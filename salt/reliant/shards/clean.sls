@@ -27,11 +27,14 @@ reliant-shards-clean-dissect:
     - require:
       - cmd: reliant-shards-clean-qubesd-stop
 
-reliant-shards-clean-merged:
+{%- for path in [shards.merged, salt["file.dirname"](shards.merged) ~ "/reliant-shard.log"] %}
+
+reliant-shards-clean-run-{{ loop.index }}:
   file.absent:
-    - name: {{ shards.merged }}
+    - name: {{ path }}
     - require:
       - cmd: reliant-shards-clean-dissect
+{%- endfor %}
 
 {%- for unit in [dropin, units ~ "/qubesd.service.wants/reliant-shard-dissect.path",
                  units ~ "/reliant-shard-dissect.path", units ~ "/reliant-shard-dissect.service"] %}

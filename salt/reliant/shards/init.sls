@@ -8,6 +8,9 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set shards = reliant.shards %}
 {%- set units = "/etc/systemd/system" %}
+{#- reliant-shard's messages name hidden qubes: the units send them to tmpfs. #}
+{%- set rundir = salt["file.dirname"](shards.merged) %}
+{%- set log = rundir ~ "/reliant-shard.log" %}
 {#- The CLI's settings. Without isolation, suture writes no runtime policy (""). #}
 {%- set isolation = reliant.isolation %}
 {%- set config = {
@@ -67,6 +70,8 @@ reliant-shards-qubesd-dropin:
     - template: jinja
     - context:
         shards: {{ shards | json }}
+        rundir: {{ rundir }}
+        log: {{ log }}
     - makedirs: true
     - mode: '0644'
 
@@ -77,6 +82,8 @@ reliant-shards-dissect-service:
     - template: jinja
     - context:
         shards: {{ shards | json }}
+        rundir: {{ rundir }}
+        log: {{ log }}
     - mode: '0644'
 
 reliant-shards-dissect-path:
@@ -86,6 +93,8 @@ reliant-shards-dissect-path:
     - template: jinja
     - context:
         shards: {{ shards | json }}
+        rundir: {{ rundir }}
+        log: {{ log }}
     - mode: '0644'
 
 {#- What `systemctl enable` does for WantedBy=qubesd.service, as a file state so that

@@ -19,8 +19,10 @@ It is NOT qubesd. It reproduces only what reliant-formula depends on
 - a new qube gets the lowest unused qid in 1..9999 and a random uuid; its volumes follow
   qubesd's layout (root of an AppVM: a snapshot of its template's root in the template's
   pool; private and volatile in the requested pool; kernel in linux-kernel) and its dom0
-  directory `appvms/NAME` (templates: `vm-templates/NAME`) with an `icon.png` link is made
-  under the base dir (`QUBESD_DOUBLE_BASE_DIR`, default /var/lib/qubes) and removed with it;
+  directory `appvms/NAME` (templates: `vm-templates/NAME`) is made under the base dir
+  (`QUBESD_DOUBLE_BASE_DIR`, default /var/lib/qubes) and removed with it; firewall rules
+  are written to `firewall.xml` there (qubes/firewall.py: version 2, 0664, replace_file)
+  without touching the store;
 - a file/file-reflink pool can be added (`qvm-pool add`): its directory is created;
 - systemd `Type=notify` readiness (READY=1 on `NOTIFY_SOCKET`).
 
@@ -28,7 +30,7 @@ Left out: the Admin API protocol and qrexec (requests are JSON lines on a unix s
 `QUBESD_DOUBLE_SOCKET`, default /var/run/qubesd.sock), libvirt/Xen (no qube ever runs),
 storage (no volume is created), extensions and events (no tags are added except the
 guivm/audiovm ones every real qube carries), property validation beyond references,
-DispVM and other classes at creation, renaming, firewall rules.
+DispVM and other classes at creation, renaming, firewall rules other than one action.
 
 Usage: `qubesd_double.py serve` (the service), `qubesd_double.py ctl COMMAND ...` (client).
 """
@@ -192,11 +194,28 @@ class Store:
         for tag in ("audiovm-dom0", "guivm-dom0"):
             lxml.etree.SubElement(tags, "tag", name=tag)
         _volume_config(domain, name, klass, pools, pool, template_root)
-        directory = self.domain_dir(name, klass)
-        os.makedirs(directory, mode=0o775)
-        os.symlink(f"/usr/share/icons/hicolor/128x128/devices/appvm-{label}.png",
-                   os.path.join(directory, "icon.png"))
+        os.makedirs(self.domain_dir(name, klass), mode=0o775, exist_ok=True)
         return qid
+
+    def set_firewall(self, name: str, action: str) -> None:
+        """Write the qube's firewall.xml with one rule, like `qvm-firewall NAME add ACTION`
+        followed by the rules being saved (only the dom0 directory changes)."""
+        domain = self.domain(name)
+        if action not in ("accept", "drop"):
+            raise Refused(f"firewall action must be accept or drop, not {action!r}")
+        root = lxml.etree.Element("firewall", version="2")
+        rule = lxml.etree.SubElement(lxml.etree.SubElement(root, "rules"), "rule")
+        properties = lxml.etree.SubElement(rule, "properties")
+        lxml.etree.SubElement(properties, "property", name="action").text = action
+        path = os.path.join(self.domain_dir(name, domain.get("class")), "firewall.xml")
+        directory, prefix = os.path.split(path + "~")
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=prefix, delete=False) as tmp:
+            lxml.etree.ElementTree(root).write(tmp, encoding="UTF-8", pretty_print=True)
+            tmp.flush()
+            os.fchmod(tmp.fileno(), 0o664)
+            os.fsync(tmp.fileno())
+        os.rename(tmp.name, path)
+        _fsync_dir(directory)
 
     def domain_dir(self, name: str, klass: str) -> str:
         """The qube's dom0 directory, whatever its pool (qubes-core-admin `dir_path`)."""
@@ -385,6 +404,8 @@ def handle(store: Store, request: dict[str, Any]) -> Any:
     if op == "save":
         store.save()
         return None
+    if op == "firewall":  # qubesd keeps firewall rules out of qubes.xml
+        return store.set_firewall(request["name"], request.get("action", "accept"))
     if op == "add":
         result: Any = store.add_domain(request["name"], request.get("class", "AppVM"),
                                        request.get("label", "red"), request.get("pool"),
@@ -486,6 +507,8 @@ def _ctl_message(args: argparse.Namespace) -> dict[str, Any]:
                 "pool": args.pool, "template": args.template}
     if args.command == "remove":
         return {"op": "remove", "name": args.name}
+    if args.command == "firewall":
+        return {"op": "firewall", "name": args.name, "action": args.action}
     if args.command == "pool":
         return {"op": "pool", "name": args.name, "driver": args.driver,
                 "dir_path": args.dir_path}
@@ -515,6 +538,9 @@ def _arguments() -> argparse.ArgumentParser:
     add.add_argument("--pool", help="pool of its private/volatile (and own root) volumes")
     add.add_argument("--template")
     sub.add_parser("remove", help="remove a qube (qvm-remove)").add_argument("name")
+    firewall = sub.add_parser("firewall", help="write the qube's firewall.xml (qvm-firewall)")
+    firewall.add_argument("name")
+    firewall.add_argument("action", nargs="?", default="accept", choices=("accept", "drop"))
     pool = sub.add_parser("pool", help="add a storage pool (qvm-pool add)")
     pool.add_argument("name")
     pool.add_argument("--driver", default="file-reflink", choices=("file", "file-reflink"))

@@ -115,6 +115,7 @@ def test_qubes_made_through_qubesd_land_in_their_shards(host):
     ctl(host, "prop", "alpha-work", "netvm", "alpha-vpn")
     ctl(host, "feature", "alpha-work", "service.cups", "1")
     ctl(host, "tag", "alpha-work", "project-x")
+    ctl(host, "firewall", "alpha-work", "drop")
     ctl(host, "add", "beta-notes", "--class", "StandaloneVM", "--pool", "betapool",
         "--label", "black")
     ctl(host, "add", "beta-mail", "--template", "debian-13-xfce", "--pool", "betapool",
@@ -160,6 +161,8 @@ def test_each_shard_holds_exactly_its_own(host):
     assert work.find("properties/property[@name='netvm']").text == "alpha-vpn"
     assert work.find("features/feature[@name='service.cups']").text == "1"
     assert "project-x" in {t.get("name") for t in work.iterfind("tags/tag")}
+    firewall = "/run/shufflecake/sflc_0_1/dom0/appvms/alpha-work/firewall.xml"
+    assert b'<property name="action">drop</property>' in host.file(firewall).content
 
 
 def identifiers(host) -> set[str]:
@@ -194,6 +197,7 @@ def test_restart_sutures_them_back_and_changes_nothing(host):
         tag = reliant_shards.shard_tag(declaration["id"])
         assert {name for name, q in listed.items() if tag in q["tags"]} == qubes
         assert all(host.file(f"/var/lib/qubes/appvms/{name}").is_directory for name in qubes)
+    assert b"drop" in host.file("/var/lib/qubes/appvms/alpha-work/firewall.xml").content
     run(host, "systemctl stop qubesd")
     assert {d: host.file(f"{d}/domains.xml").content for d in SHARDS} == before
     assert host.file(CORE).content == core
