@@ -36,6 +36,8 @@ KNOWN_FILE_PY = {
     "866cf143fd2979fc51643764672e43d1dcd29859d12c1abd2717b3a9898212b0": "4.3.30-4.3.38",
     "f47ffb951e198c2a6bac92c596f8e6074fd99b3fa1cc048391240ac265de2c9f": "4.3.39-4.3.49",
     "2fcb639084ba898ec4a405352ae72faf8b1bc21726fdcda143b288230ff61c11": "4.3.50",
+    # main after 4.3.50 (unreleased): only resize() changed.
+    "2c9eedad72863aa7dfe7471031732ce7ec1b67d3b326cc37b18a1a0627cc38d9": "main after 4.3.50",
 }
 #: sha256 of the stock /usr/lib/qubes/create-snapshot -> releases that ship it.
 KNOWN_STOCK_SCRIPT = {
