@@ -211,11 +211,6 @@ def data_pools(domain: etree._Element) -> set[str]:
     return _Qube(domain).data_pools
 
 
-def volume_pools(domain: etree._Element) -> set[str]:
-    """Pools of all the qube's volumes."""
-    return _Qube(domain).pools
-
-
 def references(domain: etree._Element) -> list[tuple[str, str]]:
     """(what, qube name) for every reference of a <domain> to another qube: reference
     properties, then device assignments ("device CLASS:ID", backend)."""
