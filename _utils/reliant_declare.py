@@ -206,7 +206,7 @@ def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int,
     """The difference between `wanted` and the shard on disk; ShardError when converging
     it would be refused (outside the roots, unknown dependency, a dependency cycle, an
     id change, a range overlapping core, another shard or leaving out one of its qubes).
-    `pending`: other declared shards not created yet, taken as if they were."""
+    `pending`: other declarations converged before this one, taken as done."""
     directory = wanted.path
     if not _under_a_root(directory, roots, max_depth):
         raise reliant_shards.ShardError(
@@ -228,7 +228,11 @@ def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int,
     probe = reliant_shards.Shard(path=directory, id=shard_id, qid_range=wanted.qid_range,
                                  depends_on=tuple(dep_ids))
     reliant_shards.read_metadata(reliant_shards.shard_bytes(probe, (), ()), directory)
-    others = [shard for shard in reliant_shards.discover(roots, max_depth, problems=[])
+    # Other shards as they are or, declared earlier in this run, as they will be.
+    declared = {other.path: other for other in pending}
+    others = [reliant_shards.Shard(shard.path, shard.id, declared[shard.path].qid_range,
+                                   shard.depends_on) if shard.path in declared else shard
+              for shard in reliant_shards.discover(roots, max_depth, problems=[])
               if os.path.realpath(shard.path) != os.path.realpath(directory)]
     others += future.values()
     depends = {shard.id: shard.depends_on for shard in [*others, *deps]}

@@ -206,3 +206,14 @@ def test_converge_creates_dependencies_first_and_dry_run_predicts_it(scene: dict
     assert reliant_shards.load_shard(str(root / "c")).depends_on == ("b",)
     again = reliant_declare.converge([third, second, clash], *args, dry_run=False)
     assert [o.plan.action if o.plan else None for o in again] == [None, None, None]
+
+
+def test_converge_predicts_ranges_freed_earlier_in_the_run(scene: dict) -> None:
+    narrowed = reliant_declare.declaration(str(scene["root"] / "sflc_0_1"), "1000-1199")
+    moved_in = reliant_declare.declaration(str(scene["root"] / "sflc_0_2"), "1200-1499")
+    args = (scene["core"], scene["roots"], 3)
+    for dry_run in (True, False):
+        outcomes = reliant_declare.converge([narrowed, moved_in], *args, dry_run=dry_run)
+        assert [(o.plan.action, o.error) for o in outcomes] == [
+            ("update", None), ("init", None)]
+    assert reliant_shards.load_shard(str(scene["root"] / "sflc_0_2")).qid_range == (1200, 1499)
