@@ -2,7 +2,8 @@
 
 With the shards open, the audit looks for their identifiers (``reliant_shards.
 identifiers``: qube names and uuids, pool names and directories, the shard tag
-and directory) in file and directory names and in the raw bytes of files under
+and directory) in file and directory names, in the raw bytes of files, and in the
+entries of binary journals as journalctl decodes them, under
 the locations where dom0 keeps traces (the core store, /var/lib/qubes, /srv,
 Salt's cache, /var/log with the binary journal, /etc/qubes, LVM metadata
 backups, home directories), and reports every shard qube volume that writes
@@ -37,6 +38,7 @@ from typing import Callable, Optional
 import reliant_shards
 import reliant_store
 import reliant_volatile
+from lxml import etree
 
 DEFAULT_PATHS = ("/var/lib/qubes", "/srv", "/var/cache/salt", "/var/log", "/etc/qubes",
                  "/etc/lvm/archive", "/etc/lvm/backup", "/home", "/root")
@@ -389,7 +391,7 @@ def _inside(fs_root: str, path: str) -> str:
 
 
 def core_pool_writes(shards: Iterable[reliant_shards.Shard],
-                     core_root) -> list[Finding]:
+                     core_root: etree._Element) -> list[Finding]:
     """Shard qube volumes that write (rw) into a pool of the core store."""
     pools = {}
     core_pools = core_root.find("pools")
