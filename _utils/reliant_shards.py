@@ -25,8 +25,15 @@ reliant_audit use it):
 - ``check(core, roots, ...)``: what suture would report, writing nothing.
 - ``rename_qube(...)``, ``review_qube(...)``: offline fixes in a shard file.
 - ``status(...)``: what is visible, sutured, in conflict, recovered.
-- ``data_pools(domain)``: pools of a qube's own data volumes.
-- ``Problem``, ``ShardError``.
+- ``qube_name/qube_uuid/qube_qid(domain)``, ``data_pools(domain)`` (pools of a
+  qube's own data volumes), ``references(domain)`` (what it names).
+- ``load_shard(dir)``, ``read_metadata(bytes, path)``, ``shard_bytes(shard, pools,
+  domains)``: one shard file.
+- runtime files beside the merged store: ``default_state_path``, ``read_state``,
+  ``default_detached_path``, ``read_detached``, ``write_detached``,
+  ``operation_lock``.
+- ``Problem`` (severity info/warning/error, kind, message, shard, qube),
+  ``Result`` (problems, written, shards; ``.errors``), ``ShardError``.
 
 Rules and the QID mechanism are described in docs/shards-library.md.
 """
