@@ -87,6 +87,10 @@ class Settings:
 
     def check(self) -> None:
         """Raise VolatileError naming the first bad setting."""
+        for f in fields(self):
+            if not isinstance(getattr(self, f.name), str):
+                raise VolatileError(f"reliant:volatile:{f.name}: expected a string, got "
+                                    f"{type(getattr(self, f.name)).__name__}")
         if self.default_entry not in ENTRY_IDS:
             raise VolatileError(
                 f"reliant:volatile:default_entry: {self.default_entry!r} is not one of "
@@ -131,11 +135,6 @@ class Settings:
 
 
 # --- rendered files ---------------------------------------------------------------
-
-def _grub_quote(text: str) -> str:
-    """Quote for grub.cfg (single quotes; settings never hold one, see check())."""
-    return "'" + text + "'"
-
 
 def grub_script(settings: Settings) -> str:
     """The grub.d script that emits the volatile and the maintenance entry.

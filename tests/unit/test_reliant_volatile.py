@@ -84,6 +84,7 @@ def entries(grub_cfg: str) -> dict[str, list[str]]:
     ("xen_options", "a'b", "option \"a'b\""),
     ("grub_script", "../15_x", "not a plain file name"),
     ("grub_cfg", "boot/grub.cfg", "grub_cfg: 'boot/grub.cfg' is not absolute"),
+    ("default_entry", ["volatile"], "default_entry: expected a string, got list"),
 ])
 def test_bad_settings_are_refused_naming_the_key(key, value, message):
     with pytest.raises(rv.VolatileError) as error:
