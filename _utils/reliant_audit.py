@@ -107,9 +107,16 @@ class Settings:
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise AuditError(f"reliant:audit: unknown keys {unknown}")
-        for key in ("paths", "skip_globs", "exclude"):
-            if key in values:
-                values[key] = tuple(values[key])
+        for key, value in values.items():
+            want = type(getattr(cls, key))
+            if want is tuple:
+                if not isinstance(value, (list, tuple)) or \
+                        not all(isinstance(item, str) for item in value):
+                    raise AuditError(f"reliant:audit:{key}: expected a list of strings")
+                values[key] = tuple(value)
+            elif not isinstance(value, want) or isinstance(value, bool) is not (want is bool):
+                raise AuditError(f"reliant:audit:{key}: expected {want.__name__}, got "
+                                 f"{type(value).__name__}")
         settings = cls(**values)
         for path in (*settings.paths, *settings.exclude, settings.disk_view):
             if not os.path.isabs(path):

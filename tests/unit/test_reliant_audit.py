@@ -240,3 +240,17 @@ def test_grep_finds_what_python_finds_in_a_large_file(dom0, tmp_path):
     findings = ra.audit(shards, CORE, str(dom0))
     assert [(f.path, f.reason) for f in findings] == [
         ("/var/log/big.log", "content names qube name 'secret-vpn' of shard sflc_0_1")]
+
+
+@pytest.mark.parametrize(("pillar", "message"), [
+    ({"paths": "/var/log"}, "reliant:audit:paths: expected a list of strings"),
+    ({"max_files": "10"}, "reliant:audit:max_files: expected int, got str"),
+    ({"max_depth": True}, "reliant:audit:max_depth: expected int, got bool"),
+    ({"max_files": 0}, "reliant:audit:max_files: must be at least 1"),
+    ({"paths": ["var/log"]}, "reliant:audit: 'var/log' is not an absolute path"),
+    ({"path": ["/var/log"]}, "reliant:audit: unknown keys ['path']"),
+])
+def test_bad_audit_settings_are_refused_naming_the_key(pillar, message):
+    with pytest.raises(ra.AuditError) as error:
+        ra.Settings.from_pillar(pillar)
+    assert str(error.value) == message
