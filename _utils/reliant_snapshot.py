@@ -350,11 +350,13 @@ def apply_install(layout: Layout, plan: Plan) -> None:
 
 
 def remove_files(paths: list[str], directories: tuple[str, ...] = ()) -> None:
-    """Unlink `paths`, then our .dist-info directories and `directories` left empty."""
+    """Unlink `paths`, then `directories` and those of ours they leave empty: our
+    .dist-info, and a __pycache__ that only held the bytecode of our module."""
     for path in paths:
         os.unlink(path)
     ours = {os.path.dirname(path) for path in paths
-            if os.path.basename(os.path.dirname(path)).startswith(EXTENSION_MODULE + "-")}
+            if os.path.basename(os.path.dirname(path)).startswith(EXTENSION_MODULE + "-")
+            or os.path.basename(os.path.dirname(path)) == "__pycache__"}
     for directory in sorted(ours.union(directories)):
         if os.path.isdir(directory) and not os.listdir(directory):
             os.rmdir(directory)

@@ -304,6 +304,7 @@ def test_files_left_where_site_packages_was_are_removed(dom0):
     old_cache.mkdir()
     (old_cache / "reliant_snapshots_ext.cpython-311.pyc").write_bytes(b"\0")
     new_site = dom0.root / "usr/lib/python3.14/site-packages"  # a dom0 upgrade moved qubes
+    before_site = tree(dom0.site)
     (new_site / "qubes/storage").mkdir(parents=True)
     os.rename(dom0.layout.file_py, new_site / "qubes/storage/file.py")
     moved = rs.Layout(script=dom0.layout.script, site_packages=str(new_site),
@@ -316,5 +317,9 @@ def test_files_left_where_site_packages_was_are_removed(dom0):
     rs.apply_install(moved, plan)
     assert not any(os.path.exists(path) for path in old_files)
     assert not Path(dom0.layout.dist_info).exists()
+    assert not old_cache.exists(), "a __pycache__ that held only our bytecode goes too"
+    assert set(tree(dom0.site)) == set(before_site) - {
+        str(Path(path).relative_to(dom0.site)) for path in plan.remove} - {
+        "qubes/storage/file.py"}
     assert rs.verify(moved, OURS, EXTENSION) == []
     assert rs.plan_install(moved, OURS, EXTENSION, dom0.known).changes() == {}

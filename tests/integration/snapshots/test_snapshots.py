@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,51 @@ def test_three_argument_form_still_attaches_read_write(host, installed):
     calls = [json.loads(line)["argv"] for line in
              host.file("/run/dmsetup-double/calls.log").content_string.splitlines()]
     assert calls[-1] == ["create", "origin-private", "--table",
+                         f"0 {64 * 2048} snapshot-origin /dev/fd/3"]
+
+
+QUBESD_START = """
+import sys
+from types import SimpleNamespace as NS
+import qubes.ext, qubes.vm
+loaded = qubes.ext.get_extensions()  # as qubesd: entry points of group qubes.ext
+print(sorted(type(ext).__name__ for ext in loaded))
+qube = qubes.vm.LocalVM(None, "template")
+qube.events_enabled = True
+qube.volumes = {"root": NS(path=sys.argv[1], rw=False, pool=NS(driver="file"),
+                           save_on_stop=True, snap_on_start=False)}
+qube.fire_event("domain-pre-start", pre_event=True, start_guid=True, mem_required=None)
+"""
+
+
+def test_installed_extension_makes_the_installed_script_attach_read_only(host, installed):
+    """The installed pair: qubesd (its qubes.ext double) loads the extension by its entry
+    point, the extension marks an rw=False volume, the script attaches it read-only."""
+    doubles = ROOT / "tests/doubles/qubes_ext"
+    with tarfile.open(fileobj=(buffer := io.BytesIO()), mode="w:gz") as tar:
+        tar.add(doubles / "qubes", arcname="qubes",
+                filter=lambda info: None if "__pycache__" in info.name else info)
+    put(host, f"{DOUBLES}/qubes_ext.tar.gz", buffer.getvalue(), "0644")
+    put(host, f"{DOUBLES}/qubesd_start.py", QUBESD_START.encode(), "0644")
+    plain = f"{WORK}/ro"
+    host.run_expect([0], f"mkdir -p {DOUBLES}/qubes_ext {plain} && "
+                         f"tar -xzf {DOUBLES}/qubes_ext.tar.gz -C {DOUBLES}/qubes_ext && "
+                         f"truncate -s 64M {plain}/root.img {plain}/root-cow.img")
+    started = host.run(f"PYTHONPATH={DOUBLES}/qubes_ext:{SITE} python3 "
+                       f"{DOUBLES}/qubesd_start.py {plain}/root.img")
+    assert started.rc == 0, started.stderr
+    assert started.stdout.strip() == "['ReadOnlyVolumes']"
+    marks = host.check_output("ls /run/reliant/read-only").split()
+    assert marks == [host.check_output(f"stat -L --printf=%D:%i {plain}/root.img")]
+    done = run_script(host, "origin-template", f"{plain}/root.img", f"{plain}/root-cow.img")
+    assert done.rc == 0, done.stderr
+    attached = loops(host)
+    assert attached[f"{plain}/root.img"]["ro"] is True
+    assert attached[f"{plain}/root-cow.img"]["ro"] is False
+    assert host.check_output("ls -A /run/reliant/read-only") == "", "the mark is consumed"
+    calls = [json.loads(line)["argv"] for line in
+             host.file("/run/dmsetup-double/calls.log").content_string.splitlines()]
+    assert calls[-1] == ["create", "origin-template", "--readonly", "--table",
                          f"0 {64 * 2048} snapshot-origin /dev/fd/3"]
 
 
