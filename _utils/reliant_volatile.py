@@ -38,6 +38,7 @@ ENTRY_IDS = {"volatile": "reliant-volatile", "maintenance": "reliant-maintenance
 VOLATILE_KERNEL_OPTIONS = ("systemd.volatile=overlay", "systemd.swap=0")
 VOLATILE_REQUEST = "systemd.volatile=overlay"
 MARK = "reliant-formula"
+BOOT_RO_UNIT = "reliant-volatile-boot-ro.service"
 
 _OPTION_TOKEN = re.compile(r"^[A-Za-z0-9_.,:=/+@%-]+$")
 _TITLE = re.compile(r"^[A-Za-z0-9 _.,:;()/+@%-]+$")
@@ -67,6 +68,7 @@ class Settings:
     dracut: str = "dracut"
     journalctl: str = "journalctl"
     journald_conf_d: str = "/etc/systemd/journald.conf.d"
+    systemd_dir: str = "/etc/systemd/system"
     dropin_name: str = "50-reliant-volatile.conf"
     state_file: str = "/var/lib/reliant/volatile.json"
     cmdline: str = "/proc/cmdline"
@@ -132,6 +134,14 @@ class Settings:
     @property
     def journald_dropin_path(self) -> str:
         return os.path.join(self.journald_conf_d, self.dropin_name)
+
+    @property
+    def boot_ro_unit_path(self) -> str:
+        return os.path.join(self.systemd_dir, BOOT_RO_UNIT)
+
+    @property
+    def boot_ro_wants_path(self) -> str:
+        return os.path.join(self.systemd_dir, "local-fs.target.d", self.dropin_name)
 
 
 # --- rendered files ---------------------------------------------------------------
@@ -245,12 +255,51 @@ def journald_dropin() -> str:
     ])
 
 
+def boot_ro_unit() -> str:
+    """A unit that remounts /boot (and /boot/efi) read-only in volatile mode.
+
+    /boot is its own file system on Qubes: in volatile mode a kernel update would
+    write the new kernel, initramfs and grub.cfg there while its modules under
+    /lib/modules vanish at shutdown, and the next boot would pick a kernel
+    without modules. Read-only, such an update fails at once instead.
+    """
+    return "\n".join([
+        f"# Written by {MARK} (reliant.volatile): in volatile mode, /boot is read-only so",
+        "# that a kernel update fails instead of half-persisting (its modules would vanish).",
+        "[Unit]",
+        "Description=Read-only /boot in volatile dom0 (reliant-formula)",
+        f"ConditionKernelCommandLine={VOLATILE_REQUEST}",
+        "DefaultDependencies=no",
+        "After=boot.mount boot-efi.mount",
+        "Before=local-fs.target",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "ExecStart=/bin/sh -c 'for m in /boot/efi /boot; do if mountpoint -q \"$m\"; then "
+        "mount -o remount,ro \"$m\" || exit 1; fi; done'",
+        "",
+    ])
+
+
+def boot_ro_wants() -> str:
+    """local-fs.target drop-in that pulls in the read-only /boot unit at every boot."""
+    return "\n".join([
+        f"# Written by {MARK} (reliant.volatile): see {BOOT_RO_UNIT}.",
+        "[Unit]",
+        f"Wants={BOOT_RO_UNIT}",
+        "",
+    ])
+
+
 def managed_files(settings: Settings) -> dict[str, tuple[str, int]]:
     """Every file this component owns: path -> (content, mode)."""
     return {
         settings.grub_script_path: (grub_script(settings), 0o755),
         settings.dracut_dropin_path: (dracut_dropin(), 0o644),
         settings.journald_dropin_path: (journald_dropin(), 0o644),
+        settings.boot_ro_unit_path: (boot_ro_unit(), 0o644),
+        settings.boot_ro_wants_path: (boot_ro_wants(), 0o644),
     }
 
 

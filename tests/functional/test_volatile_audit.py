@@ -5,10 +5,13 @@ GRUB and dracut are the doubles of tests/doubles/dom0-boot installed in the root
 
 from __future__ import annotations
 
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+import volatile_root
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -16,30 +19,10 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 @pytest.fixture
 def boot(tmp_path: Path, monkeypatch) -> dict:
-    root = tmp_path / "root"
-    subprocess.run([str(ROOT / "tests/doubles/dom0-boot/install.sh"), str(root)], check=True)
-    logs = tmp_path / "logs"
-    for name, value in {
-        "GRUB_DOUBLE_SYSCONFDIR": root / "etc", "GRUB_DOUBLE_PKGDATADIR": root / "usr/share/grub",
-        "GRUB_DOUBLE_BOOT": root / "boot", "GRUB_DOUBLE_LOG": logs / "grub2-mkconfig.log",
-        "DRACUT_DOUBLE_SYSCONFDIR": root / "etc", "DRACUT_DOUBLE_BOOT": root / "boot",
-        "DRACUT_DOUBLE_LOG": logs / "dracut.log",
-    }.items():
-        monkeypatch.setenv(name, str(value))
-    (root / "proc").mkdir()
-    (root / "proc/cmdline").write_text("placeholder ro quiet\n")
-    (root / "proc/mountinfo").write_text("22 1 253:0 / / rw - ext4 /dev/dm-0 rw\n")
-    return {
-        "enabled": True,
-        "boot_dir": str(root / "boot"), "default_grub": str(root / "etc/default/grub"),
-        "grub_d": str(root / "etc/grub.d"), "grub_cfg": str(root / "boot/grub2/grub.cfg"),
-        "mkconfig": str(root / "usr/sbin/grub2-mkconfig"),
-        "dracut_conf_d": str(root / "etc/dracut.conf.d"), "dracut": str(root / "usr/bin/dracut"),
-        "journalctl": "true",  # not the host's journald
-        "journald_conf_d": str(root / "etc/systemd/journald.conf.d"),
-        "state_file": str(root / "var/lib/reliant/volatile.json"),
-        "cmdline": str(root / "proc/cmdline"), "mountinfo": str(root / "proc/mountinfo"),
-    }
+    root, logs = tmp_path / "root", tmp_path / "logs"
+    for name, value in volatile_root.install(root, logs).items():
+        monkeypatch.setenv(name, value)
+    return {"enabled": True, **volatile_root.settings(root)}
 
 
 def runs(boot: dict, tool: str) -> int:

@@ -9,44 +9,26 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import reliant_volatile as rv
 
-ROOT = Path(__file__).resolve().parents[2]
-BOOT_DOUBLES = ROOT / "tests" / "doubles" / "dom0-boot"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+import volatile_root
+
 KERNEL = "6.12.40-1.qubes.fc41.x86_64"
 
 
 @pytest.fixture
 def dom0(tmp_path: Path, monkeypatch) -> SimpleNamespace:
     """A temporary root with the GRUB/dracut doubles and settings pointing into it."""
-    root = tmp_path / "root"
-    subprocess.run([str(BOOT_DOUBLES / "install.sh"), str(root)], check=True)
-    logs = tmp_path / "logs"
-    for name, value in {
-        "GRUB_DOUBLE_SYSCONFDIR": root / "etc", "GRUB_DOUBLE_PKGDATADIR": root / "usr/share/grub",
-        "GRUB_DOUBLE_BOOT": root / "boot", "GRUB_DOUBLE_LOG": logs / "grub2-mkconfig.log",
-        "DRACUT_DOUBLE_SYSCONFDIR": root / "etc", "DRACUT_DOUBLE_BOOT": root / "boot",
-        "DRACUT_DOUBLE_LOG": logs / "dracut.log",
-    }.items():
-        monkeypatch.setenv(name, str(value))
-    (root / "proc").mkdir()
-    (root / "proc/cmdline").write_text("placeholder root=/dev/mapper/qubes_dom0-root ro\n")
-    (root / "proc/mountinfo").write_text(
-        "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/mapper/qubes_dom0-root rw\n")
-    (root / "proc/swaps").write_text("Filename Type Size Used Priority\n")
-    settings = rv.Settings(
-        boot_dir=str(root / "boot"), default_grub=str(root / "etc/default/grub"),
-        grub_d=str(root / "etc/grub.d"), grub_cfg=str(root / "boot/grub2/grub.cfg"),
-        mkconfig=str(root / "usr/sbin/grub2-mkconfig"),
-        dracut_conf_d=str(root / "etc/dracut.conf.d"), dracut=str(root / "usr/bin/dracut"),
-        journalctl="true", journald_conf_d=str(root / "etc/systemd/journald.conf.d"),
-        state_file=str(root / "var/lib/reliant/volatile.json"),
-        cmdline=str(root / "proc/cmdline"), mountinfo=str(root / "proc/mountinfo"),
-        swaps=str(root / "proc/swaps"))
+    root, logs = tmp_path / "root", tmp_path / "logs"
+    for name, value in volatile_root.install(root, logs).items():
+        monkeypatch.setenv(name, value)
+    settings = rv.Settings(**volatile_root.settings(root))
     return SimpleNamespace(root=root, settings=settings, logs=logs)
 
 
@@ -304,3 +286,15 @@ def test_status_tells_the_mode(dom0, cmdline, mountinfo, mode):
 def test_parse_mountinfo_unescapes_paths():
     mounts = rv.parse_mountinfo("40 22 0:50 / /mnt/a\\040b rw - tmpfs tmpfs rw,size=10k\n")
     assert mounts == [rv.Mount("/mnt/a b", "tmpfs", "tmpfs", "rw,size=10k")]
+
+
+def test_boot_is_made_read_only_only_in_volatile_mode(dom0):
+    converge(dom0.settings)
+    unit = Path(dom0.settings.boot_ro_unit_path).read_text()
+    assert "ConditionKernelCommandLine=systemd.volatile=overlay\n" in unit
+    assert "mount -o remount,ro" in unit and "/boot/efi /boot" in unit
+    wants = Path(dom0.settings.boot_ro_wants_path)
+    assert wants.parent.name == "local-fs.target.d"
+    assert "Wants=reliant-volatile-boot-ro.service\n" in wants.read_text()
+    # not an input of the initramfs or of grub.cfg
+    assert rv.plan_configured(dom0.settings).empty()

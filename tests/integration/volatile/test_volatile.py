@@ -96,6 +96,17 @@ def test_dracut_and_journald_dropins_and_the_initramfs(host):
     assert script.mode == 0o755
 
 
+def test_boot_read_only_unit_is_valid_and_pulled_in_but_inactive_here(host):
+    unit = "reliant-volatile-boot-ro.service"
+    verify = host.run(f"systemd-analyze verify /etc/systemd/system/{unit}")
+    assert verify.rc == 0, verify.stderr
+    wants = host.check_output("systemctl show -p Wants --value local-fs.target")
+    assert unit in wants.split()
+    # this kernel command line has no systemd.volatile: the condition keeps it off
+    host.run(f"systemctl start {unit}")
+    assert host.check_output(f"systemctl show -p ConditionResult --value {unit}") == "no"
+
+
 def test_three_converges_regenerated_once(host):
     # converge, converge again, test=True: one initramfs and one grub.cfg generation
     assert runs(host, "dracut") == 1
