@@ -10,6 +10,9 @@ qubes_dir), then from flags. `host` is how the CLI sees qubesd and running qubes
 Commands: init, suture, dissect, check, status, rename, review, attach, detach, audit.
 Offline commands (suture, rename, review, dissect --final) refuse while qubesd is
 active: they would race the store qubesd holds.
+
+Output and messages name hidden qubes and shards: callers must not log them to
+persistent storage.
 """
 
 from __future__ import annotations
