@@ -21,9 +21,8 @@ reliant-shards-clean-dissect:
       - RELIANT_CONFIG: {{ shards.config }}
     {#- Its messages name qubes; Salt keeps state results (sls.p) on disk. #}
     - hide_output: true
-    - onlyif:
-      - test -e {{ shards.merged }}
-      - test -x {{ shards.cli }}
+    {#- No CLI but a merged store: fail, and remove nothing, rather than lose changes. #}
+    - onlyif: test -e {{ shards.merged }}
     - require:
       - cmd: reliant-shards-clean-qubesd-stop
 

@@ -74,6 +74,8 @@ reliant-shards-qubesd-dropin:
         log: {{ log }}
     - makedirs: true
     - mode: '0644'
+    - require:
+      - file: reliant-shards-cli
 
 reliant-shards-dissect-service:
   file.managed:
@@ -85,6 +87,9 @@ reliant-shards-dissect-service:
         rundir: {{ rundir }}
         log: {{ log }}
     - mode: '0644'
+    - require:
+      - file: reliant-shards-cli
+      - file: reliant-shards-config
 
 reliant-shards-dissect-path:
   file.managed:
