@@ -50,6 +50,7 @@ import socket
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import lxml.etree
@@ -86,15 +87,28 @@ class Store:
         self.tree: Any = None
         self.mtime_ns: Optional[int] = None
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Any]:
+        """The store file under lockf, re-opened if it was replaced while we waited."""
+        while True:
+            try:
+                handle = open(self.path, "r+b")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                raise Refused(f"Qubes XML store {self.path!r} is missing") from None
+            with handle:
+                fcntl.lockf(handle, fcntl.LOCK_EX)
+                try:
+                    same = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    yield handle
+                    return
+
     # --- load -------------------------------------------------------------------------
     def load(self) -> None:
         """Read and check the store under lockf, like qubesd's `Qubes.load`."""
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            raise Refused(f"Qubes XML store {self.path!r} is missing") from None
-        with os.fdopen(fd, "r+b") as handle:
-            fcntl.lockf(handle, fcntl.LOCK_EX)
+        with self._locked() as handle:
             try:
                 tree = lxml.etree.parse(handle, _parser())
             except lxml.etree.XMLSyntaxError as error:
@@ -111,11 +125,8 @@ class Store:
     # --- save -------------------------------------------------------------------------
     def save(self) -> None:
         """Write the store atomically under lockf; refuse if someone else changed it."""
-        fd = os.open(self.path, os.O_RDWR)
-        with os.fdopen(fd, "r+b") as handle:
-            fcntl.lockf(handle, fcntl.LOCK_EX)
-            current = os.stat(self.path)
-            if os.fstat(fd).st_ino != current.st_ino or current.st_mtime_ns != self.mtime_ns:
+        with self._locked():
+            if os.stat(self.path).st_mtime_ns != self.mtime_ns:
                 raise Refused(f"Someone else modified qubes.xml in the meantime ({self.path})")
             directory, prefix = os.path.split(self.path + "~")
             with tempfile.NamedTemporaryFile(dir=directory, prefix=prefix, delete=False) as tmp:
