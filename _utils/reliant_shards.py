@@ -725,15 +725,16 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
     merged_by_name: dict[str, _Qube] = {}
     used_vids: dict[tuple[str, str], str] = {}
     for domain in sections["domains"]:
-        name = facts.name(domain)
+        qube = facts(domain)
+        name = qube.name
         owner[name] = CORE
-        merged_by_name[name] = facts(domain)
-        _note_volumes(facts(domain), used_vids, kernel_pools)
-        uuids.add(facts.uuid(domain))
-        qid = facts.qid(domain)
+        merged_by_name[name] = qube
+        _note_volumes(qube, used_vids, kernel_pools)
+        uuids.add(qube.uuid)
+        qid = qube.qid
         if qid is not None:
             qids.add(qid)
-        core_refs.update(target for _, target in facts(domain).refs)
+        core_refs.update(target for _, target in qube.refs)
         if domain.get("class") != "AdminVM":
             facts.strip_tags(domain)
             facts.add_tag(domain, CORE_TAG)
@@ -770,15 +771,16 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         merged_uuids = []
         dirs[shard.id] = [(dom0_subdir(d), facts.name(d)) for d in candidates]
         for domain in candidates:
-            _note_volumes(facts(domain), used_vids, kernel_pools)
-            merged_by_name[facts.name(domain)] = facts(domain)
+            qube = facts(domain)
+            _note_volumes(qube, used_vids, kernel_pools)
+            merged_by_name[qube.name] = qube
             facts.strip_tags(domain)
             facts.add_tag(domain, shard_tag(shard.id))
             sections["domains"].append(domain)
-            owner[facts.name(domain)] = shard.id
-            uuids.add(facts.uuid(domain))
-            qids.add(facts.qid(domain))
-            merged_uuids.append(facts.uuid(domain))
+            owner[qube.name] = shard.id
+            uuids.add(qube.uuid)
+            qids.add(qube.qid)
+            merged_uuids.append(qube.uuid)
         pool_names = shard.pools
         for pool in shard.pool_elements:
             pool_owner[pool.get("name")] = shard.id
@@ -828,8 +830,8 @@ def _admissible(facts: _Facts, shard: Shard, owner: dict[str, str], uuids: set[s
     names: set[str] = set()
     own_uuids: set[str] = set()
     for domain in shard.domains:
-        name, uuid, qid = facts.name(domain), facts.uuid(domain), facts.qid(domain)
-        label = facts(domain).label
+        qube = facts(domain)
+        name, uuid, qid, label = qube.name, qube.uuid, qube.qid, qube.label
         reason, kind = None, "invalid"
         if domain.tag != "domain":
             reason = f"<{domain.tag}> is not a <domain>"
@@ -854,7 +856,7 @@ def _admissible(facts: _Facts, shard: Shard, owner: dict[str, str], uuids: set[s
         elif not label or label not in labels:
             reason = f"label {label!r} is not defined in core"
         else:
-            missing = sorted(facts(domain).pools - pools)
+            missing = sorted(qube.pools - pools)
             if missing:
                 reason = f"its volumes use pools {', '.join(missing)} that are not visible"
         if reason:
@@ -881,7 +883,7 @@ def _own_volumes(facts: _Facts, shard: Shard, candidates: list[etree._Element],
     """Leave out shard qubes whose volumes would open another qube's data: a volume
     (pool, vid) already used by another qube, or a snapshot source that is not a
     volume of the qube's template (checked when the template is visible)."""
-    local = {facts.name(d): facts(d) for d in candidates}
+    local = {qube.name: qube for qube in map(facts, candidates)}
     claimed: dict[tuple[str, str], str] = {}
     kept = []
     for domain in candidates:
@@ -917,11 +919,12 @@ def _resolve_references(facts: _Facts, shard: Shard, candidates: list[etree._Ele
                         problems: list[Problem]) -> list[etree._Element]:
     """Recover (or skip) qubes whose references do not resolve to an allowed qube."""
     while True:
-        local = {facts.name(d) for d in candidates}
+        local = {facts(d).name for d in candidates}
         dropped = False
         for domain in list(candidates):
-            name = facts.name(domain)
-            for what, target in facts(domain).refs:
+            qube = facts(domain)
+            name = qube.name
+            for what, target in qube.refs:
                 if target in local or owner.get(target) in allowed:
                     continue
                 where = ("is not visible" if target not in owner
@@ -1073,9 +1076,10 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         if group == _PENDING:
             pending.append(domain)
             continue
-        owner[facts.name(domain)] = group
+        qube = facts(domain)
+        owner[qube.name] = group
         if group is None:
-            unplaced.add(facts.uuid(domain))
+            unplaced.add(qube.uuid)
         else:
             groups[group].append(domain)
     for domain in pending:
@@ -1084,7 +1088,7 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         groups[group].append(domain)
 
     _fix_global_references(facts, sections["properties"], core_root, owner, problems)
-    merged_qids = {facts.qid(d) for d in sections["domains"]}
+    merged_qids = {facts(d).qid for d in sections["domains"]}
     pools_of = {sid: [p for p in sections["pools"] if pool_owner.get(p.get("name")) == sid]
                 for sid in groups}
     for sid in set(writable) - set(sutured):  # not merged: its own pools stay as they are
@@ -1102,8 +1106,8 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         allowed = {CORE, sid} | (_deps_closure(sid, visible) & set(writable))
         members = [d for d in groups[sid] if _fix_references(
             facts, d, sid, allowed, owner, pool_owner, lambda s=sid: previous(s), problems)]
-        merged_uuids = {facts.uuid(d) for d in members}
-        hold = unplaced | {facts.uuid(d) for d in groups[sid]} - merged_uuids
+        merged_uuids = {facts(d).uuid for d in members}
+        hold = unplaced | {facts(d).uuid for d in groups[sid]} - merged_uuids
         known = sutured.get(sid, {}).get("merged")
         known = set(known) if known is not None else None
         file_uuids = _file_uuids(shard)
@@ -1116,7 +1120,7 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         _fix_qids(facts, shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
         for domain in members + kept:
             facts.strip_tags(domain)
-        dirs[sid] = [(dom0_subdir(d), facts.name(d)) for d in members]
+        dirs[sid] = [(dom0_subdir(d), facts(d).name) for d in members]
         keep_dirs[sid] = {(dom0_subdir(d), facts.name(d)) for d in kept}
         new_state["shards"][sid] = {
             "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
