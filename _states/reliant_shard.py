@@ -73,9 +73,12 @@ def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
         return {**ret, "result": None, "comment": f"Shard {name} would be {verb}"}
     try:
         reliant_declare.apply(change, found["roots"], found["max_depth"])
-        reliant_declare.verify(change)
     except _ERRORS as exc:
         return {**ret, "changes": {}, "result": False, "comment": str(exc)}
+    try:
+        reliant_declare.verify(change)
+    except _ERRORS as exc:
+        return {**ret, "result": False, "comment": f"Shard {name} {verb}, but: {exc}"}
     return {**ret, "comment": f"Shard {name} {verb}"}
 
 
@@ -100,8 +103,7 @@ def declared(name: str, max_depth: Optional[int] = None, config: Optional[str] =
     outcomes = reliant_declare.converge(found_declarations, found["core"], found["roots"],
                                         found["max_depth"], dry_run=__opts__["test"])
     refused = len(problems) + sum(1 for outcome in outcomes if outcome.error)
-    actions = [outcome.plan.action for outcome in outcomes
-               if outcome.plan and outcome.plan.action and not outcome.error]
+    actions = [outcome.change for outcome in outcomes if outcome.change]
     counts = {"created": actions.count("init"), "updated": actions.count("update")}
     counts = {key: value for key, value in counts.items() if value}
     details = "details: salt-call reliant_shard.declarations"

@@ -259,6 +259,14 @@ class Outcome:
     declaration: Declaration
     plan: Optional[Plan] = None
     error: Optional[str] = None
+    applied: bool = False  # the shard file was written (even if verify then failed)
+
+    @property
+    def change(self) -> Optional[str]:
+        """"init"/"update" if it was (dry run: would be) carried out, else None."""
+        if self.plan is None or self.plan.action is None:
+            return None
+        return self.plan.action if (self.applied or not self.error) else None
 
 
 def in_dependency_order(declarations: Sequence[Declaration]) -> list[Declaration]:
@@ -296,6 +304,7 @@ def converge(declarations: Sequence[Declaration], core: str, roots: Sequence[str
             outcome.plan = plan(wanted, core, roots, max_depth, earlier)
             if outcome.plan.action and not dry_run:
                 apply(outcome.plan, roots, max_depth)
+                outcome.applied = True
                 verify(outcome.plan)
         except (reliant_shards.ShardError, reliant_store.StoreError) as exc:
             outcome.error = str(exc)

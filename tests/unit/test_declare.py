@@ -217,3 +217,15 @@ def test_converge_predicts_ranges_freed_earlier_in_the_run(scene: dict) -> None:
         assert [(o.plan.action, o.error) for o in outcomes] == [
             ("update", None), ("init", None)]
     assert reliant_shards.load_shard(str(scene["root"] / "sflc_0_2")).qid_range == (1200, 1499)
+
+
+def test_converge_reports_a_write_that_failed_verification(scene: dict, monkeypatch) -> None:
+    def verify(change: reliant_declare.Plan) -> None:
+        raise ShardError("read back something else")
+
+    monkeypatch.setattr(reliant_declare, "verify", verify)
+    new = reliant_declare.declaration(str(scene["root"] / "b"), "2000-2499")
+    (outcome,) = reliant_declare.converge([new], scene["core"], scene["roots"], 3,
+                                          dry_run=False)
+    assert (outcome.applied, outcome.error, outcome.change) == (
+        True, "read back something else", "init")

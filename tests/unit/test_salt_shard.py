@@ -145,7 +145,18 @@ def test_present_verifies_what_it_wrote(dom0, monkeypatch):
     monkeypatch.setattr(reliant_declare, "apply", lambda change, roots, depth: None)
     ret = state.present(str(dom0["root"] / "sflc_0_1"), "1000-1999")
     assert ret["result"] is False
-    assert "after converging" in ret["comment"] and ret["changes"] == {}
+    assert "updated, but" in ret["comment"] and "after converging" in ret["comment"]
+    assert ret["changes"] == {"old": {"qid_range": "1000-1499"},
+                              "new": {"qid_range": "1000-1999"}}
+
+
+def test_present_failed_write_reports_no_change(dom0, monkeypatch):
+    def apply(change, roots, depth):
+        raise reliant_shards.ShardError("disk full")
+
+    monkeypatch.setattr(reliant_declare, "apply", apply)
+    ret = state.present(str(dom0["root"] / "sflc_0_1"), "1000-1999")
+    assert (ret["result"], ret["changes"], ret["comment"]) == (False, {}, "disk full")
 
 
 # --- reliant_shard.declared -----------------------------------------------------------------
