@@ -157,14 +157,15 @@ class _Qube:
                 self._read_properties(section, admin)
             elif kind == "volume-config":
                 for volume in section:
-                    pool = volume.get("pool")
+                    attrib = volume.attrib
+                    pool = attrib.get("pool")
                     if not pool:
                         continue
+                    name, source = attrib.get("name") or "", attrib.get("source")
                     self.pools.add(pool)
-                    self.volumes.append((volume.get("name") or "", pool,
-                                         volume.get("vid") or "", volume.get("source")))
-                    if volume.get("name") in _DATA_VOLUMES and not (
-                            volume.get("snap_on_start") == "True" and volume.get("source")):
+                    self.volumes.append((name, pool, attrib.get("vid") or "", source))
+                    if name in _DATA_VOLUMES and not (
+                            source and attrib.get("snap_on_start") == "True"):
                         self.data_pools.add(pool)
             elif kind == "devices":
                 devices += [(f"device {section.get('class')}:{d.get('id')}",
@@ -179,7 +180,10 @@ class _Qube:
     def _read_properties(self, section: etree._Element, admin: bool) -> None:
         for prop in section:
             key = prop.get("name")
-            if key == "name":
+            if key in _REFERENCE_SET:
+                if prop.text:
+                    self.refs.append((key, prop.text))
+            elif key == "name":
                 if not admin:
                     self.name = prop.text or ""
             elif key == "uuid":
@@ -191,8 +195,6 @@ class _Qube:
                     self.qid = None
             elif key == "label":
                 self.label = prop.text or ""
-            elif key in _REFERENCE_SET and prop.text:
-                self.refs.append((key, prop.text))
 
 
 _REFERENCE_SET = frozenset(DOMAIN_REFERENCES)
