@@ -67,6 +67,7 @@ class Settings:
     dracut_conf_d: str = "/etc/dracut.conf.d"
     dracut: str = "dracut"
     journalctl: str = "journalctl"
+    systemctl: str = "systemctl"
     journald_conf_d: str = "/etc/systemd/journald.conf.d"
     systemd_dir: str = "/etc/systemd/system"
     dropin_name: str = "50-reliant-volatile.conf"
@@ -437,11 +438,13 @@ class Plan:
     regenerate_grub: bool
     state: Optional[dict]
     relinquish_journal: bool = False
+    reload_systemd: bool = False
 
     def empty(self) -> bool:
         return not (self.write or self.remove or self.default_grub is not None
                     or self.regenerate_initramfs or self.regenerate_grub
-                    or self.state is not None or self.relinquish_journal)
+                    or self.state is not None or self.relinquish_journal
+                    or self.reload_systemd)
 
     def changes(self, settings: Settings) -> dict[str, Any]:
         """The changes as a state reports them (same with test=True and without)."""
@@ -454,6 +457,8 @@ class Plan:
             out["edited"] = settings.default_grub
         if self.relinquish_journal:
             out["journal"] = f"{settings.journalctl} --relinquish-var"
+        if self.reload_systemd:
+            out["systemd"] = f"{settings.systemctl} daemon-reload"
         if self.regenerate_initramfs:
             out["initramfs"] = f"{settings.dracut} --force --regenerate-all"
         if self.regenerate_grub:
@@ -517,6 +522,7 @@ def plan_configured(settings: Settings) -> Plan:
         state=new_state if new_state != state else None,
         # journald reads its drop-in at start: until then, stop it writing to /var/log
         relinquish_journal=settings.journald_dropin_path in write,
+        reload_systemd=bool({settings.boot_ro_unit_path, settings.boot_ro_wants_path} & set(write)),
     )
 
 
@@ -534,8 +540,10 @@ def plan_absent(settings: Settings) -> Plan:
                                       state["grub_default_line_before"], settings.default_grub)
         new_grub = restored if restored != grub_text else None
     touched = bool(remove) or new_grub is not None
+    units = {settings.boot_ro_unit_path, settings.boot_ro_wants_path}
     return Plan(write={}, remove=remove, default_grub=new_grub,
-                regenerate_initramfs=touched, regenerate_grub=touched, state=None)
+                regenerate_initramfs=touched, regenerate_grub=touched, state=None,
+                reload_systemd=bool(units & set(remove)))
 
 
 # --- acting ----------------------------------------------------------------------
@@ -591,6 +599,8 @@ def apply(plan: Plan, settings: Settings, run: Callable[[list[str]], None]) -> N
     for path in plan.remove:
         if path != settings.state_file:
             os.unlink(path)
+    if plan.reload_systemd:
+        run([settings.systemctl, "daemon-reload"])
     if plan.regenerate_initramfs:
         run([settings.dracut, "--force", "--regenerate-all"])
         if plan.state is not None:

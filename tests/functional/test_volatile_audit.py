@@ -42,7 +42,8 @@ def test_volatile_converges_once_and_switches_only_the_default(salt_minion, boot
     first = only_state(salt_minion.run("state.apply", "reliant.volatile", check=True),
                        "reliant-volatile-boot")
     assert first["result"] is True and first["changes"] == predicted["changes"]
-    assert set(first["changes"]) == {"written", "edited", "journal", "initramfs", "grub.cfg"}
+    assert set(first["changes"]) == {"written", "edited", "journal", "systemd", "initramfs",
+                                     "grub.cfg"}
     assert (runs(boot, "dracut"), runs(boot, "grub2-mkconfig")) == (1, 1)
 
     for extra in ((), ("test=True",)):

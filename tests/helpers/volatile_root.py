@@ -34,11 +34,11 @@ def install(root: Path, logs: Path) -> dict[str, str]:
 
 def settings(root: Path) -> dict[str, str]:
     """Pillar `reliant:volatile` for `root`: every default path moved inside it, the
-    doubles as commands, `true` for journalctl (never the host's journald)."""
+    doubles as commands, `true` for journalctl and systemctl (never the host's)."""
     values = {}
     for field in dataclasses.fields(reliant_volatile.Settings):
         if isinstance(field.default, str) and field.default.startswith("/"):
             values[field.name] = str(root / field.default.lstrip("/"))
     values.update(mkconfig=str(root / "usr/sbin/grub2-mkconfig"),
-                  dracut=str(root / "usr/bin/dracut"), journalctl="true")
+                  dracut=str(root / "usr/bin/dracut"), journalctl="true", systemctl="true")
     return values
