@@ -173,3 +173,20 @@ def test_the_real_host_reads_xl_list(tmp_path, monkeypatch):
     xl.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert reliant_cli.Host().running_qubes() == {"secret"}
+
+
+def test_status_text_names_merged_detached_and_recovered(scene, capsys):
+    assert cli("suture") == 0
+    host = FakeHost(active=True, on_stop=lambda: cli("dissect", "--final"),
+                    on_start=lambda: cli("suture"))
+    assert cli("detach", "sflc_0_2", host=host) == 0
+    capsys.readouterr()
+    assert cli("status") == 0
+    out = capsys.readouterr().out
+    assert "shard sflc_0_1 at " in out and ": merged, qids 15-17" in out
+    assert "shard sflc_0_2 at " in out and ": detached," in out
+    assert cli("attach", "sflc_0_2", host=host) == 0
+    capsys.readouterr()
+    assert cli("status", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["detached"] == [] and all(s["merged"] for s in report["shards"])
