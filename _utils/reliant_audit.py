@@ -41,7 +41,8 @@ import reliant_volatile
 from lxml import etree
 
 DEFAULT_PATHS = ("/var/lib/qubes", "/srv", "/var/cache/salt", "/var/log", "/etc/qubes",
-                 "/etc/lvm/archive", "/etc/lvm/backup", "/home", "/root")
+                 "/etc/qubes-rpc", "/etc/libvirt", "/var/lib/libvirt", "/etc/lvm/archive",
+                 "/etc/lvm/backup", "/home", "/root")
 DEFAULT_SKIP_GLOBS = ("*.img", "*.img.*", "*.img@*")
 # The formula's own code, installed and cached by Salt: its examples are not traces.
 DEFAULT_EXCLUDE = ("/srv/formulas/base/reliant-formula", "/var/cache/salt/minion/extmods",
