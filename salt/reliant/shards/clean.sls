@@ -1,9 +1,15 @@
 {#- reliant.shards.clean: undoes reliant.shards. qubesd is stopped under the drop-in
     (its ExecStopPost dissects), the merged store is dissected once more and removed only
     if that succeeds, then the units, the CLI, its library and config are removed and
-    qubesd, if it ran, is started again on the core store. Shards stay on their volumes. -#}
+    qubesd, if it ran, is started again on the core store. Shards stay on their volumes.
+    reliant.isolation, which needs all this, is cleaned first. -#}
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
 {%- set shards = reliant.shards %}
+
+{#- isolation depends on shards (its qubesd extension imports the library removed here):
+    it goes first. #}
+include:
+  - {{ tpldir.split("/")[0] }}.isolation.clean
 {%- set units = "/etc/systemd/system" %}
 {%- set dropin = units ~ "/qubesd.service.d/reliant-shards.conf" %}
 
