@@ -1,4 +1,7 @@
-"""Execution module: volatile dom0 (root as an overlay on tmpfs), its boot setup and status."""
+"""Execution module: volatile dom0 (root as an overlay on tmpfs), its boot setup and status.
+
+Every function takes `settings` (pillar `reliant:volatile` form); without it, pillar's.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,13 @@ def __virtual__():
 
 
 def _settings(settings: dict | None) -> reliant_volatile.Settings:
-    return reliant_volatile.Settings.from_pillar(settings or {})
+    """The given settings, else pillar `reliant:volatile` (missing keys: the defaults).
+
+    __pillar__, not pillar.get: Salt 3008 masks what pillar.get returns to modules.
+    """
+    if settings is None:
+        settings = dict(__pillar__.get("reliant", {}).get("volatile", {}))
+    return reliant_volatile.Settings.from_pillar(settings)
 
 
 def status(settings: dict | None = None) -> dict:

@@ -72,3 +72,15 @@ def test_clean_fails_when_the_audit_cannot_run():
     ret = run_clean(error=OSError("mount: permission denied"))
     assert ret["result"] is False
     assert ret["comment"] == "audit could not run: OSError: mount: permission denied"
+
+
+def test_volatile_functions_read_pillar_when_not_given(tmp_path):
+    (tmp_path / "qubes-release").write_text("Qubes release 4.3\n")
+    pillar = {"reliant": {"volatile": {"enabled": True, "default_entry": "maintenance",
+                                       "grub_script": "16_mine"}}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(volatile_module, "__pillar__", pillar, raising=False)
+        resolved = volatile_module._settings(None)
+    assert (resolved.default_entry, resolved.grub_script) == ("maintenance", "16_mine")
+    assert resolved.grub_cfg == "/boot/grub2/grub.cfg"  # the default
+    assert volatile_module._settings({}).default_entry == "volatile"
