@@ -187,3 +187,13 @@ def test_nothing_of_a_shard_lands_in_salt_cache_or_log(salt_minion, dom0: dict) 
     assert salt_minion.run("state.sls", "reliant.shards", "test=True").returncode == 0
     scan()
     assert {"highstate.cache.p", "sls.p", "minion.log"} <= seen
+
+
+def test_clean_predicts_only_what_is_there(salt_minion, dom0: dict) -> None:
+    """Nothing installed but the settings file the fixture wrote: only that would go."""
+    result = salt_minion.run("state.sls", "reliant.shards.clean", "test=True")
+    assert result.returncode == 0, result.data
+    ids = {ret["__id__"] for ret in result.states.values()}
+    assert {"reliant-shards-clean-dissect", "reliant-isolation-policy-absent"} <= ids
+    assert [ret["name"] for ret in result.changed().values()] == [dom0["config"]]
+    assert Path(dom0["config"]).exists()
