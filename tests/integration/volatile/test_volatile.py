@@ -234,3 +234,24 @@ $(head -c 300 /dev/urandom | base64 -w0)"; printf '%s\\n' "$msg" | logger -t qre
             (copy, "content names qube name 'deep-notes' of shard sflc_0_2", "disk")]
     finally:
         host.run("rm -rf /var/log/journal/reliant-test")
+
+
+def test_clean_restores_the_boot_setup_last(host):
+    """Runs last: removes the setup, then checks dom0 is as the image left it."""
+    result = host.run("salt-call --local --retcode-passthrough --out json "
+                      "state.apply reliant.volatile.clean")
+    assert result.rc == 0, result.stdout + result.stderr
+    # byte for byte the file the image was built with
+    image_grub = Path(__file__).resolve().parents[2] / "doubles/dom0-boot/default-grub"
+    assert host.file("/etc/default/grub").content_string == image_grub.read_text()
+    for path in ("/etc/grub.d/15_reliant_volatile", "/etc/dracut.conf.d/50-reliant-volatile.conf",
+                 "/etc/systemd/journald.conf.d/50-reliant-volatile.conf",
+                 "/etc/systemd/system/reliant-volatile-boot-ro.service",
+                 "/etc/systemd/system/local-fs.target.d/50-reliant-volatile.conf",
+                 "/var/lib/reliant/volatile.json"):
+        assert not host.file(path).exists, path
+    assert "reliant-" not in host.file(GRUB_CFG).content_string
+    assert "overlay" not in host.check_output("cat /boot/initramfs-*.img")
+    again = json.loads(host.check_output(
+        "salt-call --local --out json state.apply reliant.volatile.clean"))["local"]
+    assert all(not ret["changes"] for ret in again.values())
