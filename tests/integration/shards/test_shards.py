@@ -132,6 +132,22 @@ def test_qubes_made_through_qubesd_land_in_their_shards(host):
         time.sleep(0.5)
     assert {d: names(shard(host, d).root) for d in SHARDS} == {
         d: qubes for d, (_, _, qubes) in SHARDS.items()}
+
+
+def test_a_save_reaches_its_shard_within_seconds(host):
+    """What power loss could take: the time from a qubesd save to the shard file."""
+    file = "/run/shufflecake/sflc_0_1/domains.xml"
+    for label in ("orange", "yellow", "purple"):
+        started = time.monotonic()
+        ctl(host, "prop", "alpha-work", "label", label)
+        while f'<property name="label">{label}</property>' not in host.file(
+                file).content_string:
+            assert time.monotonic() - started < 5, f"label {label} not dissected in 5 s"
+            time.sleep(0.05)
+        print(f"save -> shard file: {time.monotonic() - started:.2f} s")
+
+
+def test_qubesd_stops(host):
     run(host, "systemctl stop qubesd")
 
 
