@@ -8,6 +8,9 @@ Paths of the pillar point into the test's root; the systemd files (fixed paths u
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +22,21 @@ DECLARATION = "reliant-shard.json"
 
 
 @pytest.fixture
-def dom0(salt_minion, tmp_path: Path) -> dict:
+def run_dir() -> Iterator[Path]:
+    """A directory under /run, where reliant.shards accepts the merged store."""
+    path = Path(tempfile.mkdtemp(prefix="reliant-test-", dir="/run"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def dom0(salt_minion, tmp_path: Path, run_dir: Path) -> dict:
     """A core store, a shard root with one shard holding no qube, and pillar for them."""
     core = tmp_path / "qubes.xml"
     core.write_bytes((FIXTURES / "qubes-r4.3-core.xml").read_bytes())
     root = tmp_path / "shufflecake"
     reliant_shards.init_shard(str(root / "sflc_0_1"), qid_range=(1000, 1499))
-    shards = {"core": str(core), "merged": str(tmp_path / "run" / "qubes.xml"),
+    shards = {"core": str(core), "merged": str(run_dir / "qubes.xml"),
               "roots": [str(root)], "cli": str(tmp_path / "bin" / "reliant-shard"),
               "libdir": str(tmp_path / "lib"), "config": str(tmp_path / "etc" / "reliant.json")}
     salt_minion.set_pillar({"shards": shards, "isolation": {"enabled": False}})
@@ -197,3 +208,13 @@ def test_clean_predicts_only_what_is_there(salt_minion, dom0: dict) -> None:
     assert {"reliant-shards-clean-dissect", "reliant-isolation-policy-absent"} <= ids
     assert [ret["name"] for ret in result.changed().values()] == [dom0["config"]]
     assert Path(dom0["config"]).exists()
+
+
+def test_a_merged_store_outside_run_fails_naming_the_key(salt_minion, dom0: dict) -> None:
+    salt_minion.set_pillar({"shards": {**dom0["shards"], "merged": "/var/lib/qubes/m.xml"},
+                            "isolation": {"enabled": False}})
+    result = salt_minion.run("state.sls", "reliant.shards", "test=True")
+    assert result.returncode != 0
+    failed = [ret for ret in result.states.values() if ret["result"] is False]
+    assert failed[0]["__id__"] == "reliant-shards-merged-in-ram"
+    assert failed[0]["name"].startswith("reliant:shards:merged: /var/lib/qubes/m.xml is not")

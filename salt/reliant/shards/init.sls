@@ -20,6 +20,17 @@
       "policy_dir": isolation.policy_dir if isolation.enabled else "",
       "services": isolation.services if isolation.enabled else None} %}
 
+{#- The merged store names the qubes of every open shard: it must live in RAM. #}
+{%- if not shards.merged.startswith("/run/") %}
+
+reliant-shards-merged-in-ram:
+  test.fail_without_changes:
+    - name: >-
+        reliant:shards:merged: {{ shards.merged }} is not under /run/ (tmpfs); the merged
+        store names the qubes of every open shard and must never reach a disk
+    - failhard: true
+{%- else %}
+
 reliant-shards-library:
   file.recurse:
     - name: {{ shards.libdir }}
@@ -141,3 +152,4 @@ reliant-shards-declared:
     - config: {{ shards.config }}
     - require:
       - cmd: reliant-shards-qubesd-start
+{%- endif %}
