@@ -147,14 +147,14 @@ def reference_problem(holder: Optional[str], holder_group: Optional[str], prop: 
     where = f"global property {prop!r}" if holder is None else f"property {prop!r} of {holder!r}"
     if target_group is None:
         return f"{where}: {target!r} carries no group tag"
-    if target_group == CORE_TAG:
+    group = CORE_TAG if holder is None else holder_group
+    if target_group in reliant_shards.referable_groups(
+            group, dependencies.get(group, ()), core=CORE_TAG):
         return None
-    if holder is None or holder_group == CORE_TAG:
+    if group == CORE_TAG:
         return f"{where} would name {target!r}, a qube of a shard: core never references a shard"
-    if holder_group is None:
+    if group is None:
         return f"{where}: {holder!r} carries no group tag"
-    if target_group == holder_group or target_group in set(dependencies.get(holder_group, ())):
-        return None
     return (f"{where} would name {target!r} of another shard, which the shard of "
             f"{holder!r} does not depend on")
 

@@ -26,7 +26,10 @@ reliant_audit use it):
 - ``rename_qube(...)``, ``review_qube(...)``: offline fixes in a shard file.
 - ``status(...)``: what is visible, sutured, in conflict, recovered.
 - ``qube_name/qube_uuid/qube_qid(domain)``, ``data_pools(domain)`` (pools of a
-  qube's own data volumes), ``references(domain)`` (what it names).
+  qube's own data volumes), ``references(domain)`` (what it names),
+  ``referable_groups(group, dependencies)`` (the reference rule).
+- ``isolation_problems(merged_root)``: qubes whose default disposable is in another
+  group (reported by ``check``).
 - ``load_shard(dir)``, ``read_metadata(bytes, path)``, ``shard_bytes(shard, pools,
   domains)``: one shard file.
 - runtime files beside the merged store: ``default_state_path``, ``read_state``,
@@ -90,7 +93,7 @@ class Problem:
     """Something a user must know about. severity: info, warning or error.
 
     kind: conflict, recovered, skipped, invalid, refused, renumbered, violation,
-    unplaceable, detached, policy.
+    unplaceable, detached, policy, isolation.
     """
 
     severity: str
@@ -493,6 +496,15 @@ def discover(roots: Sequence[str], max_depth: int = 3,
     return found
 
 
+def referable_groups(group: Optional[str], dependencies: Iterable[str],
+                     core: str = CORE) -> set[Optional[str]]:
+    """The reference rule (DESIGN.md 3): the groups whose qubes a qube of `group` may
+    name. Core (and global properties) name only core; a shard qube names core, its own
+    shard and `dependencies` (the shards it depends on). Groups are core's key `core`
+    and shard ids here, group tags in reliant_guard."""
+    return {core} if group == core else {core, group, *dependencies}
+
+
 def _deps_closure(shard_id: str, by_id: dict[str, Shard]) -> set[str]:
     closure: set[str] = set()
     todo = list(by_id[shard_id].depends_on) if shard_id in by_id else []
@@ -761,7 +773,8 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
             problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}): "
                                     f"{refusal}; not merged", shard.id))
             continue
-        allowed = {CORE, shard.id} | (_deps_closure(shard.id, by_id) & {s.id for s in sutured})
+        allowed = referable_groups(shard.id, _deps_closure(shard.id, by_id)
+                                   & {s.id for s in sutured})
         visible_pools = {p for p, g in pool_owner.items() if g in allowed} | set(shard.pools)
         candidates = _admissible(facts, shard, owner, uuids, labels, visible_pools, core_refs,
                                  problems)
@@ -1105,7 +1118,7 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     dirs: dict[str, list[tuple[str, str]]] = {}
     keep_dirs: dict[str, set[tuple[str, str]]] = {}
     for sid, shard in writable.items():
-        allowed = {CORE, sid} | (_deps_closure(sid, visible) & set(writable))
+        allowed = referable_groups(sid, _deps_closure(sid, visible) & set(writable))
         members = [d for d in groups[sid] if _fix_references(
             facts, d, sid, allowed, owner, pool_owner, lambda s=sid: previous(s), problems)]
         merged_uuids = {facts(d).uuid for d in members}
@@ -1136,7 +1149,8 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         new_state["shards"][sid] = sutured[sid]
 
     core_members = [d for d in groups[CORE] if _fix_references(
-        facts, d, CORE, {CORE}, owner, pool_owner, lambda: core_previous, problems)]
+        facts, d, CORE, referable_groups(CORE, ()), owner, pool_owner, lambda: core_previous,
+        problems)]
     hold = unplaced | {facts.uuid(d) for d in groups[CORE]} - {facts.uuid(d) for d in core_members}
     core_members += [deepcopy(d) for u, d in core_previous.items() if u in hold]
     for domain in core_members:
@@ -1674,12 +1688,30 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
 
 def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
           missing_reference: str = "recover", detached: Iterable[str] = ()) -> Result:
-    """What suture would report, writing nothing."""
+    """What suture would report, and the isolation problems of the merged store it
+    would write (`isolation_problems`), writing nothing."""
     problems: list[Problem] = []
     shards = discover(roots, max_depth, problems)
     plan = plan_suture(_load_core(core), shards, core_source=core,
                        missing_reference=missing_reference, detached=detached)
-    return Result(problems + plan.problems, [], plan.sutured)
+    return Result(problems + plan.problems + isolation_problems(plan.merged), [], plan.sutured)
+
+
+def isolation_problems(merged_root: etree._Element) -> list[Problem]:
+    """A warning (kind ``isolation``) for each qube of a merged store whose default
+    disposable is in another group: the runtime policy denies its @dispvm calls."""
+    import reliant_guard  # it imports this module
+
+    try:
+        found = reliant_guard.cross_group_dispvm_qubes(merged_root)
+        messages = reliant_guard.cross_group_dispvms(merged_root)
+    except reliant_guard.GuardError as exc:
+        return [Problem("error", "isolation", f"merged store: {exc}")]
+    prefix = shard_tag("")
+    return [Problem("warning", "isolation", message,
+                    cross.group[len(prefix):] if (cross.group or "").startswith(prefix) else None,
+                    cross.qube)
+            for cross, message in zip(found, messages)]
 
 
 def status(core: str, merged: str, roots: Sequence[str], *, max_depth: int = 3,

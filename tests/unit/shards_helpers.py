@@ -98,3 +98,21 @@ def mtimes(*paths: Path) -> dict[str, int]:
         for path in [base, *base.rglob("*")] if base.is_dir() else [base]:
             found[str(path)] = path.stat().st_mtime_ns
     return found
+
+
+def dispvms_in_own_group(scene: Scene) -> None:
+    """Point the default_dispvm of the fixture's shard qubes (default-dvm, in core) at a
+    disposable template of their own shard (sflc_0_1 has one, sflc_0_2 none)."""
+    wanted = {"secret-dvm": "secret-dvm", "secret-vpn": "secret-dvm", "deep-mail": "",
+              "deep-notes": ""}
+    for sid in SHARD_QUBES:
+        path = scene.shard_dir(sid) / "domains.xml"
+        root = load(path)
+        for name, domain in domains_by_name(root).items():
+            if name in wanted:
+                props = domain.find("properties")
+                prop = props.find("property[@name='default_dispvm']")
+                if prop is None:
+                    prop = etree.SubElement(props, "property", name="default_dispvm")
+                prop.text = wanted[name]
+        path.write_bytes(reliant_store.serialize(root))

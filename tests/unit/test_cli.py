@@ -8,7 +8,7 @@ import pytest
 import reliant_cli
 import reliant_shards
 from conftest import ROOT
-from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
+from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
 
 
 class FakeHost(reliant_cli.Host):
@@ -97,6 +97,11 @@ def test_init_and_check(scene, tmp_path, capsys):
     assert "qids 1000-1499" in capsys.readouterr().out
     assert cli("init", str(scene.root / "third")) == 1
     assert "already exists" in capsys.readouterr().err
+    assert cli("check") == 1
+    out, err = capsys.readouterr()
+    assert "4 problem(s)" in out
+    assert "warning: qube 'deep-mail' (reliant-shard-sflc_0_2): default_dispvm" in err
+    dispvms_in_own_group(scene)
     assert cli("check") == 0
     reliant_shards.init_shard(str(scene.root / "fourth"), qid_range=(16, 20))
     assert cli("check") == 1

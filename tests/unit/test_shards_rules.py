@@ -10,7 +10,7 @@ import pytest
 import reliant_shards
 import reliant_store
 from lxml import etree
-from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
+from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
 
 
 def edit_shard(scene, sid, change):
@@ -355,6 +355,19 @@ def test_suture_refuses_when_the_policy_cannot_be_written(tmp_path):
         scene.suture(policy_dir=str(blocker))
     assert scene.merged.read_bytes() == before
     assert not (scene.qubes_dir / "appvms").exists()
+
+
+def test_check_reports_each_shard_qube_whose_default_disposable_is_in_another_group(tmp_path):
+    scene = split_scene(tmp_path)
+    result = reliant_shards.check(str(scene.core), scene.roots)
+    isolation = [p for p in result.problems if p.kind == "isolation"]
+    assert [(p.severity, p.shard, p.qube) for p in isolation] == [
+        ("warning", "sflc_0_2", "deep-mail"), ("warning", "sflc_0_2", "deep-notes"),
+        ("warning", "sflc_0_1", "secret-dvm"), ("warning", "sflc_0_1", "secret-vpn")]
+    assert "default_dispvm 'default-dvm' is in another group (reliant-core)" in isolation[0].message
+    assert kinds(result) == ["isolation"] * 4
+    dispvms_in_own_group(scene)
+    assert reliant_shards.check(str(scene.core), scene.roots).problems == []
 
 
 def test_dissect_waits_for_a_running_suture_or_dissect(tmp_path):
