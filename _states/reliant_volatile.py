@@ -3,7 +3,9 @@
 Both compute the difference first, return early when there is none, predict it
 exactly with test=True, act, then verify by computing the difference again.
 Boot configuration is only changed from a dom0 that writes to disk: in volatile
-mode the change would vanish at shutdown, so the state fails and says so.
+mode the change would vanish at shutdown, so the state fails and says so. A boot
+that asked for volatile mode but did not get it (`volatile-failed`: every write
+reaches the disk) fails `configured` until dom0 reboots into a working setup.
 """
 
 from __future__ import annotations
@@ -28,29 +30,33 @@ def __virtual__():
     return __virtualname__
 
 
-def _converge(name: str, settings: dict | None, planner, done: str) -> dict:
+def _converge(name: str, settings: dict | None, planner, done: str,
+              boot_must_work: bool) -> dict:
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
         resolved = reliant_volatile.Settings.from_pillar(settings or {})
         plan = planner(resolved)
+        running = reliant_volatile.status(resolved)
     except (reliant_volatile.VolatileError, OSError, UnicodeDecodeError) as exc:
         ret["comment"] = str(exc)
         return ret
+    # a volatile-failed boot is not reported as converged: the user believes in RAM-only
+    alarm = running["problems"] if boot_must_work and running["mode"] == "volatile-failed" \
+        else []
     if plan.empty():
-        ret["result"] = True
-        ret["comment"] = done
+        ret["result"] = not alarm
+        ret["comment"] = "; ".join([done, *alarm])
         return ret
     changes = plan.changes(resolved)
-    mode = reliant_volatile.status(resolved)["mode"]
-    if mode != "maintenance":
-        ret["comment"] = (f"dom0 runs in {mode} mode: a change to the boot setup would be lost "
+    if running["mode"] == "volatile":
+        ret["comment"] = ("dom0 runs in volatile mode: a change to the boot setup would be lost "
                           "at shutdown; boot the maintenance entry and apply again. Pending: "
                           + ", ".join(f"{k}: {v}" for k, v in changes.items()))
         return ret
     if __opts__["test"]:
-        ret["result"] = None
+        ret["result"] = None if not alarm else False
         ret["changes"] = changes
-        ret["comment"] = "would change the boot setup"
+        ret["comment"] = "; ".join(["would change the boot setup", *alarm])
         return ret
     try:
         reliant_volatile.apply(plan, resolved, reliant_volatile.run_command)
@@ -63,8 +69,8 @@ def _converge(name: str, settings: dict | None, planner, done: str) -> dict:
     if not left.empty():
         ret["comment"] = f"still differs after applying: {left.changes(resolved)}"
         return ret
-    ret["result"] = True
-    ret["comment"] = done
+    ret["result"] = not alarm
+    ret["comment"] = "; ".join([done, *alarm])
     return ret
 
 
@@ -76,11 +82,12 @@ def configured(name: str, settings: dict | None = None) -> dict:
     """
     default = (settings or {}).get("default_entry", "volatile")
     return _converge(name, settings, reliant_volatile.plan_configured,
-                     f"volatile boot setup in place (default entry: {default})")
+                     f"volatile boot setup in place (default entry: {default})",
+                     boot_must_work=True)
 
 
 def absent(name: str, settings: dict | None = None) -> dict:
     """Every file of `configured` removed, GRUB_DEFAULT restored, grub.cfg and the
     initramfs regenerated without them."""
     return _converge(name, settings, reliant_volatile.plan_absent,
-                     "no volatile boot setup present")
+                     "no volatile boot setup present", boot_must_work=False)

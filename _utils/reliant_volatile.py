@@ -674,10 +674,20 @@ def status(settings: Settings, statvfs: Callable[[str], os.statvfs_result] = os.
         mode = "volatile-failed"
     else:
         mode = "maintenance"
+    problems = []
+    if mode == "volatile-failed":
+        problems.append(f"{VOLATILE_REQUEST} is on the kernel command line but / is "
+                        f"{root.fstype if root else 'not mounted'}: every write of this boot "
+                        "reaches the disk (the initramfs lacks systemd-volatile-root or the "
+                        "overlay driver)")
+    if mode == "volatile" and swaps:
+        problems.append(f"swap is on ({', '.join(swaps)}): pages of RAM, the overlay's upper "
+                        "layer included, may be written to disk")
     result: dict[str, Any] = {
         "mode": mode,
         "root_fstype": root.fstype if root else None,
         "swap_active": swaps,
+        "problems": problems,
     }
     if mode == "volatile":
         stats = statvfs("/")

@@ -73,6 +73,19 @@ def test_volatile_refuses_to_change_boot_setup_from_a_volatile_dom0(salt_minion,
     assert not Path(boot["grub_d"], "15_reliant_volatile").exists()
 
 
+def test_a_boot_that_asked_for_volatile_but_writes_to_disk_fails(salt_minion, boot):
+    salt_minion.set_pillar({"volatile": boot})
+    salt_minion.run("state.apply", "reliant.volatile", check=True)
+    Path(boot["cmdline"]).write_text("ro systemd.volatile=overlay systemd.swap=0\n")
+    result = salt_minion.run("state.apply", "reliant.volatile")
+    ret = only_state(result, "reliant-volatile-boot")
+    assert result.returncode != 0 and ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"] == (
+        "volatile boot setup in place (default entry: volatile); systemd.volatile=overlay is "
+        "on the kernel command line but / is ext4: every write of this boot reaches the disk "
+        "(the initramfs lacks systemd-volatile-root or the overlay driver)")
+
+
 def test_volatile_clean_restores_grub_default(salt_minion, boot):
     original = Path(boot["default_grub"]).read_text()
     salt_minion.set_pillar({"volatile": boot})

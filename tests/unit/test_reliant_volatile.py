@@ -279,8 +279,18 @@ def test_status_tells_the_mode(dom0, cmdline, mountinfo, mode):
     if mode == "volatile":
         assert result["upper_used_bytes"] == 250 * 4096
         assert result["upper_size_bytes"] == 1000 * 4096
+        assert result["problems"] == [
+            "swap is on (/dev/dm-1): pages of RAM, the overlay's upper layer included, may "
+            "be written to disk"]
     else:
         assert "upper_used_bytes" not in result
+    if mode == "volatile-failed":
+        assert result["problems"] == [
+            "systemd.volatile=overlay is on the kernel command line but / is ext4: every "
+            "write of this boot reaches the disk (the initramfs lacks systemd-volatile-root "
+            "or the overlay driver)"]
+    if mode == "maintenance":
+        assert result["problems"] == []
 
 
 def test_parse_mountinfo_unescapes_paths():
