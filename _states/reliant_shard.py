@@ -44,6 +44,11 @@ def _settings(config: Optional[str], roots: Any = None, max_depth: Optional[int]
     return __salt__["reliant_shard.settings"](config, roots=roots, max_depth=max_depth)
 
 
+def _state_path(found: dict) -> str:
+    """Suture's runtime state beside the merged store: its lock serializes with dissect."""
+    return reliant_shards.default_state_path(found["merged"])
+
+
 def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
             shard_id: Optional[str] = None, config: Optional[str] = None) -> dict:
     """Ensure the shard in directory `name` exists with QID range `qid_range` ("A-B")
@@ -72,7 +77,7 @@ def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
     if __opts__["test"]:
         return {**ret, "result": None, "comment": f"Shard {name} would be {verb}"}
     try:
-        reliant_declare.apply(change, found["roots"], found["max_depth"])
+        reliant_declare.apply(change, found["roots"], found["max_depth"], _state_path(found))
     except _ERRORS as exc:
         return {**ret, "changes": {}, "result": False, "comment": str(exc)}
     try:
@@ -101,7 +106,8 @@ def declared(name: str, max_depth: Optional[int] = None, config: Optional[str] =
     found_declarations = reliant_declare.find_declarations(found["roots"], found["max_depth"],
                                                            problems)
     outcomes = reliant_declare.converge(found_declarations, found["core"], found["roots"],
-                                        found["max_depth"], dry_run=__opts__["test"])
+                                        found["max_depth"], dry_run=__opts__["test"],
+                                        state_path=_state_path(found))
     refused = len(problems) + sum(1 for outcome in outcomes if outcome.error)
     actions = [outcome.change for outcome in outcomes if outcome.change]
     counts = {"created": actions.count("init"), "updated": actions.count("update")}

@@ -291,7 +291,7 @@ def in_dependency_order(declarations: Sequence[Declaration]) -> list[Declaration
 
 
 def converge(declarations: Sequence[Declaration], core: str, roots: Sequence[str],
-             max_depth: int, dry_run: bool) -> list[Outcome]:
+             max_depth: int, dry_run: bool, state_path: Optional[str] = None) -> list[Outcome]:
     """Plan and (unless `dry_run`) apply and verify each declaration, dependencies
     first, so that a shard can depend on one declared next to it. Of two new shards
     whose QID ranges overlap, the first in that order is created, the other refused."""
@@ -303,7 +303,7 @@ def converge(declarations: Sequence[Declaration], core: str, roots: Sequence[str
         try:
             outcome.plan = plan(wanted, core, roots, max_depth, earlier)
             if outcome.plan.action and not dry_run:
-                apply(outcome.plan, roots, max_depth)
+                apply(outcome.plan, roots, max_depth, state_path)
                 outcome.applied = True
                 verify(outcome.plan)
         except (reliant_shards.ShardError, reliant_store.StoreError) as exc:
@@ -339,9 +339,20 @@ def _check_range(qid_range: tuple[int, int], directory: str,
                 f"{reliant_shards.qube_name(domain)!r} (qids never change)")
 
 
-def apply(change: Plan, roots: Sequence[str], max_depth: int) -> None:
+def apply(change: Plan, roots: Sequence[str], max_depth: int,
+          state_path: Optional[str] = None) -> None:
     """Carry out `change` (from `plan`); the shard file is replaced atomically under
-    lockf, and only if it still holds the metadata the plan was made from."""
+    lockf, and only if it still holds the metadata the plan was made from. With
+    `state_path` (suture's runtime state), under the lock that serializes suture and
+    dissect, so that a dissect running meanwhile cannot write the old metadata back."""
+    if state_path is None:
+        _apply(change, roots, max_depth)
+        return
+    with reliant_shards.operation_lock(state_path):
+        _apply(change, roots, max_depth)
+
+
+def _apply(change: Plan, roots: Sequence[str], max_depth: int) -> None:
     wanted = change.declaration
     if change.action == "init":
         reliant_shards.init_shard(wanted.path, wanted.qid_range, wanted.depends_on,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -229,3 +232,33 @@ def test_converge_reports_a_write_that_failed_verification(scene: dict, monkeypa
                                           dry_run=False)
     assert (outcome.applied, outcome.error, outcome.change) == (
         True, "read back something else", "init")
+
+
+def test_apply_waits_for_suture_and_dissect(scene: dict, tmp_path: Path) -> None:
+    """A dissect holds the operation lock while it reads and writes shard files."""
+    state_path = str(tmp_path / "run" / "shards.json")
+    first = str(scene["root"] / "sflc_0_1")
+    change = plan(scene, reliant_declare.declaration(first, "1000-1999"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); import reliant_shards\n"
+         "with reliant_shards.operation_lock(sys.argv[2]):\n"
+         "    print('locked', flush=True); sys.stdin.readline()",
+         str(Path(reliant_declare.__file__).parent), state_path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        worker = threading.Thread(target=reliant_declare.apply,
+                                  args=(change, scene["roots"], 3, state_path))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive()
+        assert reliant_shards.load_shard(first).qid_range == (1000, 1499)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        worker.join(10)
+        assert not worker.is_alive()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert reliant_shards.load_shard(first).qid_range == (1000, 1999)

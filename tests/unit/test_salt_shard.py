@@ -142,7 +142,7 @@ def test_present_refusal_changes_nothing(dom0):
 
 
 def test_present_verifies_what_it_wrote(dom0, monkeypatch):
-    monkeypatch.setattr(reliant_declare, "apply", lambda change, roots, depth: None)
+    monkeypatch.setattr(reliant_declare, "apply", lambda change, roots, depth, lock: None)
     ret = state.present(str(dom0["root"] / "sflc_0_1"), "1000-1999")
     assert ret["result"] is False
     assert "updated, but" in ret["comment"] and "after converging" in ret["comment"]
@@ -151,7 +151,7 @@ def test_present_verifies_what_it_wrote(dom0, monkeypatch):
 
 
 def test_present_failed_write_reports_no_change(dom0, monkeypatch):
-    def apply(change, roots, depth):
+    def apply(change, roots, depth, lock):
         raise reliant_shards.ShardError("disk full")
 
     monkeypatch.setattr(reliant_declare, "apply", apply)
@@ -185,10 +185,10 @@ def test_declared_converges_the_good_and_fails_on_the_bad(dom0, monkeypatch):
     (dom0["root"] / "sflc_0_4" / reliant_declare.DECLARATION_FILE).write_text("{")
     real_apply = reliant_declare.apply
 
-    def apply(change, roots, depth):
+    def apply(change, roots, depth, lock):
         if change.declaration.path.endswith("sflc_0_3"):
             raise reliant_shards.ShardError("disk full")
-        real_apply(change, roots, depth)
+        real_apply(change, roots, depth, lock)
 
     monkeypatch.setattr(reliant_declare, "apply", apply)
     ret = state.declared(str(dom0["root"]))
