@@ -21,12 +21,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import reliant_shards
 import reliant_store
+
+# Salt's utils loader also runs this file, without registering it in sys.modules, where
+# @dataclass looks up the module of string annotations: give it an (empty) entry.
+sys.modules.setdefault(__name__, types.ModuleType(__name__))
 
 DECLARATION_FILE = "reliant-shard.json"
 MAX_DECLARATION_BYTES = 64 * 1024
