@@ -41,6 +41,7 @@ DOM0_FILES = {
     "qubes.xml": "tests/fixtures/qubes-r4.3-core.xml",
     "qubesd_double.py": "tests/doubles/qubesd/qubesd_double.py",
     "qubesd.service": "tests/doubles/qubesd/qubesd.service",
+    "dom0-boot": "tests/doubles/dom0-boot",
 }
 CONTAINERS_CONF = """\
 [containers]
