@@ -81,6 +81,8 @@ def test_converge_put_qubesd_on_the_merged_store(host):
     assert "QUBES_XML_PATH=/run/reliant/qubes.xml" in run(
         host, "systemctl show -p Environment qubesd")
     assert run(host, "systemctl is-active reliant-shard-dissect.path").strip() == "active"
+    assert run(host, "systemd-analyze verify qubesd.service reliant-shard-dissect.service "
+                     "reliant-shard-dissect.path 2>&1") == ""
     merged = reliant_store.parse(host.file(MERGED).content, MERGED)
     assert names(merged) == CORE_QUBES
     listed = json.loads(ctl(host, "list"))
