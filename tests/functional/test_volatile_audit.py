@@ -5,12 +5,9 @@ GRUB and dracut are the doubles of tests/doubles/dom0-boot installed in the root
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 import volatile_root
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,19 +1,16 @@
 """reliant_audit: a planted leak in each location is found; a core-only dom0 is clean.
 
-Shards and leaks come from tests/helpers/audit_plants.py (shared with the kitchen suite).
+Shards and leaks come from tests/support/audit_plants.py (shared with the kitchen suite).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import reliant_audit as ra
 import reliant_volatile as rv
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 from audit_plants import CORE, LEAKS, core_only_dom0, make_shards, plant, write
 
 

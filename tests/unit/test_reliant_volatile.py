@@ -9,14 +9,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import reliant_volatile as rv
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 import volatile_root
 
 KERNEL = "6.12.40-1.qubes.fc41.x86_64"

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+import audit_plants
 import pytest
+import qrexec_policy_oracle as oracle
+import reliant_guard
+import reliant_store
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "tests" / "helpers"))
-
-import audit_plants  # noqa: E402
-import qrexec_policy_oracle as oracle  # noqa: E402
-import reliant_guard  # noqa: E402
-import reliant_store  # noqa: E402
 
 NAME = "20-reliant-isolation.policy"
 ETC, RUN = "/etc/qubes/policy.d", "/run/qubes/policy.d"

@@ -10,12 +10,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "helpers"))
 from audit_plants import CORE, LEAKS, make_shards, plant
 
 INSTANCE = os.environ.get("KITCHEN_INSTANCE", "volatile-dom0")
