@@ -2,7 +2,8 @@
 """Run the kitchen.yml suites with podman, as Test Kitchen + kitchen-salt would.
 
 For each suite: create a container playing dom0 (systemd as PID 1), install the
-formula and the suite's pillar the way a dom0 package does, converge with
+formula and the suite's pillar the way a dom0 package does, run `test=True` (its
+predictions must be exactly the states that the converge then changes), converge with
 `salt-call --local --retcode-passthrough state.highstate`, converge again (must
 report zero changes), run `test=True` (must predict zero changes), run the
 verifier command of kitchen.yml on this host, and always destroy the container.
@@ -182,6 +183,12 @@ class Instance:
         podman("rm", "-f", "-t", "2", self.name, check=False)
 
 
+def changed_ids(states: dict) -> set[str]:
+    """Ids of the states that changed something, or (test=True) would."""
+    return {ret["__id__"] for ret in states.values()
+            if ret.get("changes") or ret.get("result") is None}
+
+
 def changed_states(states: dict) -> list[str]:
     """States that reported changes, or (test=True) predicted some."""
     return [f"{ret.get('__id__')}: {ret.get('comment')}" for ret in states.values()
@@ -219,10 +226,16 @@ def run_suite(config: dict, suite: dict, keep: bool, converge_only: bool) -> Non
         instance.create()
         log(f"{instance.name}: converge (pillar {pillar_file})")
         instance.install(pillar_file)
+        predicted = None if converge_only else changed_ids(instance.highstate("test=True"))
         states = instance.highstate()
         print(summary(states), flush=True)
         if converge_only:
             return
+        if predicted != changed_ids(states):
+            raise SuiteFailed(
+                "test=True before converge did not predict the changes exactly:\n"
+                f"  predicted, not changed: {sorted(predicted - changed_ids(states))}\n"
+                f"  changed, not predicted: {sorted(changed_ids(states) - predicted)}")
         log(f"{instance.name}: converge again (must change nothing)")
         again = changed_states(instance.highstate())
         if again:
