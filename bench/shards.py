@@ -5,9 +5,9 @@ parse + serialize of the same merged bytes, measured in the same run.
 
 Core and shards are written on disk (a temporary directory), the merged store and
 the runtime state on tmpfs (/dev/shm), as /run/reliant is in dom0. Each operation
-includes its file I/O: reading, comparing, atomic writes with fsync. Prints the
-best of each timing (wall clock and process CPU time) and its ratio to the
-baseline; the last line (wall clock) is
+includes its file I/O: reading, comparing, atomic writes with fsync. The three run in
+turns, each run timed by wall clock and process CPU time; prints the best and the
+median of each and their ratios to the baseline. The last line (best wall clock) is
 ``suture+dissect/lxml: R``.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -100,16 +101,19 @@ def generate(base: str, qubes: int, shards: int) -> tuple[str, list[str]]:
     return core_path, [root]
 
 
-def best_times(funcs, repeat: int, clock) -> list[float]:
-    """Shortest duration of each function by `clock` (as timeit reports), the
-    functions run in turns so that load from other processes hits all alike."""
-    times: list[list[float]] = [[] for _ in funcs]
+def timings(steps, repeat: int) -> list[dict[str, list[float]]]:
+    """Wall clock and process CPU time of each run of each (setup, function) step (the
+    setup is not timed); the steps run in turns so that load from other processes hits
+    all of them alike."""
+    found: list[dict[str, list[float]]] = [{"wall": [], "cpu": []} for _ in steps]
     for _ in range(repeat):
-        for index, func in enumerate(funcs):
-            start = clock()
+        for index, (setup, func) in enumerate(steps):
+            setup()
+            wall, cpu = time.perf_counter(), time.process_time()
             func()
-            times[index].append(clock() - start)
-    return [min(t) for t in times]
+            found[index]["cpu"].append(time.process_time() - cpu)
+            found[index]["wall"].append(time.perf_counter() - wall)
+    return found
 
 
 def main() -> int:
@@ -131,32 +135,40 @@ def main() -> int:
             data = handle.read()
         count = data.count(b"<domain ")
 
+        def nothing() -> None:
+            pass
+
         def bare() -> None:
             etree.tostring(etree.fromstring(data), encoding="utf-8", pretty_print=True)
 
-        def suture() -> None:
+        def no_merged_store() -> None:
             os.unlink(merged)  # suture writes the whole merged store every time
+
+        def suture() -> None:
             reliant_shards.suture(core, roots, merged, qubes_dir=qubes_dir)
 
-        def dissect() -> None:
-            # qubesd saved one change: one shard file must be rewritten
+        def qubesd_saves_a_change() -> None:  # one shard file must be rewritten
             with open(merged, "wb") as handle:
                 handle.write(data.replace(b"sflc_0_3-q7.desktop", os.urandom(4).hex().encode()))
+
+        def dissect() -> None:
             result = reliant_shards.dissect(merged, core, roots, qubes_dir=qubes_dir)
             assert len(result.written) == 1, result.written
 
-        funcs = (bare, suture, dissect)
-        wall = best_times(funcs, args.repeat, time.perf_counter)
-        cpu = best_times(funcs, args.repeat, time.process_time)
+        runs = timings(((nothing, bare), (no_merged_store, suture),
+                        (qubesd_saves_a_change, dissect)), args.repeat)
     print(f"qubes: {count - 1} in core and {args.shards} shards; merged store {len(data)} bytes"
-          f" (on {tmpfs or 'disk'})")
-    for clock, (baseline, t_suture, t_dissect) in (("wall", wall), ("cpu", cpu)):
-        print(f"{clock}: lxml parse+serialize {baseline * 1000:.1f} ms; suture "
-              f"{t_suture * 1000:.1f} ms = {t_suture / baseline:.2f} x; dissect "
-              f"{t_dissect * 1000:.1f} ms = {t_dissect / baseline:.2f} x; suture+dissect "
-              f"{(t_suture + t_dissect) / baseline:.2f} x")
-    baseline, t_suture, t_dissect = wall
-    print(f"suture+dissect/lxml: {(t_suture + t_dissect) / baseline:.2f}")
+          f" (on {tmpfs or 'disk'}); {args.repeat} runs each, in turns")
+    ratios = {}
+    for clock in ("wall", "cpu"):
+        for name, pick in (("best", min), ("median", statistics.median)):
+            baseline, t_suture, t_dissect = (pick(run[clock]) for run in runs)
+            ratios[clock, name] = (t_suture + t_dissect) / baseline
+            print(f"{clock} {name}: lxml parse+serialize {baseline * 1000:.1f} ms; suture "
+                  f"{t_suture * 1000:.1f} ms = {t_suture / baseline:.2f} x; dissect "
+                  f"{t_dissect * 1000:.1f} ms = {t_dissect / baseline:.2f} x; suture+dissect "
+                  f"{ratios[clock, name]:.2f} x")
+    print(f"suture+dissect/lxml: {ratios['wall', 'best']:.2f}")
     return 0
 
 
