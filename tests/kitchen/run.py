@@ -199,6 +199,7 @@ def summary(states: dict) -> str:
     ok = sum(1 for ret in states.values() if ret.get("result"))
     changed = sum(1 for ret in states.values() if ret.get("changes"))
     lines = [f"  {ret['__id__']}: {'changed' if ret.get('changes') else 'ok'}"
+             f" - {str(ret.get('comment', '')).splitlines()[0][:90] if ret.get('comment') else ''}"
              for ret in sorted(states.values(), key=lambda r: r.get("__run_num__", 0))]
     return "\n".join([*lines, f"  Succeeded: {ok} (changed={changed}), Failed: "
                       f"{len(states) - ok}, Total: {len(states)}"])
