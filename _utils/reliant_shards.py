@@ -1629,7 +1629,8 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
            state_path: Optional[str] = None, detached: Iterable[str] = ()) -> Result:
     """Write the merged store `out` from `core` and the shards under `roots`.
 
-    Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`),
+    Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`;
+    then the `isolation_problems` of the merged store are reported too),
     dom0 directories back into `qubes_dir`, old runtime state removed, merged store,
     new state. ShardError (nothing merged) if core is unusable or the policy
     cannot be written.
@@ -1657,6 +1658,7 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
         except Exception as exc:  # any failure: do not start qubesd without isolation
             raise ShardError(f"runtime qrexec policy in {policy_dir} not written ({exc}); "
                              "merged store not written") from None
+        problems += isolation_problems(plan.merged)  # the calls that policy denies
     wanted = [qube for shard in plan.sutured for qube in plan.dirs[shard.id]]
     present = _entries(qubes_dir)
     try:

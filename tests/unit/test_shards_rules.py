@@ -338,12 +338,17 @@ def test_rename_resolves_a_name_conflict(tmp_path):
 def test_suture_writes_the_runtime_policy_for_the_merged_groups(tmp_path):
     scene = split_scene(tmp_path)
     policy_dir = tmp_path / "policy.d"
-    scene.suture(policy_dir=str(policy_dir))
+    result = scene.suture(policy_dir=str(policy_dir))
     (policy_file,) = policy_dir.iterdir()
     text = policy_file.read_text()
     for sid in SHARD_QUBES:
         assert reliant_shards.shard_tag(sid) in text
     assert reliant_shards.CORE_TAG in text
+    isolation = sorted(p.qube for p in result.problems if p.kind == "isolation")
+    assert isolation == ["deep-mail", "deep-notes", "secret-dvm", "secret-vpn"]
+    state = reliant_shards.read_state(reliant_shards.default_state_path(str(scene.merged)))
+    assert sorted(p["qube"] for p in state["problems"] if p["kind"] == "isolation") == isolation
+    assert not [p for p in scene.suture().problems if p.kind == "isolation"]  # no policy
 
 
 def test_suture_refuses_when_the_policy_cannot_be_written(tmp_path):
