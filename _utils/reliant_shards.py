@@ -48,7 +48,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -468,38 +468,43 @@ def discover(roots: Sequence[str], max_depth: int = 3,
             raise ShardError(message)
         problems.append(Problem("error", "refused", message))
 
-    def walk(directory: str, root: str, depth: int) -> None:
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as exc:
-            report(f"{directory}: cannot list: {exc.strerror}")
-            return
-        names = {entry.name for entry in entries}
-        if SHARD_FILE in names and directory != root:
-            try:
-                shard = load_shard(directory)
-            except (ShardError, reliant_store.StoreError) as exc:
-                report(str(exc))
-                return
-            if shard.id in seen:
-                report(f"{directory}: shard id {shard.id!r} is already used by {seen[shard.id]}")
-                return
-            seen[shard.id] = directory
-            found.append(shard)
-            return
-        for entry in entries:
-            if entry.is_symlink():
-                if not _within(entry.path, root):
-                    report(f"{entry.path}: symlink points outside {root} "
-                           f"(to {os.path.realpath(entry.path)}); not followed")
-                continue
-            if depth < max_depth and entry.is_dir(follow_symlinks=False):
-                walk(entry.path, root, depth + 1)
-
     for root in roots:
         if os.path.isdir(root):
-            walk(os.path.abspath(root), os.path.abspath(root), 0)
+            root = os.path.abspath(root)
+            _walk(root, root, 0, max_depth, found, seen, report)
     return found
+
+
+def _walk(directory: str, root: str, depth: int, max_depth: int, found: list[Shard],
+          seen: dict[str, str], report: Callable[[str], None]) -> None:
+    """`discover` below `directory` (a plain function: a closure calling itself would
+    keep the shards found, and their parsed files, alive until a garbage collection)."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as exc:
+        report(f"{directory}: cannot list: {exc.strerror}")
+        return
+    names = {entry.name for entry in entries}
+    if SHARD_FILE in names and directory != root:
+        try:
+            shard = load_shard(directory)
+        except (ShardError, reliant_store.StoreError) as exc:
+            report(str(exc))
+            return
+        if shard.id in seen:
+            report(f"{directory}: shard id {shard.id!r} is already used by {seen[shard.id]}")
+            return
+        seen[shard.id] = directory
+        found.append(shard)
+        return
+    for entry in entries:
+        if entry.is_symlink():
+            if not _within(entry.path, root):
+                report(f"{entry.path}: symlink points outside {root} "
+                       f"(to {os.path.realpath(entry.path)}); not followed")
+            continue
+        if depth < max_depth and entry.is_dir(follow_symlinks=False):
+            _walk(entry.path, root, depth + 1, max_depth, found, seen, report)
 
 
 def referable_groups(group: Optional[str], dependencies: Iterable[str],
@@ -676,27 +681,31 @@ def _order_shards(shards: Sequence[Shard], problems: list[Problem]) -> list[Shar
     """Dependencies first; shards in a dependency cycle are refused."""
     by_id = {shard.id: shard for shard in shards}
     ordered: list[Shard] = []
-    state: dict[str, int] = {}
-
-    def visit(shard: Shard, path: tuple[str, ...]) -> bool:
-        if state.get(shard.id) == 2:
-            return True
-        if shard.id in path:
-            return False
-        ok = True
-        for dep in shard.depends_on:
-            if dep in by_id and not visit(by_id[dep], (*path, shard.id)):
-                ok = False
-        if ok:
-            state[shard.id] = 2
-            ordered.append(shard)
-        return ok
-
+    done: set[str] = set()
     for shard in shards:
-        if not visit(shard, ()):
+        if not _visit(shard, (), by_id, done, ordered):
             problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}) is "
                                     "part of a dependency cycle; not merged", shard.id))
     return ordered
+
+
+def _visit(shard: Shard, path: tuple[str, ...], by_id: dict[str, Shard], done: set[str],
+           ordered: list[Shard]) -> bool:
+    """Put `shard` after its dependencies into `ordered`; False if it is in a cycle (a
+    plain function: a closure calling itself would keep the shards alive until a
+    garbage collection)."""
+    if shard.id in done:
+        return True
+    if shard.id in path:
+        return False
+    ok = True
+    for dep in shard.depends_on:
+        if dep in by_id and not _visit(by_id[dep], (*path, shard.id), by_id, done, ordered):
+            ok = False
+    if ok:
+        done.add(shard.id)
+        ordered.append(shard)
+    return ok
 
 
 def _recover(facts: _Facts, domain: etree._Element, what: str, target: str, shard: Shard) -> None:
@@ -1132,7 +1141,8 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         allowed = referable_groups(sid, _deps_closure(sid, visible) & set(writable))
         members = [d for d in groups[sid] if _fix_references(
             facts, d, sid, allowed, owner, pool_owner, lambda s=sid: previous(s), problems)]
-        merged_uuids = {facts(d).uuid for d in members}
+        member_qubes = [facts(d) for d in members]
+        merged_uuids = {qube.uuid for qube in member_qubes}
         hold = unplaced if len(members) == len(groups[sid]) else \
             unplaced | {facts(d).uuid for d in groups[sid]} - merged_uuids
         known = sutured.get(sid, {}).get("merged")
@@ -1147,7 +1157,7 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         _fix_qids(facts, shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
         for domain in members + kept:
             facts.strip_tags(domain)
-        dirs[sid] = [(dom0_subdir(d), facts(d).name) for d in members]
+        dirs[sid] = [(dom0_subdir(d), q.name) for d, q in zip(members, member_qubes)]
         keep_dirs[sid] = {(dom0_subdir(d), facts(d).name) for d in kept}
         new_state["shards"][sid] = {
             "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
@@ -1359,7 +1369,8 @@ def _fix_qids(facts: _Facts, shard: Shard, members: list[etree._Element],
     """Give qubes created while the shard was open (qid outside its range) a qid of the
     range in the shard file: the one written last time if still free, else the lowest
     free one. qubesd keeps the old qid until the next suture."""
-    outside = [d for d in members if not shard.contains_qid(facts.qid(d) or 0)]
+    first, last = shard.qid_range
+    outside = [d for d in members if not first <= (facts(d).qid or 0) <= last]
     if not outside:
         return
     taken = merged_qids | {facts.qid(d) for d in members + kept}
