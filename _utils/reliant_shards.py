@@ -800,18 +800,20 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                                          missing_reference, problems)
         candidates = _assign_qids(facts, shard, candidates, qids, problems)
         merged_uuids = []
-        dirs[shard.id] = [(dom0_subdir(d), facts.name(d)) for d in candidates]
+        dirs[shard.id] = []
+        tag = shard_tag(shard.id)
         for domain in candidates:
             qube = facts(domain)
             _note_volumes(qube, used_vids, kernel_pools)
             merged_by_name[qube.name] = qube
+            dirs[shard.id].append((dom0_subdir(domain), qube.name))
             facts.strip_tags(domain)
-            facts.add_tag(domain, shard_tag(shard.id))
-            sections["domains"].append(domain)
+            facts.add_tag(domain, tag)
             owner[qube.name] = shard.id
             uuids.add(qube.uuid)
             qids.add(qube.qid)
             merged_uuids.append(qube.uuid)
+        sections["domains"].extend(candidates)
         pool_names = shard.pools
         for pool in shard.pool_elements:
             pool_owner[pool.get("name")] = shard.id
@@ -928,16 +930,17 @@ def _own_volumes(facts: _Facts, shard: Shard, candidates: list[etree._Element],
                 v for _, _, vid, source in template.volumes for v in (vid, source) if v}
         reason = None
         for volume, pool, vid, source in qube.volumes:
-            holder = used.get((pool, vid)) or claimed.get((pool, vid))
-            if vid and pool not in kernel_pools and holder not in (None, qube.name):
+            key = (pool, vid) if vid and pool not in kernel_pools else None
+            holder = None if key is None else used.get(key) or claimed.get(key)
+            if holder is not None and holder != qube.name:
                 reason = f"volume {volume} is {pool}:{vid}, a volume of qube {holder}"
             elif source and template is not None and source not in sources:
                 reason = (f"volume {volume} takes its data from {source}, which is not a "
                           f"volume of its template {template.name}")
             if reason:
                 break
-            if vid and pool not in kernel_pools:
-                claimed.setdefault((pool, vid), qube.name)
+            if key is not None:
+                claimed.setdefault(key, qube.name)
         if reason:
             problems.append(Problem("warning", "invalid", f"qube {qube.name} of shard "
                                     f"{shard.id} not merged: {reason}; it stays intact in "

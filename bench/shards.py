@@ -1,14 +1,15 @@
 """Benchmark: suture and dissect of 2,000 qubes over 15 shards against a bare lxml
 parse + serialize of the same merged bytes, measured in the same run.
 
-    .venv/bin/python bench/shards.py [--qubes 2000] [--shards 15] [--repeat 5]
+    .venv/bin/python bench/shards.py [--qubes 2000] [--shards 15] [--repeat 15]
 
 Core and shards are written on disk (a temporary directory), the merged store and
 the runtime state on tmpfs (/dev/shm), as /run/reliant is in dom0. Each operation
 includes its file I/O: reading, comparing, atomic writes with fsync. The three run in
 turns, each run timed by wall clock and process CPU time; prints the best and the
-median of each and their ratios to the baseline. The last line (best wall clock) is
-``suture+dissect/lxml: R``.
+median of each and their ratios to the baseline, and the spread of the ratio of each
+round (the three runs of a round see about the same load from other processes). The
+last line (best wall clock of each) is ``suture+dissect/lxml: R``.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--qubes", type=int, default=2000)
     parser.add_argument("--shards", type=int, default=15)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="reliant-bench-") as base, \
@@ -168,6 +169,10 @@ def main() -> int:
                   f"{t_suture * 1000:.1f} ms = {t_suture / baseline:.2f} x; dissect "
                   f"{t_dissect * 1000:.1f} ms = {t_dissect / baseline:.2f} x; suture+dissect "
                   f"{ratios[clock, name]:.2f} x")
+        rounds = sorted((suture_run + dissect_run) / bare_run for bare_run, suture_run, dissect_run
+                        in zip(*(run[clock] for run in runs)))
+        print(f"{clock} per round (suture+dissect)/lxml: min {rounds[0]:.2f}, median "
+              f"{statistics.median(rounds):.2f}, max {rounds[-1]:.2f}")
     print(f"suture+dissect/lxml: {ratios['wall', 'best']:.2f}")
     return 0
 
