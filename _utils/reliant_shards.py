@@ -1665,8 +1665,6 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
                        missing_reference=missing_reference, detached=detached)
     problems += plan.problems
     if policy_dir is not None:
-        import reliant_policy  # written by the isolation component
-
         try:
             reliant_policy.write_runtime_policy(policy_dir, plan.merged, services)
         except Exception as exc:  # any failure: do not start qubesd without isolation
@@ -1745,8 +1743,6 @@ def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
 def isolation_problems(merged_root: etree._Element) -> list[Problem]:
     """A warning (kind ``isolation``) for each qube of a merged store whose default
     disposable is in another group: the runtime policy denies its @dispvm calls."""
-    import reliant_guard  # it imports this module
-
     try:
         found = reliant_guard.cross_group_dispvm_qubes(merged_root)
         messages = reliant_guard.cross_group_dispvms(merged_root)
@@ -1863,3 +1859,10 @@ def review_qube(roots: Sequence[str], name: str, *, shard_id: Optional[str] = No
     for feature in ours:
         features.remove(feature)
     return Result([], [shard.file] if _rewrite(shard) else [], [shard])
+
+
+# The isolation component's modules import this one: imported last, once everything they
+# use is defined; at module level, since Salt's loader drops the utils directory from
+# sys.path once its modules are loaded (an import inside a function would fail there).
+import reliant_guard  # noqa: E402
+import reliant_policy  # noqa: E402
