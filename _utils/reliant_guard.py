@@ -34,7 +34,7 @@ FOREIGN_DISPVM_TAG = reliant_shards.TAG_PREFIX + "foreign-dispvm"
 QUBE_REFERENCE_PROPERTIES = reliant_shards.DOMAIN_REFERENCES
 GLOBAL_REFERENCE_PROPERTIES = reliant_shards.GLOBAL_REFERENCES
 #: Volumes that hold a qube's own data (the others are snapshots of a template's).
-DATA_VOLUMES = ("root", "private", "volatile")
+DATA_VOLUMES = reliant_shards.DATA_VOLUMES
 
 
 class GuardError(ValueError):
@@ -96,9 +96,8 @@ def expected_group(qube: QubeFacts, pool_groups: Mapping[str, str],
     return shards[0] if shards else CORE_TAG
 
 
-def is_data_volume(name: str, snap_on_start: bool, source: Optional[str]) -> bool:
-    """True for a volume holding the qube's own data (as ``reliant_shards.data_pools``)."""
-    return name in DATA_VOLUMES and not (snap_on_start and source)
+#: True for a volume holding the qube's own data (the rule of ``reliant_shards.data_pools``).
+is_data_volume = reliant_shards.is_data_volume
 
 
 def pool_groups(qubes: Iterable[QubeFacts]) -> dict[str, str]:

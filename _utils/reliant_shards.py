@@ -26,7 +26,7 @@ reliant_audit use it):
 - ``rename_qube(...)``, ``review_qube(...)``: offline fixes in a shard file.
 - ``status(...)``: what is visible, sutured, in conflict, recovered.
 - ``qube_name/qube_uuid/qube_qid(domain)``, ``data_pools(domain)`` (pools of a
-  qube's own data volumes), ``references(domain)`` (what it names),
+  qube's own data volumes, ``is_data_volume``), ``references(domain)`` (what it names),
   ``referable_groups(group, dependencies)`` (the reference rule).
 - ``isolation_problems(merged_root)``: qubes whose default disposable is in another
   group (reported by ``check``).
@@ -82,7 +82,8 @@ MISSING_REFERENCE_MODES = ("recover", "skip")
 
 _ID_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _NAME_RE = re.compile(r"\A[a-zA-Z][a-zA-Z0-9_.-]{0,30}\Z")
-_DATA_VOLUMES = ("root", "private", "volatile")
+#: Volumes that may hold a qube's own data (see `is_data_volume`).
+DATA_VOLUMES = ("root", "private", "volatile")
 
 
 class ShardError(Exception):
@@ -138,6 +139,13 @@ def _prop(element: etree._Element, name: str) -> Optional[str]:
     return None
 
 
+def is_data_volume(name: str, snap_on_start: bool, source: Optional[str]) -> bool:
+    """True for a volume holding the qube's own data: root, private or volatile, unless
+    it is a snapshot of another volume (snap_on_start with a source: an AppVM's root
+    taken from its template's)."""
+    return name in DATA_VOLUMES and not (snap_on_start and source)
+
+
 class _Qube:
     """What the rules need to know about one <domain>, read in one pass (the hot loop of
     suture and dissect: plain local variables, one attribute read per item)."""
@@ -185,8 +193,8 @@ class _Qube:
                     volume_name, source = volume.get("name") or "", volume.get("source")
                     pools.add(pool)
                     volumes.append((volume_name, pool, volume.get("vid") or "", source))
-                    if volume_name in _DATA_VOLUMES and not (
-                            source and volume.get("snap_on_start") == "True"):
+                    if is_data_volume(volume_name, volume.get("snap_on_start") == "True",
+                                      source):
                         own.add(pool)
             elif kind == "devices":
                 for device in section:
