@@ -95,7 +95,7 @@ class Problem:
     """Something a user must know about. severity: info, warning or error.
 
     kind: conflict, recovered, skipped, invalid, refused, renumbered, violation,
-    unplaceable, detached, policy, isolation.
+    unplaceable, detached, state, isolation.
     """
 
     severity: str
