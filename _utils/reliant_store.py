@@ -93,9 +93,10 @@ def parse(data: bytes, source: str) -> etree._Element:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
         raise StoreError(f"{source}: malformed XML: {exc}") from None
-    if b"&" in data or data.find(b"<?", 1) != -1:  # no entity or PI node without these
-        for node in root.iter(etree.Entity, etree.ProcessingInstruction):
-            raise StoreError(f"{source}: unexpected {type(node).__name__} in store")
+    if root.getroottree().docinfo.internalDTD is not None:  # e.g. UTF-16, unseen by guard
+        raise StoreError(f"{source}: DTD or entity declarations are not allowed")
+    for node in root.iter(etree.Entity, etree.ProcessingInstruction):
+        raise StoreError(f"{source}: unexpected {type(node).__name__} in store")
     for node in root.iter(*_VALUE_ELEMENTS):
         if node.text is None and not len(node):
             node.text = ""

@@ -25,6 +25,9 @@ def test_serialize_reproduces_qubesd_bytes(name):
         (b'<!DOCTYPE qubes SYSTEM "http://example.org/x.dtd"><qubes/>', "DTD or entity"),
         (b"<qubes><?php evil ?></qubes>", "ProcessingInstruction"),
         (b"<qubes>&undefined;</qubes>", "malformed XML"),
+        # UTF-16 hides "<!" and "<?" from a byte search: the parsed tree is checked too
+        ('<!DOCTYPE q [<!ENTITY a "aaaa">]><qubes/>'.encode("utf-16"), "DTD or entity"),
+        ("<qubes><?php evil ?></qubes>".encode("utf-16"), "ProcessingInstruction"),
     ],
 )
 def test_parse_rejects_hostile_input_naming_the_source(data, words):
