@@ -375,6 +375,18 @@ def test_check_reports_each_shard_qube_whose_default_disposable_is_in_another_gr
     assert reliant_shards.check(str(scene.core), scene.roots).problems == []
 
 
+def test_check_reports_a_store_the_isolation_guard_cannot_read(tmp_path):
+    scene = split_scene(tmp_path)
+    core = load(scene.core)
+    name = next(p for p in domain_of(core, "work").find("properties")
+                if p.get("name") == "name")
+    name.getparent().remove(name)
+    scene.core.write_bytes(reliant_store.serialize(core))
+    result = reliant_shards.check(str(scene.core), scene.roots)
+    (error,) = [p for p in result.problems if p.kind == "isolation"]
+    assert error.severity == "error" and "has no name" in error.message
+
+
 def test_dissect_waits_for_a_running_suture_or_dissect(tmp_path):
     scene = split_scene(tmp_path)
     scene.suture()
