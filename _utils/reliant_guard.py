@@ -194,10 +194,11 @@ def facts_from_store(root: etree._Element) -> tuple[dict[str, QubeFacts], dict[s
     """Facts of every qube of a qubesd store, and its global properties naming a qube."""
     qubes: dict[str, QubeFacts] = {}
     for domain in root.iterfind("domains/domain"):
-        name = reliant_shards.qube_name(domain)
+        record = reliant_shards.QubeRecord(domain)
+        name = record.name
         if not name:
             raise GuardError(f"domain {domain.get('id')!r} has no name")
-        references = dict(reliant_shards.references(domain))
+        references = dict(record.refs)
         if domain.find("properties/property[@name='default_dispvm']") is not None:
             references.setdefault("default_dispvm", "")
         qubes[name] = QubeFacts(
@@ -205,7 +206,7 @@ def facts_from_store(root: etree._Element) -> tuple[dict[str, QubeFacts], dict[s
             klass=domain.get("class", ""),
             tags=frozenset(tag.get("name") for tag in domain.iterfind("tags/tag")),
             references=references,
-            data_pools=frozenset(reliant_shards.data_pools(domain)),
+            data_pools=frozenset(record.data_pools),
             template_for_dispvms=domain.findtext(
                 "properties/property[@name='template_for_dispvms']") == "True",
         )
@@ -224,6 +225,11 @@ class CrossDispvm:
     group: Optional[str]
     dispvm: str
     dispvm_group: Optional[str]
+
+    def __str__(self) -> str:
+        return (f"qube {self.qube!r} ({self.group or 'no group'}): default_dispvm "
+                f"{self.dispvm!r} is in another group ({self.dispvm_group or 'no group'}); "
+                "its @dispvm calls are denied")
 
 
 def cross_group_dispvm_qubes(merged_root: etree._Element) -> list[CrossDispvm]:
@@ -246,9 +252,7 @@ def cross_group_dispvms(merged_root: etree._Element) -> list[str]:
 
     Such calls are denied by the runtime policy, so the user should point the qube's
     default_dispvm at a disposable template of its own group. One message per qube."""
-    return [f"qube {c.qube!r} ({c.group or 'no group'}): default_dispvm {c.dispvm!r} is in "
-            f"another group ({c.dispvm_group or 'no group'}); its @dispvm calls are denied"
-            for c in cross_group_dispvm_qubes(merged_root)]
+    return [str(cross) for cross in cross_group_dispvm_qubes(merged_root)]
 
 
 def reference_problems(merged_root: etree._Element,

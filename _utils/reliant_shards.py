@@ -25,6 +25,7 @@ reliant_audit use it):
 - ``check(core, roots, ...)``: what suture would report, writing nothing.
 - ``rename_qube(...)``, ``review_qube(...)``: offline fixes in a shard file.
 - ``status(...)``: what is visible, sutured, in conflict, recovered.
+- ``QubeRecord(domain)``: all of the following read in one pass.
 - ``qube_name/qube_uuid/qube_qid(domain)``, ``data_pools(domain)`` (pools of a
   qube's own data volumes, ``is_data_volume``), ``references(domain)`` (what it names),
   ``referable_groups(group, dependencies)`` (the reference rule).
@@ -146,9 +147,12 @@ def is_data_volume(name: str, snap_on_start: bool, source: Optional[str]) -> boo
     return name in DATA_VOLUMES and not (snap_on_start and source)
 
 
-class _Qube:
+class QubeRecord:
     """What the rules need to know about one <domain>, read in one pass (the hot loop of
-    suture and dissect: plain local variables, one attribute read per item)."""
+    suture and dissect: plain local variables, one attribute read per item). Read-only
+    for other modules: .name .uuid .qid .label, .refs (as `references`), .pools,
+    .data_pools (as `data_pools`), .volumes (name, pool, vid, source), .tags and
+    .reliant_tags (elements)."""
 
     __slots__ = ("data_pools", "label", "name", "pools", "qid", "refs", "reliant_tags",
                  "tags", "uuid", "volumes")
@@ -218,28 +222,28 @@ _REFERENCE_SET = frozenset(DOMAIN_REFERENCES)
 
 def qube_name(domain: etree._Element) -> str:
     """The name of a <domain> ("dom0" for the AdminVM, "" if it has none)."""
-    return _Qube(domain).name
+    return QubeRecord(domain).name
 
 
 def qube_uuid(domain: etree._Element) -> str:
-    return _Qube(domain).uuid
+    return QubeRecord(domain).uuid
 
 
 def qube_qid(domain: etree._Element) -> Optional[int]:
     """The qid (0 for the AdminVM), None if missing or not a number."""
-    return _Qube(domain).qid
+    return QubeRecord(domain).qid
 
 
 def data_pools(domain: etree._Element) -> set[str]:
     """Pools of the qube's own data: private, volatile, and root unless it is a
     snapshot of a template's volume (snap_on_start with a source)."""
-    return _Qube(domain).data_pools
+    return QubeRecord(domain).data_pools
 
 
 def references(domain: etree._Element) -> list[tuple[str, str]]:
     """(what, qube name) for every reference of a <domain> to another qube: reference
     properties, then device assignments ("device CLASS:ID", backend)."""
-    return _Qube(domain).refs
+    return QubeRecord(domain).refs
 
 
 def _set_qid(domain: etree._Element, qid: int) -> None:
@@ -248,15 +252,15 @@ def _set_qid(domain: etree._Element, qid: int) -> None:
 
 
 class _Facts:
-    """`_Qube` records of the domains a plan looks at, each read once."""
+    """`QubeRecord` records of the domains a plan looks at, each read once."""
 
     def __init__(self) -> None:
-        self._seen: dict[etree._Element, _Qube] = {}
+        self._seen: dict[etree._Element, QubeRecord] = {}
 
-    def __call__(self, domain: etree._Element) -> _Qube:
+    def __call__(self, domain: etree._Element) -> QubeRecord:
         qube = self._seen.get(domain)
         if qube is None:
-            qube = self._seen[domain] = _Qube(domain)
+            qube = self._seen[domain] = QubeRecord(domain)
         return qube
 
     def forget(self, domain: etree._Element) -> None:
@@ -760,7 +764,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
     core_refs: set[str] = set()
     kernel_pools = {p.get("name") for p in sections["pools"]
                     if p.get("driver") == "linux-kernel"}
-    merged_by_name: dict[str, _Qube] = {}
+    merged_by_name: dict[str, QubeRecord] = {}
     used_vids: dict[tuple[str, str], str] = {}
     for domain in sections["domains"]:
         qube = facts(domain)
@@ -912,14 +916,14 @@ def _admissible(facts: _Facts, shard: Shard, owner: dict[str, str], uuids: set[s
     return kept
 
 
-def _note_volumes(qube: _Qube, used: dict[tuple[str, str], str], kernel_pools: set[str]) -> None:
+def _note_volumes(qube: QubeRecord, used: dict[tuple[str, str], str], kernel_pools: set[str]) -> None:
     for _, pool, vid, _ in qube.volumes:
         if vid and pool not in kernel_pools:
             used.setdefault((pool, vid), qube.name)
 
 
 def _own_volumes(facts: _Facts, shard: Shard, candidates: list[etree._Element],
-                 merged: dict[str, _Qube], used: dict[tuple[str, str], str],
+                 merged: dict[str, QubeRecord], used: dict[tuple[str, str], str],
                  kernel_pools: set[str], problems: list[Problem]) -> list[etree._Element]:
     """Leave out shard qubes whose volumes would open another qube's data: a volume
     (pool, vid) already used by another qube, or a snapshot source that is not a
@@ -1198,7 +1202,7 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
 
 
-def _order(qube: _Qube) -> tuple[bool, str]:
+def _order(qube: QubeRecord) -> tuple[bool, str]:
     """Order of qubes in a shard file: by name, nameless ones last."""
     return qube.name == "", qube.name
 
@@ -1753,14 +1757,13 @@ def isolation_problems(merged_root: etree._Element) -> list[Problem]:
     disposable is in another group: the runtime policy denies its @dispvm calls."""
     try:
         found = reliant_guard.cross_group_dispvm_qubes(merged_root)
-        messages = reliant_guard.cross_group_dispvms(merged_root)
     except reliant_guard.GuardError as exc:
         return [Problem("error", "isolation", f"merged store: {exc}")]
     prefix = shard_tag("")
-    return [Problem("warning", "isolation", message,
+    return [Problem("warning", "isolation", str(cross),  # reliant_guard.cross_group_dispvms
                     cross.group[len(prefix):] if (cross.group or "").startswith(prefix) else None,
                     cross.qube)
-            for cross, message in zip(found, messages)]
+            for cross in found]
 
 
 def status(core: str, merged: str, roots: Sequence[str], *, max_depth: int = 3,
