@@ -158,7 +158,7 @@ def main() -> int:
 
         runs = timings(((nothing, bare), (no_merged_store, suture),
                         (qubesd_saves_a_change, dissect)), args.repeat)
-    print(f"qubes: {count - 1} in core and {args.shards} shards; merged store {len(data)} bytes"
+    print(f"qubes: {count - 1} (core and {args.shards} shards); merged store {len(data)} bytes"
           f" (on {tmpfs or 'disk'}); {args.repeat} runs each, in turns")
     ratios = {}
     for clock in ("wall", "cpu"):
