@@ -1,5 +1,5 @@
 """Execution module `reliant_policy`: the qrexec policy and qubesd extension of
-reliant.isolation (see docs/isolation.md). Thin wrappers over ``_utils/reliant_policy``.
+reliant.isolation (see docs/isolation.md). Thin wrappers over ``_utils/reliant_lib/reliant_policy``.
 
 Nothing here reads a shard: the deny rules between shards are written by
 ``reliant-shard suture`` into /run/qubes/policy.d, never by Salt.
@@ -11,7 +11,8 @@ import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-for _lib in (os.path.join(_HERE, os.pardir, "utils"), os.path.join(_HERE, os.pardir, "_utils")):
+for _lib in (os.path.join(_HERE, os.pardir, "utils", "reliant_lib"),
+             os.path.join(_HERE, os.pardir, "_utils", "reliant_lib")):
     if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
         sys.path.insert(0, os.path.abspath(_lib))
 

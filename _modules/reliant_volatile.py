@@ -9,7 +9,8 @@ import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-for _lib in (os.path.join(_HERE, os.pardir, "utils"), os.path.join(_HERE, os.pardir, "_utils")):
+for _lib in (os.path.join(_HERE, os.pardir, "utils", "reliant_lib"),
+             os.path.join(_HERE, os.pardir, "_utils", "reliant_lib")):
     if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
         sys.path.insert(0, os.path.abspath(_lib))
 

@@ -1,10 +1,10 @@
-"""Shared test setup: the library in _utils/ is importable by plain name."""
+"""Shared test setup: the library in _utils/reliant_lib/ is importable by plain name."""
 
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-for path in (ROOT / "_utils", ROOT / "tests" / "doubles", ROOT / "tests" / "support"):
+for path in (ROOT / "_utils" / "reliant_lib", ROOT / "tests" / "doubles", ROOT / "tests" / "support"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

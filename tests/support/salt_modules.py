@@ -1,6 +1,6 @@
 """Load the formula's execution and state modules for loader-mocked unit tests.
 
-`_modules/reliant_x.py` shares its name with the library `_utils/reliant_x.py`, so
+`_modules/reliant_x.py` shares its name with the library `_utils/reliant_lib/reliant_x.py`, so
 it is imported under another name (`salt_modules_reliant_x`, `salt_states_reliant_x`).
 """
 

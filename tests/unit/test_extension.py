@@ -32,7 +32,7 @@ def qubes(tmp_path_factory, settings_file):
         shutil.copytree(item, site / item.name)
     settings_file.write_bytes(reliant_policy.render_settings(reliant_policy.PolicySettings()))
     (site / "reliant_isolation" / "_paths.py").write_text(
-        reliant_policy.render_extension_paths(str(ROOT / "_utils"), str(settings_file)))
+        reliant_policy.render_extension_paths(str(ROOT / "_utils" / "reliant_lib"), str(settings_file)))
     sys.path[:0] = [str(ROOT / "tests" / "doubles" / "qubes_ext"), str(site)]
     importlib.invalidate_caches()
     qubes = importlib.import_module("qubes")

@@ -34,7 +34,7 @@ reliant-shards-merged-in-ram:
 reliant-shards-library:
   file.recurse:
     - name: {{ shards.libdir }}
-    - source: salt://_utils
+    - source: salt://_utils/reliant_lib
     - include_pat: 'E@^reliant_\w+\.py$'
     - exclude_pat: 'E@__pycache__'
     - clean: true

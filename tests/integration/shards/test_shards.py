@@ -12,18 +12,15 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import reliant_shards
+import reliant_store
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path[:0] = [str(ROOT / "_utils")]
-
-import reliant_shards  # noqa: E402
-import reliant_store  # noqa: E402
 
 CORE, MERGED = "/var/lib/qubes/qubes.xml", "/run/reliant/qubes.xml"
 SHARDS = {  # directory -> (declaration, pool, qubes created in it)
