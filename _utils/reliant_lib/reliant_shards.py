@@ -39,7 +39,7 @@ reliant_audit use it):
 - ``Problem`` (severity info/warning/error, kind, message, shard, qube),
   ``Result`` (problems, written, shards; ``.errors``), ``ShardError``.
 
-Rules and the QID mechanism are described in docs/shards-library.md.
+Rules and the QID mechanism are described in README.md (Shards: library).
 """
 
 import contextlib

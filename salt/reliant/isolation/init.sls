@@ -1,7 +1,7 @@
 {#- reliant.isolation: the persistent qrexec policy file (names no shard), the settings
     file the runtime deny rules follow, and the qubesd extension that keeps group tags and
     refuses references from core to shard qubes. The deny rules themselves are written by
-    `reliant-shard suture` into the runtime policy directory. See docs/isolation.md. -#}
+    `reliant-shard suture` into the runtime policy directory. See README.md, Isolation. -#}
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set isolation = reliant.isolation %}

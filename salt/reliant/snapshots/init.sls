@@ -1,7 +1,7 @@
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
 # reliant.snapshots: reliant's create-snapshot (read-only loop devices for images
 # that must not be written) and the qubesd extension that marks rw=False volumes.
-# See docs/snapshots.md.
+# See README.md, Read-only loop snapshots.
 reliant-snapshots-installed:
   reliant_snapshot.installed:
     - name: {{ reliant.snapshots.script | json }}
