@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
+import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-for _lib in (os.path.join(_HERE, os.pardir, "utils", "reliant_lib"),
-             os.path.join(_HERE, os.pardir, "_utils", "reliant_lib")):
-    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
-        sys.path.insert(0, os.path.abspath(_lib))
-
-import reliant_config  # noqa: E402
+# isort: split
+import reliant_config
 
 __virtualname__ = "reliant_config"
 

@@ -20,30 +20,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Any, Optional
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-for _lib in (os.path.join(_HERE, os.pardir, "utils", "reliant_lib"),
-             os.path.join(_HERE, os.pardir, "_utils", "reliant_lib")):
-    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
-        sys.path.insert(0, os.path.abspath(_lib))
+import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
-import reliant_cli  # noqa: E402
-import reliant_config  # noqa: E402
-import reliant_declare  # noqa: E402
-import reliant_shards  # noqa: E402
-import reliant_store  # noqa: E402
-from salt.exceptions import CommandExecutionError  # noqa: E402
+# isort: split
+import reliant_cli
+import reliant_config
+import reliant_declare
+import reliant_shards
+import reliant_store
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_shard"
 REFUSALS = (reliant_shards.ShardError, reliant_store.StoreError, reliant_cli.UsageError)
 
 
 def __virtual__():
-    if not reliant_config.is_dom0(__opts__.get("reliant_dom0_marker", reliant_config.DOM0_MARKER)):
-        return (False, "reliant_shard: not a Qubes dom0 (no /etc/qubes-release)")
-    return __virtualname__
+    return reliant_config.virtual(__virtualname__, __opts__)
 
 
 def settings(config: Optional[str] = None, **overrides: Any) -> dict:

@@ -15,20 +15,15 @@ and only its metadata changes; qubes, pools and dom0 directories are kept.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any, Optional
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-for _lib in (os.path.join(_HERE, os.pardir, "utils", "reliant_lib"),
-             os.path.join(_HERE, os.pardir, "_utils", "reliant_lib")):
-    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
-        sys.path.insert(0, os.path.abspath(_lib))
+import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
-import reliant_declare  # noqa: E402
-import reliant_shards  # noqa: E402
-import reliant_store  # noqa: E402
-from salt.exceptions import CommandExecutionError  # noqa: E402
+# isort: split
+import reliant_declare
+import reliant_shards
+import reliant_store
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_shard"
 _ERRORS = (reliant_shards.ShardError, reliant_store.StoreError, CommandExecutionError)

@@ -8,25 +8,17 @@ know is refused before anything is changed.
 
 from __future__ import annotations
 
-import os
-import sys
+import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-for _lib in (os.path.join(_HERE, os.pardir, "utils", "reliant_lib"),
-             os.path.join(_HERE, os.pardir, "_utils", "reliant_lib")):
-    if os.path.isdir(_lib) and os.path.abspath(_lib) not in sys.path:
-        sys.path.insert(0, os.path.abspath(_lib))
-
-import reliant_config  # noqa: E402
-import reliant_snapshot  # noqa: E402
+# isort: split
+import reliant_config
+import reliant_snapshot
 
 __virtualname__ = "reliant_snapshot"
 
 
 def __virtual__():
-    if not reliant_config.is_dom0(__opts__.get("reliant_dom0_marker", reliant_config.DOM0_MARKER)):
-        return (False, "reliant_snapshot: not a Qubes dom0 (no /etc/qubes-release)")
-    return __virtualname__
+    return reliant_config.virtual(__virtualname__, __opts__)
 
 
 def _converge(name: str, settings: dict | None, remove: bool) -> dict:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-for path in (ROOT / "_utils" / "reliant_lib", ROOT / "tests" / "doubles", ROOT / "tests" / "support"):
+LIBRARY = ROOT / "_utils" / "reliant_lib"
+for path in (LIBRARY, ROOT / "_utils", ROOT / "tests" / "doubles", ROOT / "tests" / "support"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

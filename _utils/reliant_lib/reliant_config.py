@@ -8,7 +8,8 @@ the key by its colon path (as `pillar.get` spells it), e.g.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Union
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list: "a list", dict: "a mapping"}
@@ -19,6 +20,17 @@ DOM0_MARKER = "/etc/qubes-release"
 def is_dom0(marker: str = DOM0_MARKER) -> bool:
     """True on a Qubes dom0 (the file /etc/qubes-release exists)."""
     return os.path.isfile(marker)
+
+
+def virtual(name: str, opts: Mapping[str, Any]) -> Union[str, tuple[bool, str]]:
+    """`__virtual__` of the formula's modules: `name` on a Qubes dom0, else (False, reason).
+
+    The minion option `reliant_dom0_marker` names another marker file (tests).
+    """
+    marker = opts.get("reliant_dom0_marker", DOM0_MARKER)
+    if is_dom0(marker):
+        return name
+    return (False, f"{name}: not a Qubes dom0 (no {marker})")
 
 
 def _kind(value: Any) -> type:

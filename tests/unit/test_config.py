@@ -70,3 +70,12 @@ def test_readme_documents_every_pillar_key_with_its_default():
             assert row, f"README does not document reliant:{component}:{key}"
             if isinstance(default, bool):
                 assert f"`{str(default).lower()}`" in row, f"README gives another default for {key}"
+
+
+def test_virtual_names_the_module_on_dom0_only(tmp_path):
+    marker = tmp_path / "qubes-release"
+    opts = {"reliant_dom0_marker": str(marker)}
+    assert reliant_config.virtual("reliant_x", opts) == (
+        False, f"reliant_x: not a Qubes dom0 (no {marker})")
+    marker.write_text("Qubes release 4.3\n")
+    assert reliant_config.virtual("reliant_x", opts) == "reliant_x"

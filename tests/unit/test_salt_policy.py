@@ -40,8 +40,7 @@ def test_virtual(tmp_path):
     assert module.__virtual__() == "reliant_policy"
     assert state.__virtual__() == "reliant_policy"
     module.__opts__["reliant_dom0_marker"] = str(tmp_path / "absent")
-    assert module.__virtual__() == (False, "reliant_policy: not a Qubes dom0 "
-                                           "(no /etc/qubes-release)")
+    assert module.__virtual__() == (False, f"reliant_policy: not a Qubes dom0 (no {tmp_path}/absent)")
 
 
 def test_a_failed_write_fails_the_state_and_keeps_the_previous_settings(etc, monkeypatch):

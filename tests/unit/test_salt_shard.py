@@ -53,8 +53,7 @@ def test_virtual(tmp_path):
     assert module.__virtual__() == "reliant_shard"
     assert state.__virtual__() == "reliant_shard"
     module.__opts__["reliant_dom0_marker"] = str(tmp_path / "absent")
-    assert module.__virtual__() == (False, "reliant_shard: not a Qubes dom0 "
-                                           "(no /etc/qubes-release)")
+    assert module.__virtual__() == (False, f"reliant_shard: not a Qubes dom0 (no {tmp_path}/absent)")
     state.__salt__.clear()
     assert state.__virtual__()[0] is False
 

@@ -1,0 +1,13 @@
+"""Put the reliant library (`reliant_lib/`, beside this file) on sys.path.
+
+The formula's execution and state modules import this first: while Salt loads them,
+its utils directories (the synced `_utils/`) are on sys.path, and the library's
+modules import each other by plain name from `reliant_lib/`.
+"""
+
+import os
+import sys
+
+LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reliant_lib")
+if LIBRARY not in sys.path:
+    sys.path.insert(0, LIBRARY)
