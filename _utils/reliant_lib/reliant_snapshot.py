@@ -20,9 +20,10 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
+
+import reliant_store
 
 #: sha256 of qubes/storage/file.py -> qubes-core-admin releases that ship it. All of
 #: them run create-snapshot with the 3- and 4-argument forms this formula handles.
@@ -69,15 +70,6 @@ class SnapshotError(Exception):
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of `data`."""
     return hashlib.sha256(data).hexdigest()
-
-
-def read_or_none(path: str) -> Optional[bytes]:
-    """The content of `path`, or None when it does not exist."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
 
 
 def find_site_packages(globs: tuple[str, ...] = SITE_PACKAGES_GLOBS) -> str:
@@ -165,7 +157,7 @@ class Manifest:
     @classmethod
     def load(cls, layout: Layout) -> "Optional[Manifest]":
         """The manifest, None when absent; SnapshotError when it or the backup is damaged."""
-        data = read_or_none(layout.manifest)
+        data = reliant_store.read_or_none(layout.manifest)
         if data is None:
             return None
         try:
@@ -173,7 +165,7 @@ class Manifest:
         except (ValueError, TypeError) as exc:
             raise SnapshotError(f"{layout.manifest}: not a manifest of reliant.snapshots: {exc}")\
                 from exc
-        original = read_or_none(layout.original)
+        original = reliant_store.read_or_none(layout.original)
         if original is None or sha256_bytes(original) != manifest.original_sha256:
             raise SnapshotError(
                 f"{layout.original}: backup of the original create-snapshot is missing or does "
@@ -213,7 +205,7 @@ class Plan:
 
 def check_qubes_version(layout: Layout, extra_known: frozenset[str]) -> list[str]:
     """Problems with the Qubes files the component relies on (file.py)."""
-    data = read_or_none(layout.file_py)
+    data = reliant_store.read_or_none(layout.file_py)
     if data is None:
         return [f"{layout.file_py} not found: is qubes-core-dom0 installed?"]
     digest = sha256_bytes(data)
@@ -237,7 +229,7 @@ def plan_install(layout: Layout, script: bytes, extension: bytes,
         plan.problems.append(str(exc))
         return plan
     wanted = desired_files(layout, script, extension)
-    current = read_or_none(layout.script)
+    current = reliant_store.read_or_none(layout.script)
     ours = sha256_bytes(script)
     if current is None:
         plan.problems.append(f"{layout.script} not found: is qubes-core-dom0 installed?")
@@ -258,7 +250,7 @@ def plan_install(layout: Layout, script: bytes, extension: bytes,
             "nothing was changed")
     if plan.problems:
         return plan
-    plan.write = {path: data for path, data in wanted.items() if read_or_none(path) != data}
+    plan.write = {path: data for path, data in wanted.items() if reliant_store.read_or_none(path) != data}
     # Files of an earlier installation that are no longer wanted (site-packages moved).
     stale = [path for path in (manifest.installed if manifest else {}) if path not in wanted]
     plan.remove = [path for path in with_bytecode(stale) if os.path.lexists(path)]
@@ -287,43 +279,12 @@ def plan_remove(layout: Layout) -> Plan:
     if manifest is None:
         return plan
     # Only reliant's script is replaced: one that a qubes-core-dom0 update wrote since stays.
-    current = read_or_none(layout.script)
+    current = reliant_store.read_or_none(layout.script)
     plan.restore = current is not None and \
         sha256_bytes(current) == manifest.installed.get(layout.script)
     plan.drop_backup = True
     plan.manifest = manifest
     return plan
-
-
-def write_atomic(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1,
-                 mtime_ns: Optional[int] = None) -> None:
-    """Replace `path` with `data` (temp file, fsync, rename, directory fsync)."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".reliant-", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            if uid != -1 or gid != -1:
-                os.fchown(out.fileno(), uid, gid)
-            os.fsync(out.fileno())
-        if mtime_ns is not None:
-            os.utime(temp, ns=(mtime_ns, mtime_ns))
-        os.rename(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    fsync_dir(directory)
-
-
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def apply_install(layout: Layout, plan: Plan) -> None:
@@ -336,16 +297,16 @@ def apply_install(layout: Layout, plan: Plan) -> None:
         if sha256_bytes(original) != plan.backup.original_sha256:
             raise SnapshotError(f"{layout.script} changed while installing; nothing was changed")
         os.makedirs(layout.backup_dir, mode=0o700, exist_ok=True)
-        write_atomic(layout.original, original, 0o600)
+        reliant_store.replace(layout.original, original, 0o600)
     if plan.manifest:
         os.makedirs(layout.backup_dir, mode=0o700, exist_ok=True)
-        write_atomic(layout.manifest, plan.manifest.dump(), 0o600)
+        reliant_store.replace(layout.manifest, plan.manifest.dump(), 0o600)
     manifest = plan.manifest or Manifest.load(layout)
     for path, data in plan.write.items():
         if path == layout.script:
-            write_atomic(path, data, manifest.mode, manifest.uid, manifest.gid)
+            reliant_store.replace(path, data, manifest.mode, manifest.uid, manifest.gid)
         else:
-            write_atomic(path, data, 0o644)
+            reliant_store.replace(path, data, 0o644)
     remove_files(plan.remove)
 
 
@@ -370,7 +331,7 @@ def apply_remove(layout: Layout, plan: Plan) -> None:
         manifest = plan.manifest
         with open(layout.original, "rb") as handle:
             original = handle.read()
-        write_atomic(layout.script, original, manifest.mode, manifest.uid, manifest.gid,
+        reliant_store.replace(layout.script, original, manifest.mode, manifest.uid, manifest.gid,
                      manifest.mtime_ns)
     remove_files(plan.remove, (layout.marker_dir,))
     if plan.drop_backup:
@@ -390,7 +351,7 @@ def verify(layout: Layout, script: bytes, extension: bytes) -> list[str]:
     if manifest is None:
         problems.append(f"{layout.manifest} missing: the original create-snapshot is not saved")
     for path, data in desired_files(layout, script, extension).items():
-        current = read_or_none(path)
+        current = reliant_store.read_or_none(path)
         if current is None:
             problems.append(f"{path} missing")
         elif current != data:

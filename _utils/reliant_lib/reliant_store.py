@@ -32,6 +32,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
+from typing import Optional
 
 from lxml import etree
 
@@ -194,23 +195,42 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def replace(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Atomically replace `path` with `data` (temp file, fsync, rename, dir fsync)."""
+def replace(path: str, data: bytes, mode: int = 0o600, uid: int = -1, gid: int = -1,
+            mtime_ns: Optional[int] = None) -> None:
+    """Atomically replace `path` with `data` (temp file, fsync, rename, dir fsync).
+
+    The directory is made (0755) if missing; `uid`/`gid` other than -1 set the owner,
+    `mtime_ns` the modification time, both before the rename.
+    """
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o755, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + "~")
     try:
         try:
             _write_all(fd, data)
             os.fchmod(fd, mode)
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
             os.fsync(fd)
         finally:
             os.close(fd)
+        if mtime_ns is not None:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def read_or_none(path: str) -> Optional[bytes]:
+    """The content of `path` (symbolic links followed, no size limit), or None if absent."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def write(path: str, data: bytes, mode: int = 0o600, max_bytes: int = MAX_BYTES) -> bool:

@@ -27,9 +27,10 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional
+
+import reliant_store
 
 ENTRY_IDS = {"volatile": "reliant-volatile", "maintenance": "reliant-maintenance"}
 # systemd.volatile=overlay: root becomes an overlay whose upper layer is a tmpfs.
@@ -361,14 +362,6 @@ def set_shell_var(text: str, key: str, value: Optional[str],
 
 # --- inputs, stamps and the plan ---------------------------------------------------
 
-def _read(path: str) -> Optional[bytes]:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
 def _sha(parts: list[bytes]) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -403,7 +396,7 @@ def grub_inputs(settings: Settings, default_grub: bytes, script: Optional[bytes]
             continue
         if name.endswith("~") or not os.path.isfile(path) or not os.access(path, os.X_OK):
             continue
-        parts += [name.encode(), _read(path) or b""]
+        parts += [name.encode(), reliant_store.read_or_none(path) or b""]
     try:
         boot = sorted(n for n in os.listdir(settings.boot_dir)
                       if n.startswith(("xen-", "vmlinuz-", "initramfs-")))
@@ -415,7 +408,7 @@ def grub_inputs(settings: Settings, default_grub: bytes, script: Optional[bytes]
 
 def load_state(path: str) -> dict:
     """The component's state file ({} when absent); a corrupt one raises."""
-    raw = _read(path)
+    raw = reliant_store.read_or_none(path)
     if raw is None:
         return {}
     try:
@@ -472,17 +465,17 @@ def _file_differs(path: str, content: str, mode: int) -> bool:
     except FileNotFoundError:
         return True
     return (not os.path.isfile(path) or os.path.islink(path)
-            or (current.st_mode & 0o7777) != mode or _read(path) != content.encode())
+            or (current.st_mode & 0o7777) != mode or reliant_store.read_or_none(path) != content.encode())
 
 
 def _ours(path: str) -> bool:
     """A regular file that this component wrote (it carries the mark)."""
     return (os.path.isfile(path) and not os.path.islink(path)
-            and f"Written by {MARK}".encode() in (_read(path) or b""))
+            and f"Written by {MARK}".encode() in (reliant_store.read_or_none(path) or b""))
 
 
 def _grub_cfg_has_entries(settings: Settings) -> bool:
-    text = (_read(settings.grub_cfg) or b"").decode("utf-8", "replace")
+    text = (reliant_store.read_or_none(settings.grub_cfg) or b"").decode("utf-8", "replace")
     return all(f"--id '{entry}'" in text for entry in ENTRY_IDS.values())
 
 
@@ -497,7 +490,7 @@ def plan_configured(settings: Settings) -> Plan:
                                 "dropin_name)")
     write = {p: cm for p, cm in wanted.items() if _file_differs(p, *cm)}
 
-    grub_raw = _read(settings.default_grub)
+    grub_raw = reliant_store.read_or_none(settings.default_grub)
     if grub_raw is None:
         raise VolatileError(f"{settings.default_grub}: missing; is GRUB installed?")
     grub_text = grub_raw.decode("utf-8")
@@ -533,7 +526,7 @@ def plan_absent(settings: Settings) -> Plan:
     if os.path.lexists(settings.state_file):
         remove.append(settings.state_file)
     new_grub = None
-    grub_raw = _read(settings.default_grub)
+    grub_raw = reliant_store.read_or_none(settings.default_grub)
     if grub_raw is not None and "grub_default_line_before" in state:
         grub_text = grub_raw.decode("utf-8")
         restored = replace_assignment(grub_text, "GRUB_DEFAULT",
@@ -560,29 +553,6 @@ def run_command(argv: list[str], timeout: int = 900) -> None:
                             + " / ".join(tail))
 
 
-def write_atomic(path: str, content: str, mode: int) -> None:
-    """Replace `path` by `content` (temp file in the same dir, fsync, rename, dir fsync)."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def apply(plan: Plan, settings: Settings, run: Callable[[list[str]], None]) -> None:
     """Carry out `plan`; `run` executes a command and raises on failure.
 
@@ -590,12 +560,12 @@ def apply(plan: Plan, settings: Settings, run: Callable[[list[str]], None]) -> N
     interrupted run regenerates the next time.
     """
     for path, (content, mode) in plan.write.items():
-        write_atomic(path, content, mode)
+        reliant_store.replace(path, content.encode(), mode)
     if plan.relinquish_journal:
         run([settings.journalctl, "--relinquish-var"])
     if plan.default_grub is not None:
         mode = os.stat(settings.default_grub).st_mode & 0o7777
-        write_atomic(settings.default_grub, plan.default_grub, mode)
+        reliant_store.replace(settings.default_grub, plan.default_grub.encode(), mode)
     for path in plan.remove:
         if path != settings.state_file:
             os.unlink(path)
@@ -616,7 +586,8 @@ def apply(plan: Plan, settings: Settings, run: Callable[[list[str]], None]) -> N
 
 
 def _save_state(settings: Settings, state: dict) -> None:
-    write_atomic(settings.state_file, json.dumps(state, indent=1, sort_keys=True) + "\n", 0o600)
+    reliant_store.replace(settings.state_file,
+                          (json.dumps(state, indent=1, sort_keys=True) + "\n").encode(), 0o600)
 
 
 # --- what is running ---------------------------------------------------------------
@@ -659,14 +630,15 @@ def status(settings: Settings, statvfs: Callable[[str], os.statvfs_result] = os.
     systemd-volatile-root needs). The overlay's statfs reports its upper layer,
     the tmpfs that systemd-volatile-root mounted in the initramfs.
     """
-    cmdline = (_read(settings.cmdline) or b"").decode("utf-8", "replace").split()
+    cmdline = (reliant_store.read_or_none(settings.cmdline) or b"").decode("utf-8", "replace").split()
     requested = VOLATILE_REQUEST in cmdline
-    mounts = parse_mountinfo((_read(settings.mountinfo) or b"").decode("utf-8", "replace"))
+    mountinfo = reliant_store.read_or_none(settings.mountinfo) or b""
+    mounts = parse_mountinfo(mountinfo.decode("utf-8", "replace"))
     roots = [m for m in mounts if m.mount_point == "/"]
     root = roots[-1] if roots else None
     root_overlay = root is not None and root.fstype == "overlay"
     swaps = [line.split()[0] for line in
-             (_read(settings.swaps) or b"").decode("utf-8", "replace").splitlines()[1:]
+             (reliant_store.read_or_none(settings.swaps) or b"").decode("utf-8", "replace").splitlines()[1:]
              if line.strip()]
     if requested and root_overlay:
         mode = "volatile"
