@@ -46,8 +46,9 @@ kitchen: deps $(VENV)/.installed
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/kitchen/test_runner.py
 	$(PY) tests/kitchen/run.py $(SUITES)
 
-bench: $(VENV)/.installed
+bench: deps $(VENV)/.installed
 	$(PY) bench/shards.py
+	$(PY) bench/highstate.py
 
 # Lay the formula out as a dom0 package does (FORMULA: formula-files, pillar-files).
 install:
