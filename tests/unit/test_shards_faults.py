@@ -73,6 +73,19 @@ def reference(tmp_path):
             if p.is_file()}
 
 
+def fails_at(monkeypatch, n: int, operation) -> bool:
+    """Run `operation` with a fault at its n-th write, fsync or rename; True if one was hit."""
+    with monkeypatch.context() as patch:
+        faults = Faults(patch, n)
+        try:
+            operation()
+        except (OSError, reliant_store.StoreError) as exc:
+            assert "injected fault" in str(exc)
+            return True
+    assert faults.calls < n
+    return False
+
+
 def test_fault_at_every_point_of_dissect(tmp_path, monkeypatch):
     expected = reference(tmp_path)
     points = 0
@@ -81,15 +94,8 @@ def test_fault_at_every_point_of_dissect(tmp_path, monkeypatch):
         before = disk_uuids(scene)
         merged_uuids = {reliant_shards.qube_uuid(d)
                         for d in load(scene.merged).iterfind("domains/domain")}
-        with monkeypatch.context() as patch:
-            faults = Faults(patch, n)
-            try:
-                scene.dissect(final=True)
-            except (OSError, reliant_store.StoreError) as exc:
-                assert "injected fault" in str(exc)
-            else:
-                assert faults.calls < n
-                break
+        if not fails_at(monkeypatch, n, lambda scene=scene: scene.dissect(final=True)):
+            break
         points += 1
         after = disk_uuids(scene)
         # nothing that was on disk is lost (deep-notes was removed in qubesd)
@@ -121,15 +127,8 @@ def test_fault_at_every_point_of_suture(tmp_path, monkeypatch):
         (saved / "firewall.xml").write_text("<secret/>")
         files = {p: p.read_bytes() for p in [scene.core] + [
             scene.shard_dir(s) / "domains.xml" for s in SHARD_QUBES]}
-        with monkeypatch.context() as patch:
-            faults = Faults(patch, n)
-            try:
-                scene.suture()
-            except (OSError, reliant_store.StoreError) as exc:
-                assert "injected fault" in str(exc)
-            else:
-                assert faults.calls < n
-                break
+        if not fails_at(monkeypatch, n, scene.suture):
+            break
         points += 1
         assert {p: p.read_bytes() for p in files} == files, n  # suture only reads them
         assert (saved / "firewall.xml").read_text() == "<secret/>"
