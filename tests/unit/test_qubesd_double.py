@@ -8,11 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from lock_holder import assert_waits_for_lockf
 from qubesd import qubesd_double
 from qubesd.qubesd_double import Refused, Store
 
@@ -137,24 +137,7 @@ def test_save_refuses_when_the_file_changed_under_it(store: Store, store_path: P
 
 
 def test_save_waits_for_the_lockf_lock(store: Store, store_path: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, sys; f = open(sys.argv[1], 'r+b'); fcntl.lockf(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); sys.stdin.readline()", str(store_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        saver = threading.Thread(target=store.save)
-        saver.start()
-        saver.join(0.5)
-        assert saver.is_alive(), "save did not wait for the lock"
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        saver.join(10)
-        assert not saver.is_alive()
-    finally:
-        holder.kill()
-        holder.wait()
+    assert_waits_for_lockf(store_path, store.save)
 
 
 def test_save_holds_lockf_while_writing(store: Store, store_path: Path,

@@ -2,13 +2,11 @@
 QIDs, pools, tags and dom0 directories go where they belong."""
 
 import os
-import subprocess
-import sys
-import threading
 
 import pytest
 import reliant_shards
 import reliant_store
+from lock_holder import assert_waits_for_lockf
 from lxml import etree
 from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
 
@@ -391,22 +389,7 @@ def test_dissect_waits_for_a_running_suture_or_dissect(tmp_path):
     scene = split_scene(tmp_path)
     scene.suture()
     lock = scene.merged.parent / "shards.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl,os,sys\n"
-         f"fd=os.open({str(lock)!r}, os.O_RDWR)\n"
-         "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
-         "print('locked', flush=True)\n"
-         "sys.stdin.readline()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    worker = threading.Thread(target=scene.dissect)
-    worker.start()
-    worker.join(0.5)
-    blocked = worker.is_alive()
-    holder.communicate("\n")
-    worker.join(10)
-    assert blocked and not worker.is_alive()
+    assert_waits_for_lockf(lock, scene.dissect)
 
 
 def test_a_shard_named_core_or_carrying_group_tags_cannot_pass_as_core(tmp_path):

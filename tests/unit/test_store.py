@@ -2,13 +2,11 @@
 
 import os
 import stat
-import subprocess
-import sys
-import threading
 
 import pytest
 import reliant_store
 from conftest import FIXTURES
+from lock_holder import assert_waits_for_lockf
 
 
 @pytest.mark.parametrize("name", ["qubes-r4.3-core.xml", "qubes-r4.3-merged.xml"])
@@ -78,22 +76,7 @@ def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypat
 def test_write_waits_for_lockf_held_by_another_process(tmp_path):
     path = tmp_path / "qubes.xml"
     path.write_bytes(b"<old/>\n")
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl,os,sys\n"
-         f"fd=os.open({str(path)!r}, os.O_RDWR)\n"
-         "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
-         "print('locked', flush=True)\n"
-         "sys.stdin.readline()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    writer = threading.Thread(target=reliant_store.write, args=(str(path), b"<new/>\n"))
-    writer.start()
-    writer.join(0.5)
-    blocked = writer.is_alive()
-    holder.communicate("\n")
-    writer.join(5)
-    assert blocked
+    assert_waits_for_lockf(path, reliant_store.write, str(path), b"<new/>\n")
     assert path.read_bytes() == b"<new/>\n"
 
 
