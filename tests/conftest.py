@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures"
 LIBRARY = ROOT / "_utils" / "reliant_lib"
 for path in (LIBRARY, ROOT / "_utils", ROOT / "tests" / "doubles", ROOT / "tests" / "support"):
     if str(path) not in sys.path:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import reliant_shards
 import reliant_store
-from conftest import FIXTURES
 from lxml import etree
+from repo_paths import FIXTURES
 
 SHARD_QUBES = {"sflc_0_1": {"secret", "secret-dvm", "secret-vpn"},
                "sflc_0_2": {"deep-mail", "deep-notes"}}

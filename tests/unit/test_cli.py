@@ -7,7 +7,7 @@ import sys
 import pytest
 import reliant_cli
 import reliant_shards
-from conftest import ROOT
+from repo_paths import ROOT
 from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
 
 

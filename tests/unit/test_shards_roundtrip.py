@@ -4,7 +4,7 @@ import json
 
 import reliant_shards
 import reliant_store
-from conftest import FIXTURES
+from repo_paths import FIXTURES
 from shards_helpers import (
     SHARD_QUBES,
     canonical,

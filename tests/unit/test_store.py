@@ -5,8 +5,8 @@ import stat
 
 import pytest
 import reliant_store
-from conftest import FIXTURES
 from lock_holder import assert_waits_for_lockf
+from repo_paths import FIXTURES
 
 
 @pytest.mark.parametrize("name", ["qubes-r4.3-core.xml", "qubes-r4.3-merged.xml"])
