@@ -241,18 +241,23 @@ def test_properties_features_tags(store: Store) -> None:
 
 
 # --- the service and its client ---------------------------------------------------------------
-def test_service_answers_requests_and_saves_on_sigterm(store_path: Path, tmp_path: Path) -> None:
+def start_service(store_path: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """The double serving `store_path`, and its socket once it is listening."""
     sock = str(tmp_path / "qubesd.sock")
     env = {**os.environ, "QUBES_XML_PATH": str(store_path),
            "QUBESD_DOUBLE_BASE_DIR": str(tmp_path / "base")}
     service = subprocess.Popen([sys.executable, str(DOUBLE), "--socket", sock, "serve"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(100):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
+    for _ in range(100):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.05)
+    return service, sock
 
+
+def test_service_answers_requests_and_saves_on_sigterm(store_path: Path, tmp_path: Path) -> None:
+    service, sock = start_service(store_path, tmp_path)
+    try:
         def ctl(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, str(DOUBLE), "--socket", sock, "ctl", *args],
                                   capture_output=True, text=True, timeout=30, check=False)
@@ -277,15 +282,7 @@ def test_service_answers_requests_and_saves_on_sigterm(store_path: Path, tmp_pat
 
 
 def test_sigterm_saves(store_path: Path, tmp_path: Path) -> None:
-    sock = str(tmp_path / "qubesd.sock")
-    env = {**os.environ, "QUBES_XML_PATH": str(store_path),
-           "QUBESD_DOUBLE_BASE_DIR": str(tmp_path / "base")}
-    service = subprocess.Popen([sys.executable, str(DOUBLE), "--socket", sock, "serve"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(100):
-        if os.path.exists(sock):
-            break
-        time.sleep(0.05)
+    service, _ = start_service(store_path, tmp_path)
     mtime = store_path.stat().st_mtime_ns
     service.send_signal(signal.SIGTERM)
     out, err = service.communicate(timeout=30)
