@@ -44,6 +44,7 @@ Rules and the QID mechanism are described in README.md (Shards: library).
 
 import contextlib
 import gc
+import hashlib
 import json
 import os
 import re
@@ -54,6 +55,7 @@ from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+import reliant_chunks
 import reliant_store
 from lxml import etree
 
@@ -150,15 +152,20 @@ def is_data_volume(name: str, snap_on_start: bool, source: Optional[str]) -> boo
 class QubeRecord:
     """What the rules need to know about one <domain>, read in one pass (the hot loop of
     suture and dissect: plain local variables, one attribute read per item). Read-only
-    for other modules: .name .uuid .qid .label, .refs (as `references`), .pools,
-    .data_pools (as `data_pools`), .volumes (name, pool, vid, source), .tags and
-    .reliant_tags (elements)."""
+    for other modules: .cls .name .uuid .qid .label, .refs (as `references`), .pools,
+    .data_pools (as `data_pools`), .volumes (name, pool, vid, source), .group_tags
+    (names of its ``reliant-`` tags); .tags and .reliant_tags are elements (none in a
+    record made `from_fields`)."""
 
-    __slots__ = ("data_pools", "label", "name", "pools", "qid", "refs", "reliant_tags",
-                 "tags", "uuid", "volumes")
+    __slots__ = ("cls", "data_pools", "group_tags", "label", "name", "pools", "qid", "refs",
+                 "reliant_tags", "tags", "uuid", "volumes")
+    #: the plain data of a record, in the order of `fields`
+    _FIELDS = ("cls", "name", "uuid", "label", "qid", "refs", "pools", "data_pools", "volumes",
+               "group_tags")
 
     def __init__(self, domain: etree._Element) -> None:
-        admin = domain.get("class") == "AdminVM"
+        self.cls = domain.get("class")
+        admin = self.cls == "AdminVM"
         name, uuid, label = ("dom0" if admin else ""), "", None
         qid: Optional[int] = 0 if admin else None
         refs: list[tuple[str, str]] = []
@@ -215,9 +222,24 @@ class QubeRecord:
         self.refs = refs + devices if devices else refs
         self.pools, self.data_pools, self.volumes = pools, own, volumes
         self.reliant_tags, self.tags = reliant_tags, tags
+        self.group_tags = tuple(tag.get("name") for tag in reliant_tags)
+
+    def fields(self) -> tuple[Any, ...]:
+        """The record as plain data (for dissect's memo)."""
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[Any]) -> "QubeRecord":
+        """The record of `fields` (see `fields`), without elements."""
+        record = cls.__new__(cls)
+        (record.cls, record.name, record.uuid, record.label, record.qid, record.refs,
+         record.pools, record.data_pools, record.volumes, record.group_tags) = fields
+        record.tags, record.reliant_tags = None, []
+        return record
 
 
 _REFERENCE_SET = frozenset(DOMAIN_REFERENCES)
+_GROUP_TAGS_FIELD = QubeRecord._FIELDS.index("group_tags")
 
 
 def qube_name(domain: etree._Element) -> str:
@@ -252,10 +274,24 @@ def _set_qid(domain: etree._Element, qid: int) -> None:
 
 
 class _Facts:
-    """`QubeRecord` records of the domains a plan looks at, each read once."""
+    """`QubeRecord` records of the domains a plan looks at, each read once. A domain of
+    a merged store read in chunks is a stub (see `_read_merged`) until something must
+    change it: then `materialize` parses its chunk into it."""
 
-    def __init__(self) -> None:
+    def __init__(self, stubs: Optional["_Stubs"] = None) -> None:
         self._seen: dict[etree._Element, QubeRecord] = {}
+        self.stubs = stubs
+        if stubs is not None:
+            self._seen.update(stubs.records)
+
+    def materialize(self, domain: etree._Element) -> None:
+        """Make a stub the <domain> of its chunk (with its tags); no-op for others."""
+        if self.stubs is not None and self.stubs.materialize(domain):
+            self.forget(domain)
+
+    def expand(self, data: bytes) -> bytes:
+        """`data` (a serialized file) with each stub replaced by its tag-free chunk."""
+        return data if self.stubs is None else self.stubs.expand(data)
 
     def __call__(self, domain: etree._Element) -> QubeRecord:
         qube = self._seen.get(domain)
@@ -277,6 +313,7 @@ class _Facts:
         return None if domain is None else self(domain).qid
 
     def set_qid(self, domain: etree._Element, qid: int) -> None:
+        self.materialize(domain)
         _set_qid(domain, qid)
         self(domain).qid = qid
 
@@ -285,6 +322,7 @@ class _Facts:
         if qube.tags is None:
             qube.tags = etree.SubElement(domain, "tags")
         qube.reliant_tags.append(etree.SubElement(qube.tags, "tag", name=name))
+        qube.group_tags += (name,)
 
     def strip_tags(self, domain: etree._Element) -> None:
         """Remove the domain's ``reliant-`` tags."""
@@ -293,7 +331,7 @@ class _Facts:
             parent = tag.getparent()
             if parent is not None:
                 parent.remove(tag)
-        qube.reliant_tags = []
+        qube.reliant_tags, qube.group_tags = [], ()
 
 
 def _strip_reliant_tags(domain: etree._Element) -> set[str]:
@@ -335,9 +373,9 @@ def _feature(domain: etree._Element, name: str) -> Optional[str]:
     return None
 
 
-def dom0_subdir(domain: etree._Element) -> str:
+def dom0_subdir(qube: QubeRecord) -> str:
     """Where qubes-core-admin keeps the qube's dom0 directory under /var/lib/qubes."""
-    return "vm-templates" if domain.get("class") == "TemplateVM" else "appvms"
+    return "vm-templates" if qube.cls == "TemplateVM" else "appvms"
 
 
 # ---------------------------------------------------------------------------
@@ -818,7 +856,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
             qube = facts(domain)
             _note_volumes(qube, used_vids, kernel_pools)
             merged_by_name[qube.name] = qube
-            dirs[shard.id].append((dom0_subdir(domain), qube.name))
+            dirs[shard.id].append((dom0_subdir(qube), qube.name))
             facts.strip_tags(domain)
             facts.add_tag(domain, tag)
             owner[qube.name] = shard.id
@@ -1076,8 +1114,10 @@ def _pool_owners(merged_pools: etree._Element, core_pools: set[str],
 
 def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element],
                  shards: Sequence[Shard], state: Optional[dict[str, Any]], *,
-                 core_path: str, roots: Sequence[str] = ()) -> DissectPlan:
-    """Split `merged_root` (consumed) into the core file and the files of merged shards.
+                 core_path: str, roots: Sequence[str] = (),
+                 stubs: Optional["_Stubs"] = None) -> DissectPlan:
+    """Split `merged_root` (consumed) into the core file and the files of merged shards;
+    `stubs`: its domains are stubs (`_read_merged`).
 
     Never writes a shard's qube, pool, tag or reference into core or into a shard that
     may not know it; what cannot be placed safely is reported as `unplaceable` and
@@ -1085,7 +1125,7 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     of the merge stay in its file.
     """
     problems: list[Problem] = []
-    facts = _Facts()
+    facts = _Facts(stubs)
     sections = _core_sections(merged_root, "merged store")
     core_pools = {p.get("name") for p in core_root.find("pools")} if core_root is not None \
         else set()
@@ -1093,9 +1133,8 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     if state is not None:
         sutured = dict(state["shards"])
     else:
-        tagged = {tag.get("name")[len(shard_tag("")):]
-                  for tag in merged_root.iterfind("domains/domain/tags/tag")
-                  if (tag.get("name") or "").startswith(shard_tag(""))}
+        tagged = {tag[len(shard_tag("")):] for domain in sections["domains"]
+                  for tag in facts(domain).group_tags if tag.startswith(shard_tag(""))}
         sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools, "merged": None}
                    for sid in sorted(tagged) if sid in visible}
         if sutured:
@@ -1172,15 +1211,15 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         _fix_qids(facts, shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
         for domain in members + kept:
             facts.strip_tags(domain)
-        dirs[sid] = [(dom0_subdir(d), q.name) for d, q in zip(members, member_qubes)]
-        keep_dirs[sid] = {(dom0_subdir(d), facts(d).name) for d in kept}
+        dirs[sid] = [(dom0_subdir(q), q.name) for q in member_qubes]
+        keep_dirs[sid] = {(dom0_subdir(q), q.name) for q in map(facts, kept)}
         new_state["shards"][sid] = {
             "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
             "merged": sorted((known or set()) | merged_uuids)}
         lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
             - {facts.uuid(d) for d in kept}
-        content = shard_bytes(shard, pools_of[sid], home=scratch,
-                              domains=sorted(members + kept, key=lambda d: _order(facts(d))))
+        content = facts.expand(shard_bytes(shard, pools_of[sid], home=scratch,
+                                     domains=sorted(members + kept, key=lambda d: _order(facts(d)))))
         (losing if lost else gaining).append((shard.file, content, 0o600))
     for sid in set(sutured) - set(writable):
         new_state["shards"][sid] = sutured[sid]
@@ -1198,8 +1237,124 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     # frees a large unlinked subtree slowly while elements in it are still referenced)
     core_out = etree.SubElement(scratch, merged_root.tag, dict(merged_root.attrib))
     core_out.extend([child for child in merged_root if child is not scratch])
-    outputs = [*gaining, *losing, (core_path, reliant_store.serialize(core_out), 0o660)]
+    outputs = [*gaining, *losing, (core_path, facts.expand(reliant_store.serialize(core_out)), 0o660)]
     return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
+
+
+class _Stubs:
+    """The domains of a merged store read in chunks (`reliant_chunks`): the store's head
+    parsed with one stub ``<domain reliant-stub="NONCE-INDEX"/>`` per chunk in its
+    <domains>, each with the record and the tag-free bytes of its chunk from the memo
+    (the plan reads a stub's class from its record). `expand` writes those bytes in
+    place of the stubs of a serialized file; the nonce is new for each read, so no
+    stored byte can pose as a stub. StoreError when the head is not a store's."""
+
+    def __init__(self, head: bytes, chunks: list[bytes], memo: reliant_chunks.Memo,
+                 source: str) -> None:
+        self.chunks, self.source = chunks, source
+        self._nonce = nonce = secrets.token_hex(8)
+        marks = [f'    <domain reliant-stub="{nonce}-{index}"/>'.encode()
+                 for index in range(len(chunks))]
+        self.root = reliant_store.parse(
+            head + b"\n".join(marks) + b"\n" + reliant_chunks.TAIL, source)
+        domains = self.root.find("domains")
+        stubs = list(domains) if domains is self.root[-1] else []
+        if len(stubs) != len(chunks) or any(
+                stub.get("reliant-stub") != f"{nonce}-{index}" for index, stub in enumerate(stubs)):
+            raise reliant_store.StoreError(f"{source}: the head of the store holds domains")
+        self._pattern = reliant_chunks.stub_pattern(nonce)
+        self._index = {stub: index for index, stub in enumerate(stubs)}
+        self.records = {stub: QubeRecord.from_fields(memo[chunk][0])
+                        for stub, chunk in zip(stubs, chunks)}
+        self._bytes = [memo[chunk][1] for chunk in chunks]
+
+    def materialize(self, stub: etree._Element) -> bool:
+        """Turn `stub` into the <domain> of its chunk; False if it is not a stub."""
+        index = self._index.pop(stub, None)
+        if index is None:
+            return False
+        domain = _parse_chunk(self.chunks[index], self.source)
+        stub.attrib.clear()
+        stub.attrib.update(domain.attrib)
+        stub.text = domain.text
+        stub.extend(list(domain))
+        return True
+
+    def expand(self, data: bytes) -> bytes:
+        data = self._pattern.sub(lambda match: self._bytes[int(match.group(1))], data)
+        if self._nonce.encode() in data:  # a stub not on a line of its own: never write it
+            raise ShardError(f"{self.source}: internal error: a qube was not expanded")
+        return data
+
+
+def _parse_chunk(chunk: bytes, source: str) -> etree._Element:
+    domain = reliant_store.parse(chunk, source)
+    if domain.tag != "domain":
+        raise reliant_store.StoreError(f"{source}: <{domain.tag}> among the domains")
+    return domain
+
+
+def _learn(chunks: list[bytes], memo: reliant_chunks.Memo, source: str) -> bool:
+    """Add the chunks `memo` does not know: each parsed on its own, its record, its
+    bytes without reliant- tags. False when a chunk is not one <domain> element."""
+    new = [chunk for chunk in dict.fromkeys(chunks) if chunk not in memo]
+    if not new:
+        return True
+    try:
+        domains = [_parse_chunk(chunk, source) for chunk in new]
+    except reliant_store.StoreError:
+        return False
+    fields = [QubeRecord(domain).fields() for domain in domains]
+    home = reliant_store.make_element("qubes")
+    for domain in domains:
+        _strip_reliant_tags(domain)
+    etree.SubElement(home, "domains").extend(domains)
+    cut = reliant_chunks.split(reliant_store.serialize(home))
+    if cut is None or len(cut[1]) != len(new):
+        return False
+    memo.update(zip(new, zip(fields, cut[1])))
+    return True
+
+
+def _memo_version() -> str:
+    """What the memo's entries depend on: this code and lxml's serializer."""
+    digest = hashlib.sha256()
+    for module in (__file__, reliant_chunks.__file__, reliant_store.__file__):
+        with open(module, "rb") as handle:
+            digest.update(handle.read())
+    return f"{digest.hexdigest()} lxml {'.'.join(map(str, etree.LXML_VERSION))}"
+
+
+def _memo_group(group: Optional[str]) -> str:
+    """Name of the memo file of `group` (CORE, a shard id, None: no group yet)."""
+    return "core" if group == CORE else "new" if group is None else "shard-" + group
+
+
+def _memo_group_of(fields: Sequence[Any]) -> str:
+    """The memo file of a chunk: by the group tag in its record `fields`."""
+    tags = fields[_GROUP_TAGS_FIELD]
+    if CORE_TAG in tags:
+        return _memo_group(CORE)
+    shards = sorted(t[len(shard_tag("")):] for t in tags if t.startswith(shard_tag("")))
+    return _memo_group(shards[0] if shards else None)
+
+
+def _read_merged(path: str, memo: reliant_chunks.Memo) -> tuple[etree._Element,
+                                                                Optional[_Stubs]]:
+    """The merged store; in chunks (`_Stubs`, chunks not in `memo` are added to it) when
+    it has qubesd's layout, else parsed whole. ShardError naming `path`."""
+    try:
+        data = reliant_store.read(path)
+        found = reliant_chunks.split(data)
+        if found is not None:
+            head, chunks = found
+            if _learn(chunks, memo, path):
+                with contextlib.suppress(reliant_store.StoreError):
+                    stubs = _Stubs(head, chunks, memo, path)
+                    return stubs.root, stubs
+        return reliant_store.parse(data, path), None
+    except reliant_store.StoreError as exc:
+        raise ShardError(str(exc)) from None
 
 
 def _order(qube: QubeRecord) -> tuple[bool, str]:
@@ -1249,7 +1404,7 @@ def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element,
     neither says (a qube created while shards are open); None when unplaceable."""
     qube = facts(domain)
     name = qube.name
-    if domain.get("class") == "AdminVM":
+    if qube.cls == "AdminVM":
         return CORE
     owners = {pool_owner.get(p, CORE) for p in qube.data_pools} - {CORE}
     if None in owners:
@@ -1267,7 +1422,7 @@ def _group_by_pools_or_tag(facts: _Facts, domain: etree._Element,
         owners = set(top)
     if owners:
         return owners.pop()
-    tags = {t.get("name") or "" for t in qube.reliant_tags}
+    tags = set(qube.group_tags)
     if CORE_TAG in tags:
         return CORE
     for tag in sorted(tags):
@@ -1337,6 +1492,7 @@ def _fix_references(facts: _Facts, domain: etree._Element, group: str, allowed: 
     where = "core" if group == CORE else f"shard {group}"
     shard = None if group == CORE else group
     old = previous().get(facts.uuid(domain))
+    facts.materialize(domain)
     if bad_pools:
         old_config = old.find("volume-config") if old is not None else None
         if old_config is None:
@@ -1691,6 +1847,12 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(state_path)
         os.makedirs(os.path.dirname(os.path.abspath(out)), mode=0o755, exist_ok=True)
+        try:  # the memo of dissect keeps only what is merged now
+            reliant_chunks.keep_groups(reliant_chunks.memo_dir(state_path), [_memo_group(CORE)]
+                                       + [_memo_group(shard.id) for shard in plan.sutured])
+        except OSError as exc:
+            problems.append(Problem("error", "state", f"dissect memo beside {state_path} not "
+                                    f"pruned ({exc}): remove it"))
         written = []
         if reliant_store.write(out, reliant_store.serialize(plan.merged), mode=0o660):
             written.append(out)
@@ -1724,17 +1886,28 @@ def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
 def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes_dir: str,
              state_path: str, final: bool) -> Result:
     problems: list[Problem] = []
-    merged_root = _load_core(merged)
+    memo = reliant_chunks.Memo(reliant_chunks.memo_dir(state_path), _memo_version())
+    merged_root, stubs = _read_merged(merged, memo)
     core_root = _load_core(core) if os.path.lexists(core) else None
     shards = discover(roots, max_depth, problems)
     plan = plan_dissect(merged_root, core_root, shards, read_state(state_path),
-                        core_path=core, roots=roots)
+                        core_path=core, roots=roots, stubs=stubs)
     problems += plan.problems
     saved = [sid for sid, shard in plan.shards.items()
              if save_dom0_dirs(shard, plan.dirs[sid], plan.keep_dirs[sid], qubes_dir, problems)]
     write_state(state_path, plan.state)
     written = [path for path, content, mode in plan.outputs
                if reliant_store.write(path, content, mode=mode)]
+    try:  # the memo only saves time: not saving it fails nothing
+        if stubs is not None:
+            memo.save(stubs.chunks, _memo_group_of)
+        else:
+            reliant_chunks.clear(memo.directory)
+    except OSError as exc:
+        problems.append(Problem("warning", "state", f"dissect memo in {memo.directory} not "
+                                f"saved ({exc}); the next dissect reads the whole store"))
+        with contextlib.suppress(OSError):
+            reliant_chunks.clear(memo.directory)
     if final:
         for sid in saved:
             release_dom0_dirs(plan.dirs[sid], qubes_dir)
@@ -1846,7 +2019,7 @@ def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
             for device in qube.iterfind("devices/device"):
                 if device.get("backend-domain") == name:
                     device.set("backend-domain", new)
-    subdir = dom0_subdir(domain)
+    subdir = dom0_subdir(QubeRecord(domain))
     saved = os.path.join(shard.path, DOM0_DIR, subdir, name)
     written = [s.file for s in affected if _rewrite(s)]
     if _real_dir(saved):

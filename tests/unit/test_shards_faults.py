@@ -66,15 +66,21 @@ def session(tmp_path):
     return scene
 
 
+def files(scene):
+    """Every file of the scene but dissect's memo (a cache, with paths in its encoding)."""
+    return {p.relative_to(scene.tmp): p.read_bytes() for p in scene.tmp.rglob("*")
+            if p.is_file() and p.parent.name != "dissect.memo"}
+
+
 def reference(tmp_path):
     scene = session(tmp_path / "reference")
     assert not scene.dissect(final=True).errors
-    return {p.relative_to(scene.tmp): p.read_bytes() for p in scene.tmp.rglob("*")
-            if p.is_file()}
+    return files(scene)
 
 
 def fails_at(monkeypatch, n: int, operation) -> bool:
-    """Run `operation` with a fault at its n-th write, fsync or rename; True if one was hit."""
+    """Run `operation` with a fault at its n-th write, fsync or rename; True if one was hit
+    (it raised, or it went on: a fault in dissect's memo only costs the next dissect time)."""
     with monkeypatch.context() as patch:
         faults = Faults(patch, n)
         try:
@@ -82,8 +88,7 @@ def fails_at(monkeypatch, n: int, operation) -> bool:
         except (OSError, reliant_store.StoreError) as exc:
             assert "injected fault" in str(exc)
             return True
-    assert faults.calls < n
-    return False
+    return faults.calls >= n
 
 
 def test_fault_at_every_point_of_dissect(tmp_path, monkeypatch):
@@ -109,8 +114,7 @@ def test_fault_at_every_point_of_dissect(tmp_path, monkeypatch):
         result = scene.dissect(final=True)
         assert not result.errors, (n, result.problems)
         assert merged_uuids <= set(disk_uuids(scene))
-        got = {p.relative_to(scene.tmp): p.read_bytes() for p in scene.tmp.rglob("*")
-               if p.is_file()}
+        got = files(scene)
         assert got.keys() == expected.keys(), n
         for path, content in expected.items():
             assert got[path] == content.replace(str(tmp_path / "reference").encode(),

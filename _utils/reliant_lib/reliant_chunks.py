@@ -1,0 +1,132 @@
+"""The merged store cut at its <domain> elements, and dissect's memo of each one.
+
+qubesd writes its store with lxml's pretty printer (``<qubes>``, then ``labels``,
+``pools``, ``properties`` and ``domains`` indented by two spaces, each ``<domain>``
+starting a line indented by four), and every save rewrites an unchanged qube with
+the same bytes. So dissect cuts the store into its head (everything up to
+``<domains>``) and one *chunk* per ``<domain>``, and parses only the chunks it has
+not seen before: the memo maps the exact bytes of a chunk to what dissect derives
+from them alone (the qube's record and its bytes without the ``reliant-`` tags).
+
+Why the cut store is the store: the head is parsed with the tail appended (so the
+``<domains>`` it opens is the root's last section and is empty), and every chunk
+parses on its own as one ``<domain>`` element (now, or when it entered the memo:
+the memo is keyed by the whole chunk). Well-formed pieces begin and end outside any
+markup, so their concatenation parses as the head's tree with those elements in
+``<domains>``. A store cut in any other way (written by something else, or with a
+comment that hides a boundary) is parsed whole by the caller.
+
+The memo lives on tmpfs beside the merged store and holds exactly the chunks of the
+store last read or written (suture prunes it), so it knows no qube the merged store
+does not know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional
+
+import reliant_store
+
+HEAD_END = b"\n  <domains>\n"
+TAIL = b"  </domains>\n</qubes>\n"
+_BOUNDARY = b"\n    <domain"
+_MEMO_DIR = "dissect.memo"
+
+
+def split(data: bytes) -> Optional[tuple[bytes, list[bytes]]]:
+    """(head, chunks) of a store written in qubesd's layout, None for any other.
+
+    ``join(head, chunks) == data``; a chunk has no trailing newline."""
+    start = data.find(HEAD_END)
+    if start < 0 or not data.endswith(TAIL):
+        return None
+    head = data[:start + len(HEAD_END)]
+    body = data[start + len(HEAD_END) - 1:len(data) - len(TAIL) - 1]
+    if not body.startswith(_BOUNDARY) or data[len(data) - len(TAIL) - 1:][:1] != b"\n":
+        return None
+    chunks = [b"    <domain" + part for part in body.split(_BOUNDARY)[1:]]
+    return head, chunks
+
+
+def join(head: bytes, chunks: Sequence[bytes]) -> bytes:
+    """The store cut by `split`."""
+    return head + b"\n".join(chunks) + b"\n" + TAIL
+
+
+class Memo(dict[bytes, tuple[Any, bytes]]):
+    """chunk bytes -> (record fields, chunk bytes without reliant- tags), kept in one
+    file per group (core, a shard, qubes of no group yet) in `directory`, so that a
+    save rewrites only the groups whose chunks changed and suture can drop a shard's
+    entries without reading them (`keep_groups`). Files of another `version` (of the
+    code that derives the entries) are ignored."""
+
+    def __init__(self, directory: str, version: str) -> None:
+        super().__init__()
+        self.directory, self.version = directory, version
+        self._saved: dict[str, set[bytes]] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(directory):
+                entries = _load(os.path.join(directory, name), version)
+                self.update(entries)
+                self._saved[name] = set(entries)
+
+    def save(self, chunks: Sequence[bytes], group_of: Callable[[Any], str]) -> None:
+        """Keep exactly the entries of `chunks`, each in the file of its group (named by
+        `group_of(fields)`); files whose entries did not change are not rewritten."""
+        groups: dict[str, dict[bytes, tuple[Any, bytes]]] = {}
+        for chunk in chunks:
+            groups.setdefault(_file_name(group_of(self[chunk][0])), {})[chunk] = self[chunk]
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        for name, entries in groups.items():
+            if self._saved.get(name) != entries.keys():
+                reliant_store.replace(os.path.join(self.directory, name),
+                                      marshal.dumps((self.version, entries)), mode=0o600)
+        _remove(self.directory, set(self._saved) - set(groups))
+
+
+def memo_dir(state_path: str) -> str:
+    """Where dissect keeps its memo: beside the runtime state (tmpfs)."""
+    return os.path.join(os.path.dirname(os.path.abspath(state_path)), _MEMO_DIR)
+
+
+def keep_groups(directory: str, groups: Iterable[str]) -> None:
+    """Drop the memo entries of every group but `groups` (suture: of shards no longer
+    merged, and of qubes of no group)."""
+    with contextlib.suppress(FileNotFoundError):
+        _remove(directory, set(os.listdir(directory)) - {_file_name(g) for g in groups})
+
+
+def clear(directory: str) -> None:
+    """Drop the whole memo."""
+    keep_groups(directory, ())
+
+
+def _file_name(group: str) -> str:
+    return group + ".memo"
+
+
+def _remove(directory: str, names: Iterable[str]) -> None:
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+
+
+def _load(path: str, version: str) -> dict[bytes, tuple[Any, bytes]]:
+    """Entries of one memo file; none when unreadable or of another version."""
+    try:
+        with open(path, "rb") as handle:
+            found, entries = marshal.loads(handle.read(4 * reliant_store.MAX_BYTES))
+    except (OSError, ValueError, EOFError, TypeError):
+        return {}
+    return entries if found == version and isinstance(entries, dict) else {}
+
+
+def stub_pattern(nonce: str) -> re.Pattern[bytes]:
+    """A stub line as the serializer writes it (see reliant_shards `_Stubs`): group 1
+    is the chunk's index."""
+    return re.compile(rb'    <domain reliant-stub="' + re.escape(nonce.encode()) + rb'-(\d+)"/>')
