@@ -17,9 +17,9 @@ Rules (DESIGN.md sections 3 and 4):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import reliant_shards
 from lxml import etree
@@ -190,25 +190,26 @@ def effective_default_dispvm(qube: QubeFacts,
 # --- merged qubes.xml ---------------------------------------------------------------------
 
 
-def facts_from_store(root: etree._Element) -> tuple[dict[str, QubeFacts], dict[str, str]]:
-    """Facts of every qube of a qubesd store, and its global properties naming a qube."""
+def facts_from_store(root: etree._Element, record: Optional[Callable[[etree._Element], Any]] = None
+                     ) -> tuple[dict[str, QubeFacts], dict[str, str]]:
+    """Facts of every qube of a qubesd store, and its global properties naming a qube.
+    `record`: the `reliant_shards.QubeRecord` of a <domain> (default: read it now)."""
+    record = record or reliant_shards.QubeRecord
     qubes: dict[str, QubeFacts] = {}
     for domain in root.iterfind("domains/domain"):
-        record = reliant_shards.QubeRecord(domain)
-        name = record.name
-        if not name:
+        qube = record(domain)
+        if not qube.name:
             raise GuardError(f"domain {domain.get('id')!r} has no name")
-        references = dict(record.refs)
-        if domain.find("properties/property[@name='default_dispvm']") is not None:
+        references = dict(qube.refs)
+        if qube.dispvm_none:
             references.setdefault("default_dispvm", "")
-        qubes[name] = QubeFacts(
-            name=name,
-            klass=domain.get("class", ""),
-            tags=frozenset(tag.get("name") for tag in domain.iterfind("tags/tag")),
+        qubes[qube.name] = QubeFacts(
+            name=qube.name,
+            klass=qube.cls or "",
+            tags=frozenset(qube.group_tags),
             references=references,
-            data_pools=frozenset(record.data_pools),
-            template_for_dispvms=domain.findtext(
-                "properties/property[@name='template_for_dispvms']") == "True",
+            data_pools=frozenset(qube.data_pools),
+            template_for_dispvms=qube.dispvm_template,
         )
     global_refs = {}
     for prop in root.iterfind("properties/property"):
@@ -232,9 +233,11 @@ class CrossDispvm:
                 "its @dispvm calls are denied")
 
 
-def cross_group_dispvm_qubes(merged_root: etree._Element) -> list[CrossDispvm]:
-    """Every qube (dom0 aside) whose effective default_dispvm is in another group."""
-    qubes, global_refs = facts_from_store(merged_root)
+def cross_group_dispvm_qubes(merged_root: etree._Element,
+                             record: Optional[Callable[[etree._Element], Any]] = None) -> list[CrossDispvm]:
+    """Every qube (dom0 aside) whose effective default_dispvm is in another group
+    (`record`: see `facts_from_store`)."""
+    qubes, global_refs = facts_from_store(merged_root, record)
     found = []
     for name in sorted(qubes):
         qube = qubes[name]

@@ -24,7 +24,7 @@ import os
 import re
 import string
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -221,9 +221,11 @@ def render_rules(groups: Iterable[str], settings: PolicySettings,
     return rules
 
 
-def groups_of_store(merged_root: etree._Element) -> list[str]:
-    """The group tags of a merged store; PolicyError naming a qube with no or two."""
-    qubes, _ = reliant_guard.facts_from_store(merged_root)
+def groups_of_store(merged_root: etree._Element,
+                    record: Callable[[etree._Element], Any] | None = None) -> list[str]:
+    """The group tags of a merged store; PolicyError naming a qube with no or two.
+    `record`: see reliant_guard.facts_from_store."""
+    qubes, _ = reliant_guard.facts_from_store(merged_root, record)
     groups = set()
     for name, qube in sorted(qubes.items()):
         try:
@@ -248,20 +250,21 @@ def render_runtime_policy(groups: Sequence[str], settings: PolicySettings,
 
 def write_runtime_policy(policy_dir: str, merged_root: etree._Element,
                          services: list[str] | None = None, *,
-                         settings_path: str | None = None) -> bool:
+                         settings_path: str | None = None,
+                         record: Callable[[etree._Element], Any] | None = None) -> bool:
     """Write (or, with no shard present, remove) the runtime deny rules; True if changed.
 
     Every domain of `merged_root` must carry one group tag. The file is replaced
     atomically (temp file, fsync, rename, directory fsync), so qrexec never sees half a
     file; on any failure the previous file stays. Settings come from `settings_path`
     (default: SETTINGS_PATH, written by reliant.isolation); `services`, if given, replaces
-    the listed services.
+    the listed services; `record`: see reliant_guard.facts_from_store.
     """
     settings = load_settings(settings_path or SETTINGS_PATH)
     if services is not None:
         settings = replace(settings, services=tuple(services))
-    content = render_runtime_policy(groups_of_store(merged_root), settings,
-                                    reliant_guard.cross_group_dispvm_qubes(merged_root))
+    content = render_runtime_policy(groups_of_store(merged_root, record), settings,
+                                    reliant_guard.cross_group_dispvm_qubes(merged_root, record))
     path = os.path.join(policy_dir, settings.policy_file)
     if content is None:
         return remove_policy_file(path)

@@ -154,14 +154,15 @@ class QubeRecord:
     suture and dissect: plain local variables, one attribute read per item). Read-only
     for other modules: .cls .name .uuid .qid .label, .refs (as `references`), .pools,
     .data_pools (as `data_pools`), .volumes (name, pool, vid, source), .group_tags
-    (names of its ``reliant-`` tags); .tags and .reliant_tags are elements (none in a
-    record made `from_fields`)."""
+    (names of its ``reliant-`` tags), .dispvm_none (default_dispvm set to none),
+    .dispvm_template (template_for_dispvms); .tags and .reliant_tags are elements (none
+    in a record made `from_fields`)."""
 
-    __slots__ = ("cls", "data_pools", "group_tags", "label", "name", "pools", "qid", "refs",
-                 "reliant_tags", "tags", "uuid", "volumes")
+    __slots__ = ("cls", "data_pools", "dispvm_none", "dispvm_template", "group_tags", "label",
+                 "name", "pools", "qid", "refs", "reliant_tags", "tags", "uuid", "volumes")
     #: the plain data of a record, in the order of `fields`
     _FIELDS = ("cls", "name", "uuid", "label", "qid", "refs", "pools", "data_pools", "volumes",
-               "group_tags")
+               "group_tags", "dispvm_none", "dispvm_template")
 
     def __init__(self, domain: etree._Element) -> None:
         self.cls = domain.get("class")
@@ -175,6 +176,7 @@ class QubeRecord:
         volumes: list[tuple[str, str, str, Optional[str]]] = []  # name pool vid source
         reliant_tags: list[etree._Element] = []
         tags: Optional[etree._Element] = None
+        dispvm_none = dispvm_template = False
         for section in domain:
             kind = section.tag
             if kind == "properties":
@@ -184,6 +186,8 @@ class QubeRecord:
                         text = prop.text
                         if text:
                             refs.append((key, text))
+                        elif key == "default_dispvm":
+                            dispvm_none = True
                     elif key == "name":
                         if not admin:
                             name = prop.text or ""
@@ -196,6 +200,8 @@ class QubeRecord:
                             qid = None
                     elif key == "label":
                         label = prop.text or ""
+                    elif key == "template_for_dispvms":
+                        dispvm_template = prop.text == "True"
             elif kind == "volume-config":
                 for volume in section:
                     pool = volume.get("pool")
@@ -223,6 +229,7 @@ class QubeRecord:
         self.pools, self.data_pools, self.volumes = pools, own, volumes
         self.reliant_tags, self.tags = reliant_tags, tags
         self.group_tags = tuple(tag.get("name") for tag in reliant_tags)
+        self.dispvm_none, self.dispvm_template = dispvm_none, dispvm_template
 
     def fields(self) -> tuple[Any, ...]:
         """The record as plain data (for dissect's memo)."""
@@ -233,7 +240,8 @@ class QubeRecord:
         """The record of `fields` (see `fields`), without elements."""
         record = cls.__new__(cls)
         (record.cls, record.name, record.uuid, record.label, record.qid, record.refs,
-         record.pools, record.data_pools, record.volumes, record.group_tags) = fields
+         record.pools, record.data_pools, record.volumes, record.group_tags,
+         record.dispvm_none, record.dispvm_template) = fields
         record.tags, record.reliant_tags = None, []
         return record
 
