@@ -33,29 +33,34 @@ from typing import Any, Optional
 import reliant_store
 
 HEAD_END = b"\n  <domains>\n"
-TAIL = b"  </domains>\n</qubes>\n"
 _BOUNDARY = b"\n    <domain"
 _MEMO_DIR = "dissect.memo"
 
 
-def split(data: bytes) -> Optional[tuple[bytes, list[bytes]]]:
+def tail(root: str) -> bytes:
+    """The end of a store whose root element is `root` (``qubes``, a shard's root)."""
+    return b"  </domains>\n</" + root.encode() + b">\n"
+
+
+def split(data: bytes, root: str = "qubes") -> Optional[tuple[bytes, list[bytes]]]:
     """(head, chunks) of a store written in qubesd's layout, None for any other.
 
-    ``join(head, chunks) == data``; a chunk has no trailing newline."""
+    ``join(head, chunks, root) == data``; a chunk has no trailing newline."""
+    end = tail(root)
     start = data.find(HEAD_END)
-    if start < 0 or not data.endswith(TAIL):
+    if start < 0 or not data.endswith(end):
         return None
     head = data[:start + len(HEAD_END)]
-    body = data[start + len(HEAD_END) - 1:len(data) - len(TAIL) - 1]
-    if not body.startswith(_BOUNDARY) or data[len(data) - len(TAIL) - 1:][:1] != b"\n":
+    body = data[start + len(HEAD_END) - 1:len(data) - len(end) - 1]
+    if not body.startswith(_BOUNDARY) or data[len(data) - len(end) - 1:][:1] != b"\n":
         return None
     chunks = [b"    <domain" + part for part in body.split(_BOUNDARY)[1:]]
     return head, chunks
 
 
-def join(head: bytes, chunks: Sequence[bytes]) -> bytes:
+def join(head: bytes, chunks: Sequence[bytes], root: str = "qubes") -> bytes:
     """The store cut by `split`."""
-    return head + b"\n".join(chunks) + b"\n" + TAIL
+    return head + b"\n".join(chunks) + b"\n" + tail(root)
 
 
 class Memo(dict[bytes, tuple[Any, bytes]]):

@@ -282,9 +282,9 @@ def _set_qid(domain: etree._Element, qid: int) -> None:
 
 
 class _Facts:
-    """`QubeRecord` records of the domains a plan looks at, each read once. A domain of
-    a merged store read in chunks is a stub (see `_read_merged`) until something must
-    change it: then `materialize` parses its chunk into it."""
+    """`QubeRecord` records of the domains a plan looks at, each read once. A domain
+    read in chunks is a stub (see `_Stubs`) until something must change it: then
+    `materialize` parses its chunk into it."""
 
     def __init__(self, stubs: Optional["_Stubs"] = None) -> None:
         self._seen: dict[etree._Element, QubeRecord] = {}
@@ -298,7 +298,7 @@ class _Facts:
             self.forget(domain)
 
     def expand(self, data: bytes) -> bytes:
-        """`data` (a serialized file) with each stub replaced by its tag-free chunk."""
+        """`data` (a serialized file) with the bytes of each stub in its place."""
         return data if self.stubs is None else self.stubs.expand(data)
 
     def __call__(self, domain: etree._Element) -> QubeRecord:
@@ -326,6 +326,11 @@ class _Facts:
         self(domain).qid = qid
 
     def add_tag(self, domain: etree._Element, name: str) -> None:
+        qube = self(domain)
+        if self.stubs is not None and self.stubs.carries(domain, (*qube.group_tags, name)):
+            qube.group_tags += (name,)  # a stub whose bytes carry the tag already
+            return
+        self.materialize(domain)
         qube = self(domain)
         if qube.tags is None:
             qube.tags = etree.SubElement(domain, "tags")
@@ -409,14 +414,17 @@ class Shard:
     def root(self) -> etree._Element:
         """The parsed shard file (parsed once, on first use)."""
         if self._root is None:
-            root = reliant_store.parse(self.data, self.file)
-            for extra in root:
-                if extra.tag not in ("qid-range", "depends-on", "pools", "domains"):
-                    raise reliant_store.StoreError(
-                        f"{self.file}: a shard may not hold <{extra.tag}> (only qid-range, "
-                        "depends-on, pools, domains)")
-            self._root = root
+            self.use_root(reliant_store.parse(self.data, self.file))
         return self._root
+
+    def use_root(self, root: etree._Element) -> None:
+        """Take `root` as the shard file's tree (checked as a parse is)."""
+        for extra in root:
+            if extra.tag not in ("qid-range", "depends-on", "pools", "domains"):
+                raise reliant_store.StoreError(
+                    f"{self.file}: a shard may not hold <{extra.tag}> (only qid-range, "
+                    "depends-on, pools, domains)")
+        self._root = root
 
     @property
     def pool_elements(self) -> list[etree._Element]:
@@ -717,6 +725,7 @@ def write_state(path: str, state: dict[str, Any]) -> None:
 @dataclass
 class SuturePlan:
     merged: etree._Element
+    facts: _Facts  # records of the merged domains (stubs among them: serialize with .expand)
     state: dict[str, Any]
     problems: list[Problem]
     sutured: list[Shard]
@@ -769,6 +778,7 @@ def _visit(shard: Shard, path: tuple[str, ...], by_id: dict[str, Shard], done: s
 def _recover(facts: _Facts, domain: etree._Element, what: str, target: str, shard: Shard) -> None:
     """Reset a missing reference to its default, keep the old value, prohibit start."""
     name = facts.name(domain)
+    facts.materialize(domain)
     if what.startswith("device "):
         device = _remove_device(domain, what)
         key = RECOVERED_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", what.replace(" ", "-"))
@@ -788,8 +798,9 @@ def _recover(facts: _Facts, domain: etree._Element, what: str, target: str, shar
 
 def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                 core_source: str = "core", missing_reference: str = "recover",
-                detached: Iterable[str] = ()) -> SuturePlan:
-    """Merge `shards` into `core_root` (modified in place: it becomes the merged store).
+                detached: Iterable[str] = (), stubs: Optional["_Stubs"] = None) -> SuturePlan:
+    """Merge `shards` into `core_root` (modified in place: it becomes the merged store);
+    `stubs`: those of their domains read in chunks (`_read_in_chunks`).
 
     Raises ShardError only when the core itself is unusable; everything about a shard
     or a qube is reported in `problems` and the culprit is left out of the merge,
@@ -799,7 +810,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         raise ShardError(f"missing_reference must be one of {MISSING_REFERENCE_MODES}, "
                          f"not {missing_reference!r}")
     problems: list[Problem] = []
-    facts = _Facts()
+    facts = _Facts(stubs)
     sections = _core_sections(core_root, core_source)
     labels = {label.text for label in sections["labels"]} | {
         label.get("id") for label in sections["labels"]}
@@ -823,7 +834,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         if qid is not None:
             qids.add(qid)
         core_refs.update(target for _, target in qube.refs)
-        if domain.get("class") != "AdminVM":
+        if qube.cls != "AdminVM":
             facts.strip_tags(domain)
             facts.add_tag(domain, CORE_TAG)
     for prop in sections["properties"]:
@@ -882,7 +893,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                                      "merged": merged_uuids}
     state["problems"] = [asdict(p) for p in problems]
     state["refused"] = sorted({p.shard for p in problems if p.kind == "refused" and p.shard})
-    return SuturePlan(core_root, state, problems, sutured, dirs)
+    return SuturePlan(core_root, facts, state, problems, sutured, dirs)
 
 
 def _refusal(shard: Shard, pool_owner: dict[str, str],
@@ -926,11 +937,12 @@ def _admissible(facts: _Facts, shard: Shard, owner: dict[str, str], uuids: set[s
         reason, kind = None, "invalid"
         if domain.tag != "domain":
             reason = f"<{domain.tag}> is not a <domain>"
-        elif domain.get("class") not in QUBE_CLASSES:
-            reason = f"class {domain.get('class')!r} is not allowed in a shard"
+        elif qube.cls not in QUBE_CLASSES:
+            reason = f"class {qube.cls!r} is not allowed in a shard"
         elif not valid_qube_name(name):
             reason = f"name {name!r} is not a valid qube name"
         elif qid is None or not 0 < qid < MAX_QID:
+            facts.materialize(domain)  # a stub: read the text of its qid
             reason = f"qid {_prop(domain, 'qid')!r} is not between 1 and {MAX_QID - 1}"
         elif not uuid:
             reason = "it has no uuid"
@@ -1125,7 +1137,7 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
                  core_path: str, roots: Sequence[str] = (),
                  stubs: Optional["_Stubs"] = None) -> DissectPlan:
     """Split `merged_root` (consumed) into the core file and the files of merged shards;
-    `stubs`: its domains are stubs (`_read_merged`).
+    `stubs`: those of its domains read in chunks (`_read_merged`).
 
     Never writes a shard's qube, pool, tag or reference into core or into a shard that
     may not know it; what cannot be placed safely is reported as `unplaceable` and
@@ -1250,38 +1262,54 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
 
 
 class _Stubs:
-    """The domains of a merged store read in chunks (`reliant_chunks`): the store's head
-    parsed with one stub ``<domain reliant-stub="NONCE-INDEX"/>`` per chunk in its
-    <domains>, each with the record and the tag-free bytes of its chunk from the memo
-    (the plan reads a stub's class from its record). `expand` writes those bytes in
-    place of the stubs of a serialized file; the nonce is new for each read, so no
-    stored byte can pose as a stub. StoreError when the head is not a store's."""
+    """<domain> elements read in chunks (`reliant_chunks`) stand in their document as
+    stubs ``<domain reliant-stub="NONCE-INDEX"/>``. Each stub has its record, the chunk
+    to parse when something must change it (`materialize`), the bytes that replace it
+    in a serialized file (`expand`) and the group tags those bytes carry: a stub is
+    written only while its record has exactly those tags. The nonce is new for each
+    run, so no stored byte can pose as a stub."""
 
-    def __init__(self, head: bytes, chunks: list[bytes], memo: reliant_chunks.Memo,
-                 source: str) -> None:
-        self.chunks, self.source = chunks, source
-        self._nonce = nonce = secrets.token_hex(8)
-        marks = [f'    <domain reliant-stub="{nonce}-{index}"/>'.encode()
-                 for index in range(len(chunks))]
-        self.root = reliant_store.parse(
-            head + b"\n".join(marks) + b"\n" + reliant_chunks.TAIL, source)
-        domains = self.root.find("domains")
-        stubs = list(domains) if domains is self.root[-1] else []
-        if len(stubs) != len(chunks) or any(
-                stub.get("reliant-stub") != f"{nonce}-{index}" for index, stub in enumerate(stubs)):
+    def __init__(self) -> None:
+        self._nonce = secrets.token_hex(8)
+        self._pattern = reliant_chunks.stub_pattern(self._nonce)
+        self.records: dict[etree._Element, QubeRecord] = {}
+        self._index: dict[etree._Element, int] = {}
+        self._by_index: list[tuple[QubeRecord, bytes, bytes, tuple[str, ...], str]] = []
+
+    def read(self, head: bytes, root_tag: str,
+             entries: Sequence[tuple[QubeRecord, bytes, bytes, tuple[str, ...]]],
+             source: str) -> etree._Element:
+        """The store `head` with a stub for each (record, chunk to parse, bytes, tags of
+        the bytes) in its <domains>; StoreError when `head` is not a store's head."""
+        first = len(self._by_index)
+        marks = [f'    <domain reliant-stub="{self._nonce}-{first + i}"/>'.encode()
+                 for i in range(len(entries))]
+        root = reliant_store.parse(head + b"\n".join(marks) + b"\n"
+                                   + reliant_chunks.tail(root_tag), source)
+        domains = root.find("domains")
+        stubs = list(domains) if domains is root[-1] else []
+        if len(stubs) != len(entries) or any(
+                stub.get("reliant-stub") != f"{self._nonce}-{first + i}"
+                for i, stub in enumerate(stubs)):
             raise reliant_store.StoreError(f"{source}: the head of the store holds domains")
-        self._pattern = reliant_chunks.stub_pattern(nonce)
-        self._index = {stub: index for index, stub in enumerate(stubs)}
-        self.records = {stub: QubeRecord.from_fields(memo[chunk][0])
-                        for stub, chunk in zip(stubs, chunks)}
-        self._bytes = [memo[chunk][1] for chunk in chunks]
+        for stub, (record, chunk, data, tags) in zip(stubs, entries):
+            self._index[stub] = len(self._by_index)
+            self.records[stub] = record
+            self._by_index.append((record, chunk, data, tags, source))
+        return root
+
+    def carries(self, domain: etree._Element, tags: tuple[str, ...]) -> bool:
+        """True if `domain` is a stub whose bytes carry exactly the group tags `tags`."""
+        index = self._index.get(domain)
+        return index is not None and self._by_index[index][3] == tags
 
     def materialize(self, stub: etree._Element) -> bool:
         """Turn `stub` into the <domain> of its chunk; False if it is not a stub."""
         index = self._index.pop(stub, None)
         if index is None:
             return False
-        domain = _parse_chunk(self.chunks[index], self.source)
+        _, chunk, _, _, source = self._by_index[index]
+        domain = _parse_chunk(chunk, source)
         stub.attrib.clear()
         stub.attrib.update(domain.attrib)
         stub.text = domain.text
@@ -1289,9 +1317,17 @@ class _Stubs:
         return True
 
     def expand(self, data: bytes) -> bytes:
-        data = self._pattern.sub(lambda match: self._bytes[int(match.group(1))], data)
+        """`data` (a serialized file) with the bytes of each stub in its place."""
+        def replacement(match: re.Match[bytes]) -> bytes:
+            record, _, stub_bytes, tags, source = self._by_index[int(match.group(1))]
+            if record.group_tags != tags:
+                raise ShardError(f"{source}: internal error: qube {record.name} would be "
+                                 f"written with tags {tags}, not {record.group_tags}")
+            return stub_bytes
+
+        data = self._pattern.sub(replacement, data)
         if self._nonce.encode() in data:  # a stub not on a line of its own: never write it
-            raise ShardError(f"{self.source}: internal error: a qube was not expanded")
+            raise ShardError("internal error: a qube was not expanded")
         return data
 
 
@@ -1347,22 +1383,54 @@ def _memo_group_of(fields: Sequence[Any]) -> str:
     return _memo_group(shards[0] if shards else None)
 
 
-def _read_merged(path: str, memo: reliant_chunks.Memo) -> tuple[etree._Element,
-                                                                Optional[_Stubs]]:
-    """The merged store; in chunks (`_Stubs`, chunks not in `memo` are added to it) when
-    it has qubesd's layout, else parsed whole. ShardError naming `path`."""
+def _read_merged(path: str, memo: reliant_chunks.Memo, stubs: _Stubs) -> tuple[etree._Element,
+                                                                              Optional[list[bytes]]]:
+    """The merged store and its chunks: its domains are `stubs` standing for their
+    tag-free bytes (chunks not in `memo` are added to it) when it has qubesd's layout,
+    else it is parsed whole (no chunks). ShardError naming `path`."""
     try:
         data = reliant_store.read(path)
         found = reliant_chunks.split(data)
-        if found is not None:
-            head, chunks = found
-            if _learn(chunks, memo, path):
-                with contextlib.suppress(reliant_store.StoreError):
-                    stubs = _Stubs(head, chunks, memo, path)
-                    return stubs.root, stubs
+        if found is not None and _learn(found[1], memo, path):
+            entries = [(QubeRecord.from_fields(memo[chunk][0]), chunk, memo[chunk][1], ())
+                       for chunk in found[1]]
+            with contextlib.suppress(reliant_store.StoreError):
+                return stubs.read(found[0], "qubes", entries, path), found[1]
         return reliant_store.parse(data, path), None
     except reliant_store.StoreError as exc:
         raise ShardError(str(exc)) from None
+
+
+def _merged_chunks(memo: reliant_chunks.Memo) -> dict[tuple[tuple[str, ...], bytes],
+                                                      tuple[bytes, Any]]:
+    """(group tags, tag-free bytes) -> (chunk of the merged store, its record fields):
+    what suture may write for a <domain> of core or of a shard file without parsing it."""
+    return {(fields[_GROUP_TAGS_FIELD], tag_free): (chunk, fields)
+            for chunk, (fields, tag_free) in memo.items()}
+
+
+def _read_in_chunks(data: bytes, root_tag: str, tags: Sequence[tuple[str, ...]],
+                    known: dict[tuple[tuple[str, ...], bytes], tuple[bytes, Any]],
+                    stubs: _Stubs, source: str) -> Optional[etree._Element]:
+    """Core or a shard file (`data`) with stubs for its domains, each standing for the
+    chunk of the merged store that suture wrote or qubesd saved for it with the first of
+    `tags` it is known under; None unless every domain is known."""
+    found = reliant_chunks.split(data, root_tag)
+    if found is None:
+        return None
+    entries = []
+    for chunk in found[1]:
+        hit = next(((key, known[key, chunk]) for key in tags if (key, chunk) in known), None)
+        if hit is None:
+            return None
+        key, (merged_chunk, fields) = hit
+        record = QubeRecord.from_fields(fields)
+        record.group_tags = ()  # as read: a file on disk holds no reliant- tag
+        entries.append((record, chunk, merged_chunk, key))
+    try:
+        return stubs.read(found[0], root_tag, entries, source)
+    except reliant_store.StoreError:
+        return None
 
 
 def _order(qube: QubeRecord) -> tuple[bool, str]:
@@ -1806,9 +1874,16 @@ def _without_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _load_core(path: str) -> etree._Element:
+def _load_core(path: str, known: Optional[dict[tuple[tuple[str, ...], bytes],
+                                                 tuple[bytes, Any]]] = None,
+               stubs: Optional[_Stubs] = None) -> etree._Element:
+    """A qubesd store; with `known` and `stubs`, in chunks when every domain is known
+    (see `_read_in_chunks`: core qubes carry the core tag in the merged store, dom0 none)."""
     try:
-        return reliant_store.load(path)
+        data = reliant_store.read(path)
+        root = None if stubs is None or known is None else _read_in_chunks(
+            data, "qubes", [(CORE_TAG,), ()], known, stubs, path)
+        return root if root is not None else reliant_store.parse(data, path)
     except reliant_store.StoreError as exc:
         raise ShardError(str(exc)) from None
 
@@ -1835,18 +1910,28 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
             qubes_dir: str, state_path: str, detached: Iterable[str]) -> Result:
     problems: list[Problem] = []
-    core_root = _load_core(core)
+    known = _merged_chunks(reliant_chunks.Memo(reliant_chunks.memo_dir(state_path),
+                                               _memo_version()))
+    stubs = _Stubs()
+    core_root = _load_core(core, known, stubs)
     shards = discover(roots, max_depth, problems)
+    for shard in shards:
+        root = _read_in_chunks(shard.data, SHARD_ELEMENT, [(shard_tag(shard.id),)], known,
+                               stubs, shard.file)
+        if root is not None:
+            with contextlib.suppress(reliant_store.StoreError):  # reported when parsed
+                shard.use_root(root)
     plan = plan_suture(core_root, shards, core_source=core,
-                       missing_reference=missing_reference, detached=detached)
+                       missing_reference=missing_reference, detached=detached, stubs=stubs)
     problems += plan.problems
     if policy_dir is not None:
         try:
-            reliant_policy.write_runtime_policy(policy_dir, plan.merged, services)
+            reliant_policy.write_runtime_policy(policy_dir, plan.merged, services,
+                                                record=plan.facts)
         except Exception as exc:  # any failure: do not start qubesd without isolation
             raise ShardError(f"runtime qrexec policy in {policy_dir} not written ({exc}); "
                              "merged store not written") from None
-        problems += isolation_problems(plan.merged)  # the calls that policy denies
+        problems += isolation_problems(plan.merged, plan.facts)  # the calls policy denies
     wanted = [qube for shard in plan.sutured for qube in plan.dirs[shard.id]]
     present = _entries(qubes_dir)
     try:
@@ -1862,7 +1947,8 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             problems.append(Problem("error", "state", f"dissect memo beside {state_path} not "
                                     f"pruned ({exc}): remove it"))
         written = []
-        if reliant_store.write(out, reliant_store.serialize(plan.merged), mode=0o660):
+        if reliant_store.write(out, plan.facts.expand(reliant_store.serialize(plan.merged)),
+                               mode=0o660):
             written.append(out)
         plan.state["problems"] = [asdict(p) for p in problems]
         write_state(state_path, plan.state)
@@ -1895,7 +1981,8 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
              state_path: str, final: bool) -> Result:
     problems: list[Problem] = []
     memo = reliant_chunks.Memo(reliant_chunks.memo_dir(state_path), _memo_version())
-    merged_root, stubs = _read_merged(merged, memo)
+    stubs = _Stubs()
+    merged_root, chunks = _read_merged(merged, memo, stubs)
     core_root = _load_core(core) if os.path.lexists(core) else None
     shards = discover(roots, max_depth, problems)
     plan = plan_dissect(merged_root, core_root, shards, read_state(state_path),
@@ -1907,8 +1994,8 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
     written = [path for path, content, mode in plan.outputs
                if reliant_store.write(path, content, mode=mode)]
     try:  # the memo only saves time: not saving it fails nothing
-        if stubs is not None:
-            memo.save(stubs.chunks, _memo_group_of)
+        if chunks is not None:
+            memo.save(chunks, _memo_group_of)
         else:
             reliant_chunks.clear(memo.directory)
     except OSError as exc:
@@ -1930,14 +2017,18 @@ def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
     shards = discover(roots, max_depth, problems)
     plan = plan_suture(_load_core(core), shards, core_source=core,
                        missing_reference=missing_reference, detached=detached)
-    return Result(problems + plan.problems + isolation_problems(plan.merged), [], plan.sutured)
+    return Result(problems + plan.problems + isolation_problems(plan.merged, plan.facts), [],
+                  plan.sutured)
 
 
-def isolation_problems(merged_root: etree._Element) -> list[Problem]:
+def isolation_problems(merged_root: etree._Element,
+                       record: Optional[Callable[[etree._Element], QubeRecord]] = None
+                       ) -> list[Problem]:
     """A warning (kind ``isolation``) for each qube of a merged store whose default
-    disposable is in another group: the runtime policy denies its @dispvm calls."""
+    disposable is in another group: the runtime policy denies its @dispvm calls
+    (`record`: the plan's records of its domains)."""
     try:
-        found = reliant_guard.cross_group_dispvm_qubes(merged_root)
+        found = reliant_guard.cross_group_dispvm_qubes(merged_root, record)
     except reliant_guard.GuardError as exc:
         return [Problem("error", "isolation", f"merged store: {exc}")]
     prefix = shard_tag("")
