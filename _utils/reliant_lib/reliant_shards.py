@@ -1339,25 +1339,50 @@ def _parse_chunk(chunk: bytes, source: str) -> etree._Element:
 
 
 def _learn(chunks: list[bytes], memo: reliant_chunks.Memo, source: str) -> bool:
-    """Add the chunks `memo` does not know: each parsed on its own, its record, its
-    bytes without reliant- tags. False when a chunk is not one <domain> element."""
+    """Add the chunks `memo` does not know: each chunk's record and its bytes without
+    reliant- tags. False when a chunk is not one <domain> element on its own."""
     new = [chunk for chunk in dict.fromkeys(chunks) if chunk not in memo]
     if not new:
         return True
-    try:
-        domains = [_parse_chunk(chunk, source) for chunk in new]
-    except reliant_store.StoreError:
+    domains = _parse_chunks(new, source)
+    if domains is None:
         return False
     fields = [QubeRecord(domain).fields() for domain in domains]
-    home = reliant_store.make_element("qubes")
     for domain in domains:
         _strip_reliant_tags(domain)
+    tag_free = _serialized(domains)
+    if tag_free is None:
+        return False
+    memo.update(zip(new, zip(fields, tag_free)))
+    return True
+
+
+def _parse_chunks(chunks: list[bytes], source: str) -> Optional[list[etree._Element]]:
+    """The <domain> of each chunk; None if one is not a <domain> element on its own.
+
+    All are parsed at once, in one store, and kept only if that store prints back to
+    exactly `chunks` (so each chunk is its element's own text); else one by one."""
+    try:
+        home = reliant_store.parse(reliant_chunks.join(b"<qubes>" + reliant_chunks.HEAD_END,
+                                                       chunks), source)
+        domains = list(home[0]) if len(home) == 1 else []
+        if _serialized(domains) == chunks:
+            return domains
+    except reliant_store.StoreError:
+        pass
+    try:
+        return [_parse_chunk(chunk, source) for chunk in chunks]
+    except reliant_store.StoreError:
+        return None
+
+
+def _serialized(domains: list[etree._Element]) -> Optional[list[bytes]]:
+    """The chunk of each <domain> (moved into a store of their own); None if the
+    printed store cannot be cut into as many chunks."""
+    home = reliant_store.make_element("qubes")
     etree.SubElement(home, "domains").extend(domains)
     cut = reliant_chunks.split(reliant_store.serialize(home))
-    if cut is None or len(cut[1]) != len(new):
-        return False
-    memo.update(zip(new, zip(fields, cut[1])))
-    return True
+    return cut[1] if cut is not None and len(cut[1]) == len(domains) else None
 
 
 def _memo_version() -> str:
