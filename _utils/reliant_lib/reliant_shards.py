@@ -232,8 +232,10 @@ class QubeRecord:
         self.dispvm_none, self.dispvm_template = dispvm_none, dispvm_template
 
     def fields(self) -> tuple[Any, ...]:
-        """The record as plain data (for dissect's memo)."""
-        return tuple(getattr(self, name) for name in self._FIELDS)
+        """The record as plain data (for dissect's memo), in the order of _FIELDS."""
+        return (self.cls, self.name, self.uuid, self.label, self.qid, self.refs, self.pools,
+                self.data_pools, self.volumes, self.group_tags, self.dispvm_none,
+                self.dispvm_template)
 
     @classmethod
     def from_fields(cls, fields: Sequence[Any]) -> "QubeRecord":
@@ -1344,45 +1346,47 @@ def _learn(chunks: list[bytes], memo: reliant_chunks.Memo, source: str) -> bool:
     new = [chunk for chunk in dict.fromkeys(chunks) if chunk not in memo]
     if not new:
         return True
-    domains = _parse_chunks(new, source)
-    if domains is None:
+    home = _parse_chunks(new, source)
+    if home is None:
         return False
+    domains = home.find("domains")
     fields = [QubeRecord(domain).fields() for domain in domains]
     for domain in domains:
         _strip_reliant_tags(domain)
-    tag_free = _serialized(domains)
-    if tag_free is None:
+    tag_free = _chunks_of(home)
+    if tag_free is None or len(tag_free) != len(new):
         return False
     memo.update(zip(new, zip(fields, tag_free)))
     return True
 
 
-def _parse_chunks(chunks: list[bytes], source: str) -> Optional[list[etree._Element]]:
-    """The <domain> of each chunk; None if one is not a <domain> element on its own.
+def _parse_chunks(chunks: list[bytes], source: str) -> Optional[etree._Element]:
+    """A store holding the <domain> of each chunk, in order; None if a chunk is not a
+    <domain> element on its own.
 
-    All are parsed at once, in one store, and kept only if that store prints back to
-    exactly `chunks` (so each chunk is its element's own text); else one by one."""
+    All are parsed at once and kept if that store prints back to exactly `chunks` (so
+    each chunk is its element's own text); else they are parsed one by one."""
     try:
         home = reliant_store.parse(reliant_chunks.join(b"<qubes>" + reliant_chunks.HEAD_END,
                                                        chunks), source)
-        domains = list(home[0]) if len(home) == 1 else []
-        if _serialized(domains) == chunks:
-            return domains
+        if (len(home) == 1 and len(home[0]) == len(chunks) and _chunks_of(home) == chunks
+                and all(domain.tag == "domain" for domain in home[0])):
+            return home  # one <domain> per chunk, each chunk printed from its own
     except reliant_store.StoreError:
         pass
     try:
-        return [_parse_chunk(chunk, source) for chunk in chunks]
+        domains = [_parse_chunk(chunk, source) for chunk in chunks]
     except reliant_store.StoreError:
         return None
-
-
-def _serialized(domains: list[etree._Element]) -> Optional[list[bytes]]:
-    """The chunk of each <domain> (moved into a store of their own); None if the
-    printed store cannot be cut into as many chunks."""
     home = reliant_store.make_element("qubes")
     etree.SubElement(home, "domains").extend(domains)
+    return home
+
+
+def _chunks_of(home: etree._Element) -> Optional[list[bytes]]:
+    """The chunks of the store `home` as it prints (None if it cannot be cut)."""
     cut = reliant_chunks.split(reliant_store.serialize(home))
-    return cut[1] if cut is not None and len(cut[1]) == len(domains) else None
+    return None if cut is None else cut[1]
 
 
 def _memo_version() -> str:

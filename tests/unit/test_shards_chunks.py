@@ -211,3 +211,13 @@ def test_split_cuts_qubesd_stores_and_nothing_else():
     assert reliant_chunks.split(one_line) is None
     empty = b"<qubes>\n  <domains>\n  </domains>\n</qubes>\n"
     assert reliant_chunks.split(empty) is None
+
+
+def test_a_record_survives_the_memo_whole():
+    root = reliant_store.load(str(FIXTURES / "qubes-r4.3-merged.xml"))
+    for domain in root.iterfind("domains/domain"):
+        record = reliant_shards.QubeRecord(domain)
+        fields = record.fields()
+        assert fields == tuple(getattr(record, name) for name in record._FIELDS)
+        copy = reliant_shards.QubeRecord.from_fields(fields)
+        assert copy.fields() == fields
