@@ -1,6 +1,6 @@
 {#- reliant.shards.clean: undoes reliant.shards. qubesd is stopped under the drop-in
     (its ExecStopPost dissects), the merged store is dissected once more and removed only
-    if that succeeds, then the units, the CLI, its library and config are removed and
+    if that succeeds (with the runtime files beside it), then the units, the CLI, its library and config are removed and
     qubesd, if it ran, is started again on the core store. Shards stay on their volumes.
     reliant.isolation, which needs all this, is cleaned first. -#}
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
@@ -32,7 +32,11 @@ reliant-shards-clean-dissect:
     - require:
       - cmd: reliant-shards-clean-qubesd-stop
 
-{%- for path in [shards.merged, salt["file.dirname"](shards.merged) ~ "/reliant-shard.log"] %}
+{#- Everything beside the merged store (tmpfs) that knows shard qubes: log, runtime
+    state, detached list, dissect's memo. #}
+{%- set rundir = salt["file.dirname"](shards.merged) %}
+{%- for path in [shards.merged, rundir ~ "/reliant-shard.log", rundir ~ "/shards.json",
+                 rundir ~ "/detached.json", rundir ~ "/dissect.memo"] %}
 
 reliant-shards-clean-run-{{ loop.index }}:
   file.absent:

@@ -222,6 +222,8 @@ def test_restart_sutures_them_back_and_changes_nothing(host):
 @pytest.mark.parametrize("run_number", [1, 2])
 def test_clean_removes_the_runtime_pieces_and_keeps_the_shards(host, run_number):
     run(host, "systemctl start qubesd")
+    memo = Path(MERGED).parent / "dissect.memo"
+    assert host.file(str(memo)).is_directory == (run_number == 1)  # dissect read in chunks
     out = json.loads(run(host, "salt-call --local --retcode-passthrough --out json "
                                "state.apply reliant.shards.clean"))["local"]
     changed = [ret["__id__"] for ret in out.values() if ret["changes"]]
@@ -236,3 +238,7 @@ def test_clean_removes_the_runtime_pieces_and_keeps_the_shards(host, run_number)
     for directory, (_, _, qubes) in SHARDS.items():
         assert names(shard(host, directory).root) == qubes
     assert_no_trace_outside_the_shards(host)
+    rundir = Path(MERGED).parent  # nothing left in RAM that knows a shard qube
+    left = run(host, f"find {rundir} -xdev -maxdepth 2 -type f -print0 | xargs -0r grep -lsF "
+                     "-f /run/reliant-test-patterns || true")
+    assert not left, f"runtime files holding a shard identifier:\n{left}"
