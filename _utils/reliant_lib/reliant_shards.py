@@ -1289,7 +1289,7 @@ class _Stubs:
         root = reliant_store.parse(head + b"\n".join(marks) + b"\n"
                                    + reliant_chunks.tail(root_tag), source)
         domains = root.find("domains")
-        stubs = list(domains) if domains is root[-1] else []
+        stubs = list(domains) if len(root) and domains is root[-1] else []
         if len(stubs) != len(entries) or any(
                 stub.get("reliant-stub") != f"{self._nonce}-{first + i}"
                 for i, stub in enumerate(stubs)):
