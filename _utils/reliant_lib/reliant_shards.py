@@ -50,6 +50,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
@@ -1390,12 +1391,13 @@ def _chunks_of(home: etree._Element) -> Optional[list[bytes]]:
 
 
 def _memo_version() -> str:
-    """What the memo's entries depend on: this code and lxml's serializer."""
+    """What the memo's entries depend on: this code, lxml's serializer, Python (marshal)."""
     digest = hashlib.sha256()
     for module in (__file__, reliant_chunks.__file__, reliant_store.__file__):
         with open(module, "rb") as handle:
             digest.update(handle.read())
-    return f"{digest.hexdigest()} lxml {'.'.join(map(str, etree.LXML_VERSION))}"
+    return (f"{digest.hexdigest()} lxml {'.'.join(map(str, etree.LXML_VERSION))} "
+            f"python {sys.version_info[:3]}")
 
 
 def _memo_group(group: Optional[str]) -> str:
