@@ -29,8 +29,8 @@ reliant_audit use it):
 - ``qube_name/qube_uuid/qube_qid(domain)``, ``data_pools(domain)`` (pools of a
   qube's own data volumes, ``is_data_volume``), ``references(domain)`` (what it names),
   ``referable_groups(group, dependencies)`` (the reference rule).
-- ``isolation_problems(merged_root)``: qubes whose default disposable is in another
-  group (reported by ``check``).
+- ``isolation_problems(merged_root, record=None)``: qubes whose default disposable is
+  in another group (reported by ``check``).
 - ``load_shard(dir)``, ``read_metadata(bytes, path)``, ``shard_bytes(shard, pools,
   domains)``: one shard file.
 - runtime files beside the merged store: ``default_state_path``, ``read_state``,
@@ -39,7 +39,9 @@ reliant_audit use it):
 - ``Problem`` (severity info/warning/error, kind, message, shard, qube),
   ``Result`` (problems, written, shards; ``.errors``), ``ShardError``.
 
-Rules and the QID mechanism are described in README.md (Shards: library).
+Suture and dissect read stores in qubesd's layout in chunks, with a memo on tmpfs
+(``reliant_chunks``, the ``_Stubs`` section below). Rules, the QID mechanism and
+reading in chunks are described in README.md (Shards: library).
 """
 
 import contextlib
@@ -1086,182 +1088,7 @@ def _assign_qids(facts: _Facts, shard: Shard, candidates: list[etree._Element], 
 
 
 # ---------------------------------------------------------------------------
-# dissect
-
-
-@dataclass
-class DissectPlan:
-    """What dissect will write: `outputs` in a safe order (files that gain qubes first,
-    core last), the dom0 directories of each shard's merged qubes and of its qubes kept
-    aside, the new runtime state and the problems."""
-
-    outputs: list[tuple[str, bytes, int]]
-    dirs: dict[str, list[tuple[str, str]]]
-    keep_dirs: dict[str, set[tuple[str, str]]]
-    state: dict[str, Any]
-    problems: list[Problem]
-    shards: dict[str, Shard]
-
-
-_UUID_RE = re.compile(rb'<property name="uuid">([^<]*)</property>')
-
-
-def _file_uuids(shard: Shard) -> Optional[set[str]]:
-    """uuids of the shard file's qubes without parsing it; None if a qube has none."""
-    found = {m.decode("utf-8", "replace") for m in _UUID_RE.findall(shard.data)}
-    return found if len(found) == shard.data.count(b"<domain ") else None
-
-
-def _pool_owners(merged_pools: etree._Element, core_pools: set[str],
-                 writable: dict[str, Shard], sutured: dict[str, Any],
-                 visible: dict[str, Shard], roots: Sequence[str]) -> dict[str, Optional[str]]:
-    """Group of each merged pool; None when it cannot be placed without a leak."""
-    owners: dict[str, Optional[str]] = {}
-    for pool in merged_pools:
-        name, dir_path = pool.get("name"), pool.get("dir_path")
-        if name in core_pools:
-            owners[name] = CORE
-            continue
-        sid = next((s for s, info in sutured.items() if name in info.get("pools", ())), None)
-        if sid is None:
-            sid = next((s for s, shard in writable.items() if name in shard.pools), None)
-        if sid is None and dir_path:
-            sid = next((s for s, shard in visible.items() if _within(dir_path, shard.path)),
-                       None)
-            if sid is None and any(_within(dir_path, root) for root in roots):
-                owners[name] = None
-                continue
-        owners[name] = CORE if sid is None else (sid if sid in writable else None)
-    return owners
-
-
-def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element],
-                 shards: Sequence[Shard], state: Optional[dict[str, Any]], *,
-                 core_path: str, roots: Sequence[str] = (),
-                 stubs: Optional["_Stubs"] = None) -> DissectPlan:
-    """Split `merged_root` (consumed) into the core file and the files of merged shards;
-    `stubs`: those of its domains read in chunks (`_read_merged`).
-
-    Never writes a shard's qube, pool, tag or reference into core or into a shard that
-    may not know it; what cannot be placed safely is reported as `unplaceable` and
-    written nowhere (it stays in the merged store). Qubes of a shard that were kept out
-    of the merge stay in its file.
-    """
-    problems: list[Problem] = []
-    facts = _Facts(stubs)
-    sections = _core_sections(merged_root, "merged store")
-    core_pools = {p.get("name") for p in core_root.find("pools")} if core_root is not None \
-        else set()
-    visible = {shard.id: shard for shard in shards}
-    if state is not None:
-        sutured = dict(state["shards"])
-    else:
-        tagged = {tag[len(shard_tag("")):] for domain in sections["domains"]
-                  for tag in facts(domain).group_tags if tag.startswith(shard_tag(""))}
-        sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools, "merged": None}
-                   for sid in sorted(tagged) if sid in visible}
-        if sutured:
-            problems.append(Problem("warning", "state", "no runtime state from suture: qubes "
-                                    "absent from the merged store are kept in their shards"))
-    untouchable = set((state or {}).get("detached", ())) | set((state or {}).get("refused", ()))
-    writable = _writable(visible, sutured, untouchable, problems)
-    pool_owner = _pool_owners(sections["pools"], core_pools, writable, sutured, visible, roots)
-    for name, group in pool_owner.items():
-        if group is None:
-            problems.append(Problem("error", "unplaceable", f"pool {name} lies under a shard "
-                                    "root but in no merged shard; not written anywhere"))
-    core_previous = _index(facts, core_root.find("domains") if core_root is not None else None)
-    previous_cache: dict[str, dict[str, etree._Element]] = {CORE: core_previous}
-
-    def previous(group: str) -> dict[str, etree._Element]:
-        if group not in previous_cache:
-            previous_cache[group] = _index(facts, writable[group].root.find("domains"))
-        return previous_cache[group]
-
-    groups: dict[str, list[etree._Element]] = {CORE: [], **{sid: [] for sid in writable}}
-    owner: dict[str, Optional[str]] = {}
-    unplaced: set[str] = set()  # uuids: their files keep the earlier version
-    pending = []
-    merged_qids = set()
-    for domain in sections["domains"]:
-        group = _group_by_pools_or_tag(facts, domain, pool_owner, writable, visible, problems)
-        qube = facts(domain)
-        merged_qids.add(qube.qid)
-        if group == _PENDING:
-            pending.append(domain)
-            continue
-        owner[qube.name] = group
-        if group is None:
-            unplaced.add(qube.uuid)
-        else:
-            groups[group].append(domain)
-    for domain in pending:
-        group = _group_of_new(facts, domain, owner, pool_owner, core_previous, writable, visible)
-        owner[facts.name(domain)] = group
-        groups[group].append(domain)
-
-    _fix_global_references(facts, sections["properties"], core_root, owner, problems)
-    pools_of = {sid: [p for p in sections["pools"] if pool_owner.get(p.get("name")) == sid]
-                for sid in groups}
-    for sid in set(writable) - set(sutured):  # not merged: its own pools stay as they are
-        merged_names = {p.get("name") for p in pools_of[sid]}
-        pools_of[sid] = [p for p in writable[sid].pool_elements
-                         if p.get("name") not in merged_names] + pools_of[sid]
-    new_state: dict[str, Any] = {"version": 1, "shards": {},
-                                 "detached": (state or {}).get("detached", []),
-                                 "refused": (state or {}).get("refused", [])}
-    gaining, losing = [], []
-    scratch = etree.SubElement(merged_root, "reliant-scratch")  # shard files built in place
-    dirs: dict[str, list[tuple[str, str]]] = {}
-    keep_dirs: dict[str, set[tuple[str, str]]] = {}
-    for sid, shard in writable.items():
-        allowed = referable_groups(sid, _deps_closure(sid, visible) & set(writable))
-        members = [d for d in groups[sid] if _fix_references(
-            facts, d, sid, allowed, owner, pool_owner, lambda s=sid: previous(s), problems)]
-        member_qubes = [facts(d) for d in members]
-        merged_uuids = {qube.uuid for qube in member_qubes}
-        hold = unplaced if len(members) == len(groups[sid]) else \
-            unplaced | {facts(d).uuid for d in groups[sid]} - merged_uuids
-        known = sutured.get(sid, {}).get("merged")
-        known = set(known) if known is not None else None
-        file_uuids = _file_uuids(shard)
-        if (known is not None and file_uuids is not None
-                and file_uuids <= merged_uuids | known and not file_uuids & hold):
-            kept = []
-        else:
-            kept = [d for d in previous(sid).values() if facts.uuid(d) not in merged_uuids and
-                    (known is None or facts.uuid(d) not in known or facts.uuid(d) in hold)]
-        _fix_qids(facts, shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
-        for domain in members + kept:
-            facts.strip_tags(domain)
-        dirs[sid] = [(dom0_subdir(q), q.name) for q in member_qubes]
-        keep_dirs[sid] = {(dom0_subdir(q), q.name) for q in map(facts, kept)}
-        new_state["shards"][sid] = {
-            "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
-            "merged": sorted((known or set()) | merged_uuids)}
-        lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
-            - {facts.uuid(d) for d in kept}
-        content = facts.expand(shard_bytes(shard, pools_of[sid], home=scratch,
-                                     domains=sorted(members + kept, key=lambda d: _order(facts(d)))))
-        (losing if lost else gaining).append((shard.file, content, 0o600))
-    for sid in set(sutured) - set(writable):
-        new_state["shards"][sid] = sutured[sid]
-
-    core_members = [d for d in groups[CORE] if _fix_references(
-        facts, d, CORE, referable_groups(CORE, ()), owner, pool_owner, lambda: core_previous,
-        problems)]
-    hold = unplaced | {facts.uuid(d) for d in groups[CORE]} - {facts.uuid(d) for d in core_members}
-    core_members += [deepcopy(d) for u, d in core_previous.items() if u in hold]
-    for domain in core_members:
-        facts.strip_tags(domain)
-    sections["domains"][:] = core_members
-    sections["pools"][:] = pools_of[CORE]
-    # core is built in place too; nothing is unlinked from the merged document (lxml
-    # frees a large unlinked subtree slowly while elements in it are still referenced)
-    core_out = etree.SubElement(scratch, merged_root.tag, dict(merged_root.attrib))
-    core_out.extend([child for child in merged_root if child is not scratch])
-    outputs = [*gaining, *losing, (core_path, facts.expand(reliant_store.serialize(core_out)), 0o660)]
-    return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
+# stores read in chunks (see reliant_chunks)
 
 
 class _Stubs:
@@ -1462,6 +1289,185 @@ def _read_in_chunks(data: bytes, root_tag: str, tags: Sequence[tuple[str, ...]],
         return stubs.read(found[0], root_tag, entries, source)
     except reliant_store.StoreError:
         return None
+
+
+# ---------------------------------------------------------------------------
+# dissect
+
+
+@dataclass
+class DissectPlan:
+    """What dissect will write: `outputs` in a safe order (files that gain qubes first,
+    core last), the dom0 directories of each shard's merged qubes and of its qubes kept
+    aside, the new runtime state and the problems."""
+
+    outputs: list[tuple[str, bytes, int]]
+    dirs: dict[str, list[tuple[str, str]]]
+    keep_dirs: dict[str, set[tuple[str, str]]]
+    state: dict[str, Any]
+    problems: list[Problem]
+    shards: dict[str, Shard]
+
+
+_UUID_RE = re.compile(rb'<property name="uuid">([^<]*)</property>')
+
+
+def _file_uuids(shard: Shard) -> Optional[set[str]]:
+    """uuids of the shard file's qubes without parsing it; None if a qube has none."""
+    found = {m.decode("utf-8", "replace") for m in _UUID_RE.findall(shard.data)}
+    return found if len(found) == shard.data.count(b"<domain ") else None
+
+
+def _pool_owners(merged_pools: etree._Element, core_pools: set[str],
+                 writable: dict[str, Shard], sutured: dict[str, Any],
+                 visible: dict[str, Shard], roots: Sequence[str]) -> dict[str, Optional[str]]:
+    """Group of each merged pool; None when it cannot be placed without a leak."""
+    owners: dict[str, Optional[str]] = {}
+    for pool in merged_pools:
+        name, dir_path = pool.get("name"), pool.get("dir_path")
+        if name in core_pools:
+            owners[name] = CORE
+            continue
+        sid = next((s for s, info in sutured.items() if name in info.get("pools", ())), None)
+        if sid is None:
+            sid = next((s for s, shard in writable.items() if name in shard.pools), None)
+        if sid is None and dir_path:
+            sid = next((s for s, shard in visible.items() if _within(dir_path, shard.path)),
+                       None)
+            if sid is None and any(_within(dir_path, root) for root in roots):
+                owners[name] = None
+                continue
+        owners[name] = CORE if sid is None else (sid if sid in writable else None)
+    return owners
+
+
+def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element],
+                 shards: Sequence[Shard], state: Optional[dict[str, Any]], *,
+                 core_path: str, roots: Sequence[str] = (),
+                 stubs: Optional["_Stubs"] = None) -> DissectPlan:
+    """Split `merged_root` (consumed) into the core file and the files of merged shards;
+    `stubs`: those of its domains read in chunks (`_read_merged`).
+
+    Never writes a shard's qube, pool, tag or reference into core or into a shard that
+    may not know it; what cannot be placed safely is reported as `unplaceable` and
+    written nowhere (it stays in the merged store). Qubes of a shard that were kept out
+    of the merge stay in its file.
+    """
+    problems: list[Problem] = []
+    facts = _Facts(stubs)
+    sections = _core_sections(merged_root, "merged store")
+    core_pools = {p.get("name") for p in core_root.find("pools")} if core_root is not None \
+        else set()
+    visible = {shard.id: shard for shard in shards}
+    if state is not None:
+        sutured = dict(state["shards"])
+    else:
+        tagged = {tag[len(shard_tag("")):] for domain in sections["domains"]
+                  for tag in facts(domain).group_tags if tag.startswith(shard_tag(""))}
+        sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools, "merged": None}
+                   for sid in sorted(tagged) if sid in visible}
+        if sutured:
+            problems.append(Problem("warning", "state", "no runtime state from suture: qubes "
+                                    "absent from the merged store are kept in their shards"))
+    untouchable = set((state or {}).get("detached", ())) | set((state or {}).get("refused", ()))
+    writable = _writable(visible, sutured, untouchable, problems)
+    pool_owner = _pool_owners(sections["pools"], core_pools, writable, sutured, visible, roots)
+    for name, group in pool_owner.items():
+        if group is None:
+            problems.append(Problem("error", "unplaceable", f"pool {name} lies under a shard "
+                                    "root but in no merged shard; not written anywhere"))
+    core_previous = _index(facts, core_root.find("domains") if core_root is not None else None)
+    previous_cache: dict[str, dict[str, etree._Element]] = {CORE: core_previous}
+
+    def previous(group: str) -> dict[str, etree._Element]:
+        if group not in previous_cache:
+            previous_cache[group] = _index(facts, writable[group].root.find("domains"))
+        return previous_cache[group]
+
+    groups: dict[str, list[etree._Element]] = {CORE: [], **{sid: [] for sid in writable}}
+    owner: dict[str, Optional[str]] = {}
+    unplaced: set[str] = set()  # uuids: their files keep the earlier version
+    pending = []
+    merged_qids = set()
+    for domain in sections["domains"]:
+        group = _group_by_pools_or_tag(facts, domain, pool_owner, writable, visible, problems)
+        qube = facts(domain)
+        merged_qids.add(qube.qid)
+        if group == _PENDING:
+            pending.append(domain)
+            continue
+        owner[qube.name] = group
+        if group is None:
+            unplaced.add(qube.uuid)
+        else:
+            groups[group].append(domain)
+    for domain in pending:
+        group = _group_of_new(facts, domain, owner, pool_owner, core_previous, writable, visible)
+        owner[facts.name(domain)] = group
+        groups[group].append(domain)
+
+    _fix_global_references(facts, sections["properties"], core_root, owner, problems)
+    pools_of = {sid: [p for p in sections["pools"] if pool_owner.get(p.get("name")) == sid]
+                for sid in groups}
+    for sid in set(writable) - set(sutured):  # not merged: its own pools stay as they are
+        merged_names = {p.get("name") for p in pools_of[sid]}
+        pools_of[sid] = [p for p in writable[sid].pool_elements
+                         if p.get("name") not in merged_names] + pools_of[sid]
+    new_state: dict[str, Any] = {"version": 1, "shards": {},
+                                 "detached": (state or {}).get("detached", []),
+                                 "refused": (state or {}).get("refused", [])}
+    gaining, losing = [], []
+    scratch = etree.SubElement(merged_root, "reliant-scratch")  # shard files built in place
+    dirs: dict[str, list[tuple[str, str]]] = {}
+    keep_dirs: dict[str, set[tuple[str, str]]] = {}
+    for sid, shard in writable.items():
+        allowed = referable_groups(sid, _deps_closure(sid, visible) & set(writable))
+        members = [d for d in groups[sid] if _fix_references(
+            facts, d, sid, allowed, owner, pool_owner, lambda s=sid: previous(s), problems)]
+        member_qubes = [facts(d) for d in members]
+        merged_uuids = {qube.uuid for qube in member_qubes}
+        hold = unplaced if len(members) == len(groups[sid]) else \
+            unplaced | {facts(d).uuid for d in groups[sid]} - merged_uuids
+        known = sutured.get(sid, {}).get("merged")
+        known = set(known) if known is not None else None
+        file_uuids = _file_uuids(shard)
+        if (known is not None and file_uuids is not None
+                and file_uuids <= merged_uuids | known and not file_uuids & hold):
+            kept = []
+        else:
+            kept = [d for d in previous(sid).values() if facts.uuid(d) not in merged_uuids and
+                    (known is None or facts.uuid(d) not in known or facts.uuid(d) in hold)]
+        _fix_qids(facts, shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
+        for domain in members + kept:
+            facts.strip_tags(domain)
+        dirs[sid] = [(dom0_subdir(q), q.name) for q in member_qubes]
+        keep_dirs[sid] = {(dom0_subdir(q), q.name) for q in map(facts, kept)}
+        new_state["shards"][sid] = {
+            "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
+            "merged": sorted((known or set()) | merged_uuids)}
+        lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
+            - {facts.uuid(d) for d in kept}
+        content = facts.expand(shard_bytes(shard, pools_of[sid], home=scratch,
+                                     domains=sorted(members + kept, key=lambda d: _order(facts(d)))))
+        (losing if lost else gaining).append((shard.file, content, 0o600))
+    for sid in set(sutured) - set(writable):
+        new_state["shards"][sid] = sutured[sid]
+
+    core_members = [d for d in groups[CORE] if _fix_references(
+        facts, d, CORE, referable_groups(CORE, ()), owner, pool_owner, lambda: core_previous,
+        problems)]
+    hold = unplaced | {facts.uuid(d) for d in groups[CORE]} - {facts.uuid(d) for d in core_members}
+    core_members += [deepcopy(d) for u, d in core_previous.items() if u in hold]
+    for domain in core_members:
+        facts.strip_tags(domain)
+    sections["domains"][:] = core_members
+    sections["pools"][:] = pools_of[CORE]
+    # core is built in place too; nothing is unlinked from the merged document (lxml
+    # frees a large unlinked subtree slowly while elements in it are still referenced)
+    core_out = etree.SubElement(scratch, merged_root.tag, dict(merged_root.attrib))
+    core_out.extend([child for child in merged_root if child is not scratch])
+    outputs = [*gaining, *losing, (core_path, facts.expand(reliant_store.serialize(core_out)), 0o660)]
+    return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
 
 
 def _order(qube: QubeRecord) -> tuple[bool, str]:
