@@ -221,3 +221,17 @@ def test_a_record_survives_the_memo_whole():
         assert fields == tuple(getattr(record, name) for name in record._FIELDS)
         copy = reliant_shards.QubeRecord.from_fields(fields)
         assert copy.fields() == fields
+
+
+def test_a_known_shard_file_with_a_hostile_head_is_still_refused(tmp_path):
+    scene = merged_scene(tmp_path)
+    scene.dissect(final=True)
+    scene.suture()
+    scene.dissect(final=True)  # every qube of the shard files is in the memo
+    path = scene.shard_dir("sflc_0_2") / "domains.xml"
+    path.write_bytes(path.read_bytes().replace(
+        b"<pools>", b'<labels><label id="label-1" color="0x000000">red</label></labels><pools>'))
+    result = scene.suture()
+    assert [(p.kind, p.shard) for p in result.errors] == [("refused", "sflc_0_2")]
+    assert "may not hold <labels>" in result.errors[0].message
+    assert not SHARD_QUBES["sflc_0_2"] & domains_by_name(load(scene.merged)).keys()
