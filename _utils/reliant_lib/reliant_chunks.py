@@ -1,24 +1,26 @@
-"""The merged store cut at its <domain> elements, and dissect's memo of each one.
+"""A store cut at its <domain> elements, and dissect's memo of each one.
 
 qubesd writes its store with lxml's pretty printer (``<qubes>``, then ``labels``,
 ``pools``, ``properties`` and ``domains`` indented by two spaces, each ``<domain>``
 starting a line indented by four), and every save rewrites an unchanged qube with
-the same bytes. So dissect cuts the store into its head (everything up to
-``<domains>``) and one *chunk* per ``<domain>``, and parses only the chunks it has
-not seen before: the memo maps the exact bytes of a chunk to what dissect derives
-from them alone (the qube's record and its bytes without the ``reliant-`` tags).
+the same bytes; shard files are printed the same way. So a store is cut into its
+head (everything up to ``<domains>``) and one *chunk* per ``<domain>``, and only the
+chunks not seen before are parsed: the memo maps the exact bytes of a chunk of the
+merged store to what is derived from them alone (the qube's record and its bytes
+without the ``reliant-`` tags).
 
-Why the cut store is the store: the head is parsed with the tail appended (so the
-``<domains>`` it opens is the root's last section and is empty), and every chunk
-parses on its own as one ``<domain>`` element (now, or when it entered the memo:
-the memo is keyed by the whole chunk). Well-formed pieces begin and end outside any
-markup, so their concatenation parses as the head's tree with those elements in
-``<domains>``. A store cut in any other way (written by something else, or with a
-comment that hides a boundary) is parsed whole by the caller.
+Why the cut store is the store (reliant_shards, "stores read in chunks"): the head is
+parsed with one stub line per chunk and the tail, and must hold exactly those stubs in
+its last section ``<domains>``; a chunk enters the memo only if the new chunks, parsed
+together, print back to exactly themselves, one ``<domain>`` each (else each is
+parsed on its own). Well-formed pieces begin and end outside any markup, so their
+concatenation parses as the head's tree with those elements in ``<domains>``. A store
+cut in any other way (written by something else, or with a comment that hides a
+boundary) is parsed whole by the caller.
 
-The memo lives on tmpfs beside the merged store and holds exactly the chunks of the
-store last read or written (suture prunes it), so it knows no qube the merged store
-does not know.
+The memo lives on tmpfs beside the merged store, one file per group. Dissect keeps
+exactly the chunks of the store it read; suture keeps only the files of core and of
+the shards it merges, so the memo knows no qube of a shard that is not merged.
 """
 
 from __future__ import annotations

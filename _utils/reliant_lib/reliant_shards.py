@@ -48,6 +48,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import operator
 import os
 import re
 import secrets
@@ -236,9 +237,7 @@ class QubeRecord:
 
     def fields(self) -> tuple[Any, ...]:
         """The record as plain data (for dissect's memo), in the order of _FIELDS."""
-        return (self.cls, self.name, self.uuid, self.label, self.qid, self.refs, self.pools,
-                self.data_pools, self.volumes, self.group_tags, self.dispvm_none,
-                self.dispvm_template)
+        return _record_fields(self)
 
     @classmethod
     def from_fields(cls, fields: Sequence[Any]) -> "QubeRecord":
@@ -253,6 +252,7 @@ class QubeRecord:
 
 _REFERENCE_SET = frozenset(DOMAIN_REFERENCES)
 _GROUP_TAGS_FIELD = QubeRecord._FIELDS.index("group_tags")
+_record_fields = operator.attrgetter(*QubeRecord._FIELDS)
 
 
 def qube_name(domain: etree._Element) -> str:
@@ -295,7 +295,7 @@ class _Facts:
         self._seen: dict[etree._Element, QubeRecord] = {}
         self.stubs = stubs
         if stubs is not None:
-            self._seen.update(stubs.records)
+            self._seen.update(stubs.records())
 
     def materialize(self, domain: etree._Element) -> None:
         """Make a stub the <domain> of its chunk (with its tags); no-op for others."""
@@ -447,6 +447,10 @@ class Shard:
 
     def contains_qid(self, qid: int) -> bool:
         return self.qid_range[0] <= qid <= self.qid_range[1]
+
+    def free_qids(self, taken: set[Optional[int]]) -> Iterator[int]:
+        """The qids of the range not in `taken` (read as it grows), lowest first."""
+        return (q for q in range(self.qid_range[0], self.qid_range[1] + 1) if q not in taken)
 
 
 def identifiers(shard: Shard) -> set[str]:
@@ -1069,7 +1073,7 @@ def _assign_qids(facts: _Facts, shard: Shard, candidates: list[etree._Element], 
             keep.append(domain)
         else:
             move.append(domain)
-    free = (q for q in range(shard.qid_range[0], shard.qid_range[1] + 1) if q not in taken)
+    free = shard.free_qids(taken)
     for domain in move:
         qid = next(free, None)
         name = facts.name(domain)
@@ -1102,7 +1106,6 @@ class _Stubs:
     def __init__(self) -> None:
         self._nonce = secrets.token_hex(8)
         self._pattern = reliant_chunks.stub_pattern(self._nonce)
-        self.records: dict[etree._Element, QubeRecord] = {}
         self._index: dict[etree._Element, int] = {}
         self._by_index: list[tuple[QubeRecord, bytes, bytes, tuple[str, ...], str]] = []
 
@@ -1124,9 +1127,12 @@ class _Stubs:
             raise reliant_store.StoreError(f"{source}: the head of the store holds domains")
         for stub, (record, chunk, data, tags) in zip(stubs, entries):
             self._index[stub] = len(self._by_index)
-            self.records[stub] = record
             self._by_index.append((record, chunk, data, tags, source))
         return root
+
+    def records(self) -> dict[etree._Element, QubeRecord]:
+        """The record of each stub."""
+        return {stub: self._by_index[index][0] for stub, index in self._index.items()}
 
     def carries(self, domain: etree._Element, tags: tuple[str, ...]) -> bool:
         """True if `domain` is a stub whose bytes carry exactly the group tags `tags`."""
@@ -1447,8 +1453,8 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
             "merged": sorted((known or set()) | merged_uuids)}
         lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
             - {facts.uuid(d) for d in kept}
-        content = facts.expand(shard_bytes(shard, pools_of[sid], home=scratch,
-                                     domains=sorted(members + kept, key=lambda d: _order(facts(d)))))
+        ordered = sorted(members + kept, key=lambda d: _order(facts(d)))
+        content = facts.expand(shard_bytes(shard, pools_of[sid], ordered, home=scratch))
         (losing if lost else gaining).append((shard.file, content, 0o600))
     for sid in set(sutured) - set(writable):
         new_state["shards"][sid] = sutured[sid]
@@ -1667,7 +1673,7 @@ def _fix_qids(facts: _Facts, shard: Shard, members: list[etree._Element],
             taken.add(qid)
         else:
             moving.append(domain)
-    free = (q for q in range(shard.qid_range[0], shard.qid_range[1] + 1) if q not in taken)
+    free = shard.free_qids(taken)
     for domain in moving:
         qid = next(free, None)
         name = facts.name(domain)
