@@ -9,16 +9,17 @@ import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 import yaml
 
 # isort: split
-import reliant_audit
-import reliant_config
-import reliant_shards
-import reliant_volatile
+import reliant.audit
+import reliant.config
+import reliant.shards.files
+import reliant.volatile.running
+import reliant.volatile.settings
 
 __virtualname__ = "reliant_audit"
 
 
 def __virtual__():
-    return reliant_config.virtual(__virtualname__, __opts__)
+    return reliant.config.virtual(__virtualname__, __opts__)
 
 
 def _formula_settings() -> dict:
@@ -55,21 +56,21 @@ def run(audit: dict | None = None, shards: dict | None = None,
         audit = merged.get("audit", {}) if audit is None else audit
         shards = merged.get("shards", {}) if shards is None else shards
         volatile = merged.get("volatile", {}) if volatile is None else volatile
-    settings = reliant_audit.Settings.from_pillar(audit)
-    volatile_settings = reliant_volatile.Settings.from_pillar(volatile)
-    mode = reliant_volatile.status(volatile_settings)["mode"]
+    settings = reliant.audit.Settings.from_pillar(audit)
+    volatile_settings = reliant.volatile.settings.Settings.from_pillar(volatile)
+    mode = reliant.volatile.running.status(volatile_settings)["mode"]
     problems: list = []
-    open_shards = reliant_shards.discover(shards["roots"], shards["max_depth"], problems)
-    findings = reliant_audit.audit_running(
+    open_shards = reliant.shards.files.discover(shards["roots"], shards["max_depth"], problems)
+    findings = reliant.audit.audit_running(
         open_shards, shards["core"], mode == "volatile", settings.disk_view,
         settings.paths, settings.limits, mountinfo=volatile_settings.mountinfo)
     # a shard that cannot be read cannot be looked for: the audit cannot vouch for it
-    findings += [reliant_audit.Finding(", ".join(shards["roots"]),
+    findings += [reliant.audit.Finding(", ".join(shards["roots"]),
                                        f"{p.message}: its traces were not looked for",
-                                       reliant_audit.DISK, "shards") for p in problems]
+                                       reliant.audit.DISK, "shards") for p in problems]
     return {
         "mode": mode,
         "shards": len(open_shards),
         "findings": [f.as_dict() for f in findings],
-        "summary": reliant_audit.summary(findings),
+        "summary": reliant.audit.summary(findings),
     }

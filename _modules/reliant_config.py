@@ -5,7 +5,7 @@ from __future__ import annotations
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
 # isort: split
-import reliant_config
+import reliant.config
 
 __virtualname__ = "reliant_config"
 
@@ -19,4 +19,4 @@ def problems(pillar: dict, defaults: dict) -> list:
 
     CLI Example: ``salt-call reliant_config.problems '{"shards": {"roots": "/x"}}' ...``
     """
-    return reliant_config.problems(pillar, defaults)
+    return reliant.config.problems(pillar, defaults)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
 # isort: split
-import reliant_config
-import reliant_policy
+import reliant.config
+import reliant.isolation.policy
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_policy"
 
 
 def __virtual__():
-    return reliant_config.virtual(__virtualname__, __opts__)
+    return reliant.config.virtual(__virtualname__, __opts__)
 
 
 def persistent_policy(services: list | None = None, notify: bool = True) -> str:
@@ -27,12 +27,12 @@ def persistent_policy(services: list | None = None, notify: bool = True) -> str:
     CLI Example: ``qubesctl reliant_policy.persistent_policy``
     """
     values = settings(services=services, notify=notify)
-    return reliant_policy.render_persistent_policy(
-        reliant_policy.settings_from_mapping(values)).decode()
+    return reliant.isolation.policy.render_persistent_policy(
+        reliant.isolation.policy.settings_from_mapping(values)).decode()
 
 
 def settings(services: list | None = None, directions: list | None = None, notify: bool = True,
-             policy_file: str = reliant_policy.POLICY_FILE_NAME,
+             policy_file: str = reliant.isolation.policy.POLICY_FILE_NAME,
              shard_roots: list | None = None) -> dict:
     """Validated isolation settings as the settings file holds them.
 
@@ -44,8 +44,9 @@ def settings(services: list | None = None, directions: list | None = None, notif
         if value is not None:
             values[key] = value
     try:
-        return reliant_policy.settings_to_mapping(reliant_policy.settings_from_mapping(values))
-    except reliant_policy.PolicyError as exc:
+        checked = reliant.isolation.policy.settings_from_mapping(values)
+        return reliant.isolation.policy.settings_to_mapping(checked)
+    except reliant.isolation.policy.PolicyError as exc:
         raise CommandExecutionError(str(exc)) from None
 
 
@@ -55,8 +56,8 @@ def site_packages(python: str = "/usr/bin/python3") -> str:
     CLI Example: ``qubesctl reliant_policy.site_packages``
     """
     try:
-        return reliant_policy.python_purelib(python)
-    except reliant_policy.PolicyError as exc:
+        return reliant.isolation.policy.python_purelib(python)
+    except reliant.isolation.policy.PolicyError as exc:
         raise CommandExecutionError(str(exc)) from None
 
 
@@ -66,6 +67,6 @@ def extension_paths(libdir: str) -> str:
     CLI Example: ``qubesctl reliant_policy.extension_paths /usr/lib/reliant``
     """
     try:
-        return reliant_policy.render_extension_paths(libdir)
-    except reliant_policy.PolicyError as exc:
+        return reliant.isolation.policy.render_extension_paths(libdir)
+    except reliant.isolation.policy.PolicyError as exc:
         raise CommandExecutionError(str(exc)) from None

@@ -25,19 +25,22 @@ from typing import Any, Optional
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
 # isort: split
-import reliant_cli
-import reliant_config
-import reliant_declare
-import reliant_shards
-import reliant_store
+import reliant.cli
+import reliant.config
+import reliant.declare
+import reliant.operations
+import reliant.shards.files
+import reliant.shards.runtime
+import reliant.store
+import reliant.vocab
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_shard"
-REFUSALS = (reliant_shards.ShardError, reliant_store.StoreError, reliant_cli.UsageError)
+REFUSALS = (reliant.vocab.ShardError, reliant.store.StoreError, reliant.cli.UsageError)
 
 
 def __virtual__():
-    return reliant_config.virtual(__virtualname__, __opts__)
+    return reliant.config.virtual(__virtualname__, __opts__)
 
 
 def settings(config: Optional[str] = None, **overrides: Any) -> dict:
@@ -45,10 +48,10 @@ def settings(config: Optional[str] = None, **overrides: Any) -> dict:
 
     CLI Example: ``salt-call reliant_shard.settings roots=/run/shufflecake,/mnt/hidden``
     """
-    path = config or os.environ.get("RELIANT_CONFIG", reliant_cli.CONFIG_PATH)
+    path = config or os.environ.get("RELIANT_CONFIG", reliant.cli.CONFIG_PATH)
     try:
-        found = reliant_cli.load_config(path)
-    except reliant_cli.UsageError as exc:
+        found = reliant.cli.load_config(path)
+    except reliant.cli.UsageError as exc:
         raise CommandExecutionError(str(exc)) from None
     for key in ("core", "merged", "roots", "max_depth"):
         value = overrides.get(key)
@@ -63,13 +66,13 @@ def _problems(problems: list) -> list[dict]:
     return [dataclasses.asdict(problem) for problem in problems]
 
 
-def _result(result: reliant_shards.Result) -> dict:
+def _result(result: reliant.operations.Result) -> dict:
     return {"written": result.written, "shards": [shard.id for shard in result.shards],
             "problems": _problems(result.problems), "errors": len(result.errors)}
 
 
 def _refuse_if_qubesd_runs(what: str) -> None:
-    if reliant_cli.Host().qubesd_active():
+    if reliant.cli.Host().qubesd_active():
         raise CommandExecutionError(f"qubesd is running: {what} needs it stopped")
 
 
@@ -80,7 +83,7 @@ def status(config: Optional[str] = None, **overrides: Any) -> dict:
     """
     found = settings(config, **overrides)
     try:
-        return reliant_shards.status(found["core"], found["merged"], found["roots"],
+        return reliant.operations.status(found["core"], found["merged"], found["roots"],
                                      max_depth=found["max_depth"])
     except REFUSALS as exc:
         raise CommandExecutionError(str(exc)) from None
@@ -92,9 +95,10 @@ def check(config: Optional[str] = None, **overrides: Any) -> dict:
     CLI Example: ``salt-call reliant_shard.check``
     """
     found = settings(config, **overrides)
-    detached = reliant_shards.read_detached(reliant_shards.default_detached_path(found["merged"]))
+    detached = reliant.shards.runtime.read_detached(
+        reliant.shards.runtime.default_detached_path(found["merged"]))
     try:
-        result = reliant_shards.check(found["core"], found["roots"],
+        result = reliant.operations.check(found["core"], found["roots"],
                                       max_depth=found["max_depth"],
                                       missing_reference=found["missing_reference"],
                                       detached=detached)
@@ -112,9 +116,10 @@ def suture(config: Optional[str] = None, **overrides: Any) -> dict:
     """
     found = settings(config, **overrides)
     _refuse_if_qubesd_runs("suture")
-    detached = reliant_shards.read_detached(reliant_shards.default_detached_path(found["merged"]))
+    detached = reliant.shards.runtime.read_detached(
+        reliant.shards.runtime.default_detached_path(found["merged"]))
     try:
-        result = reliant_shards.suture(
+        result = reliant.operations.suture(
             found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
             missing_reference=found["missing_reference"],
             policy_dir=found["policy_dir"] or None, services=found["services"],
@@ -134,7 +139,7 @@ def dissect(final: bool = False, config: Optional[str] = None, **overrides: Any)
     if final:
         _refuse_if_qubesd_runs("dissect final=True")
     try:
-        result = reliant_shards.dissect(found["merged"], found["core"], found["roots"],
+        result = reliant.operations.dissect(found["merged"], found["core"], found["roots"],
                                         max_depth=found["max_depth"],
                                         qubes_dir=found["qubes_dir"], final=final)
     except REFUSALS as exc:
@@ -155,8 +160,8 @@ def init(directory: str, qid_range: Optional[str] = None, depends_on: Any = None
     if isinstance(depends_on, str):
         depends_on = [dep for dep in depends_on.split(",") if dep]
     try:
-        shard = reliant_shards.init_shard(
-            directory, reliant_shards.parse_range(qid_range) if qid_range else None,
+        shard = reliant.shards.files.init_shard(
+            directory, reliant.shards.files.parse_range(qid_range) if qid_range else None,
             depends_on or (), shard_id, found["roots"], found["max_depth"])
     except REFUSALS as exc:
         raise CommandExecutionError(str(exc)) from None
@@ -174,7 +179,7 @@ def rename(qube: str, new: str, shard: Optional[str] = None, config: Optional[st
     found = settings(config, **overrides)
     _refuse_if_qubesd_runs("rename")
     try:
-        result = reliant_shards.rename_qube(found["roots"], qube, new, core=found["core"],
+        result = reliant.operations.rename_qube(found["roots"], qube, new, core=found["core"],
                                             shard_id=shard, max_depth=found["max_depth"])
     except REFUSALS as exc:
         raise CommandExecutionError(str(exc)) from None
@@ -190,7 +195,7 @@ def review(qube: str, shard: Optional[str] = None, config: Optional[str] = None,
     found = settings(config, **overrides)
     _refuse_if_qubesd_runs("review")
     try:
-        result = reliant_shards.review_qube(found["roots"], qube, shard_id=shard,
+        result = reliant.operations.review_qube(found["roots"], qube, shard_id=shard,
                                             max_depth=found["max_depth"])
     except REFUSALS as exc:
         raise CommandExecutionError(str(exc)) from None
@@ -206,9 +211,9 @@ def declarations(config: Optional[str] = None, **overrides: Any) -> list:
     """
     found = settings(config, **overrides)
     problems: list[str] = []
-    declared = reliant_declare.find_declarations(found["roots"], found["max_depth"], problems)
+    declared = reliant.declare.find_declarations(found["roots"], found["max_depth"], problems)
     report: list[dict] = []
-    for outcome in reliant_declare.converge(declared, found["core"], found["roots"],
+    for outcome in reliant.declare.converge(declared, found["core"], found["roots"],
                                             found["max_depth"], dry_run=True):
         wanted = outcome.declaration
         entry: dict[str, Any] = {

@@ -17,8 +17,8 @@ from __future__ import annotations
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
 # isort: split
-import reliant_config
-import reliant_snapshot
+import reliant.config
+import reliant.snapshot
 
 __virtualname__ = "reliant_snapshot"
 
@@ -26,47 +26,47 @@ SOURCES = "salt://reliant/files/snapshots/"
 
 
 def __virtual__():
-    return reliant_config.virtual(__virtualname__, __opts__)
+    return reliant.config.virtual(__virtualname__, __opts__)
 
 
 def _settings(settings: dict | None) -> dict:
     if settings is None:
         # __pillar__, not pillar.get: Salt 3008's pillar.get redacts the values it returns.
         settings = (__pillar__.get("reliant") or {}).get("snapshots") or {}
-    return {**reliant_snapshot.DEFAULTS, **settings}
+    return {**reliant.snapshot.DEFAULTS, **settings}
 
 
-def _layout(settings: dict, removing: bool = False) -> reliant_snapshot.Layout:
+def _layout(settings: dict, removing: bool = False) -> reliant.snapshot.Layout:
     site_packages = settings["site_packages"]
     if not site_packages:
         try:
-            site_packages = reliant_snapshot.find_site_packages()
-        except reliant_snapshot.SnapshotError:
+            site_packages = reliant.snapshot.find_site_packages()
+        except reliant.snapshot.SnapshotError:
             if not removing:
                 raise
             # No qubes package: no extension to remove; the script may still be restored.
             site_packages = ""
-    return reliant_snapshot.Layout(script=settings["script"], site_packages=site_packages,
+    return reliant.snapshot.Layout(script=settings["script"], site_packages=site_packages,
                                    backup_dir=settings["backup_dir"])
 
 
 def _source(name: str) -> bytes:
     cached = __salt__["cp.cache_file"](SOURCES + name)
     if not cached:
-        raise reliant_snapshot.SnapshotError(f"{SOURCES}{name} not found on the fileserver")
+        raise reliant.snapshot.SnapshotError(f"{SOURCES}{name} not found on the fileserver")
     with open(cached, "rb") as handle:
         return handle.read()
 
 
 def _sources() -> tuple[bytes, bytes]:
-    return _source("create-snapshot"), _source(reliant_snapshot.EXTENSION_MODULE + ".py")
+    return _source("create-snapshot"), _source(reliant.snapshot.EXTENSION_MODULE + ".py")
 
 
-def _install_plan(settings: dict) -> tuple[reliant_snapshot.Layout, reliant_snapshot.Plan]:
+def _install_plan(settings: dict) -> tuple[reliant.snapshot.Layout, reliant.snapshot.Plan]:
     layout = _layout(settings)
     script, extension = _sources()
     extra = frozenset(settings["extra_known_sha256"])
-    return layout, reliant_snapshot.plan_install(layout, script, extension, extra)
+    return layout, reliant.snapshot.plan_install(layout, script, extension, extra)
 
 
 def plan(settings: dict | None = None, remove: bool = False) -> dict:
@@ -76,7 +76,7 @@ def plan(settings: dict | None = None, remove: bool = False) -> dict:
     means the component is in place (or absent).
     """
     settings = _settings(settings)
-    result = reliant_snapshot.plan_remove(_layout(settings, removing=True)) if remove else \
+    result = reliant.snapshot.plan_remove(_layout(settings, removing=True)) if remove else \
         _install_plan(settings)[1]
     return {"problems": result.problems, "changes": result.changes()}
 
@@ -87,19 +87,19 @@ def install(settings: dict | None = None) -> dict:
     Refuses, changing nothing, on a Qubes version it does not know.
     """
     layout, result = _install_plan(_settings(settings))
-    reliant_snapshot.apply_install(layout, result)
+    reliant.snapshot.apply_install(layout, result)
     return result.changes()
 
 
 def remove(settings: dict | None = None) -> dict:
     """Put the original create-snapshot back, remove the extension and the marks."""
     layout = _layout(_settings(settings), removing=True)
-    result = reliant_snapshot.plan_remove(layout)
-    reliant_snapshot.apply_remove(layout, result)
+    result = reliant.snapshot.plan_remove(layout)
+    reliant.snapshot.apply_remove(layout, result)
     return result.changes()
 
 
 def verify(settings: dict | None = None) -> list:
     """Problems that make the installed files not reliant's or not intact ([] = fine)."""
     script, extension = _sources()
-    return reliant_snapshot.verify(_layout(_settings(settings)), script, extension)
+    return reliant.snapshot.verify(_layout(_settings(settings)), script, extension)

@@ -8,24 +8,27 @@ from __future__ import annotations
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
 # isort: split
-import reliant_config
-import reliant_volatile
+import reliant.config
+import reliant.volatile.boot
+import reliant.volatile.files
+import reliant.volatile.running
+import reliant.volatile.settings
 
 __virtualname__ = "reliant_volatile"
 
 
 def __virtual__():
-    return reliant_config.virtual(__virtualname__, __opts__)
+    return reliant.config.virtual(__virtualname__, __opts__)
 
 
-def _settings(settings: dict | None) -> reliant_volatile.Settings:
+def _settings(settings: dict | None) -> reliant.volatile.settings.Settings:
     """The given settings, else pillar `reliant:volatile` (missing keys: the defaults).
 
     __pillar__, not pillar.get: Salt 3008 masks what pillar.get returns to modules.
     """
     if settings is None:
         settings = dict(__pillar__.get("reliant", {}).get("volatile", {}))
-    return reliant_volatile.Settings.from_pillar(settings)
+    return reliant.volatile.settings.Settings.from_pillar(settings)
 
 
 def status(settings: dict | None = None) -> dict:
@@ -35,7 +38,7 @@ def status(settings: dict | None = None) -> dict:
 
     CLI Example: ``qubesctl reliant_volatile.status``
     """
-    return reliant_volatile.status(_settings(settings))
+    return reliant.volatile.running.status(_settings(settings))
 
 
 def pending(settings: dict | None = None) -> dict:
@@ -44,7 +47,7 @@ def pending(settings: dict | None = None) -> dict:
     CLI Example: ``qubesctl reliant_volatile.pending '{"default_entry": "maintenance"}'``
     """
     resolved = _settings(settings)
-    return reliant_volatile.plan_configured(resolved).changes(resolved)
+    return reliant.volatile.boot.plan_configured(resolved).changes(resolved)
 
 
 def grub_script(settings: dict | None = None) -> str:
@@ -52,4 +55,4 @@ def grub_script(settings: dict | None = None) -> str:
 
     CLI Example: ``qubesctl reliant_volatile.grub_script``
     """
-    return reliant_volatile.grub_script(_settings(settings))
+    return reliant.volatile.files.grub_script(_settings(settings))

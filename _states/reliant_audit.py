@@ -3,7 +3,7 @@
 It changes nothing (test=True gives the same answer). Its comment says how many
 traces there are and under which configured location, never what they are: Salt
 may log state results, and the findings name hidden qubes. `qubesctl
-reliant_audit.run` or `reliant-shard audit` prints them.
+reliant.audit.run` or `reliant-shard audit` prints them.
 """
 
 from __future__ import annotations

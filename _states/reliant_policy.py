@@ -11,8 +11,8 @@ from __future__ import annotations
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
 # isort: split
-import reliant_policy
-import reliant_store
+import reliant.isolation.policy
+import reliant.store
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_policy"
@@ -26,8 +26,8 @@ def __virtual__():
 
 def _converge(ret: dict, plan: dict, done: str) -> dict:
     try:
-        changes = reliant_policy.pending_changes(plan)
-    except reliant_policy.PolicyError as exc:
+        changes = reliant.isolation.policy.pending_changes(plan)
+    except reliant.isolation.policy.PolicyError as exc:
         ret["result"], ret["comment"] = False, str(exc)
         return ret
     if not changes:
@@ -38,9 +38,9 @@ def _converge(ret: dict, plan: dict, done: str) -> dict:
         ret["comment"] = f"{len(changes)} file(s) would change"
         return ret
     try:
-        reliant_policy.apply_plan(plan)
-        left = reliant_policy.pending_changes(plan)
-    except (OSError, reliant_policy.PolicyError, reliant_store.StoreError) as exc:
+        reliant.isolation.policy.apply_plan(plan)
+        left = reliant.isolation.policy.pending_changes(plan)
+    except (OSError, reliant.isolation.policy.PolicyError, reliant.store.StoreError) as exc:
         ret["result"], ret["comment"] = False, f"failed: {exc}"
         return ret
     ret["changes"] = changes
@@ -53,28 +53,28 @@ def _converge(ret: dict, plan: dict, done: str) -> dict:
 
 
 def installed(name: str, services: list | None = None, directions: list | None = None,
-              notify: bool = True, policy_file: str = reliant_policy.POLICY_FILE_NAME,
+              notify: bool = True, policy_file: str = reliant.isolation.policy.POLICY_FILE_NAME,
               shard_roots: list | None = None,
-              settings_path: str = reliant_policy.SETTINGS_PATH) -> dict:
+              settings_path: str = reliant.isolation.policy.SETTINGS_PATH) -> dict:
     """The persistent policy file in directory `name` and the settings file are in place."""
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     try:
         values = __salt__["reliant_policy.settings"](
             services=services, directions=directions, notify=notify,
             policy_file=policy_file, shard_roots=shard_roots)
-        settings = reliant_policy.settings_from_mapping(values)
-        plan = reliant_policy.install_plan(name, settings, settings_path)
-    except (CommandExecutionError, reliant_policy.PolicyError) as exc:
+        settings = reliant.isolation.policy.settings_from_mapping(values)
+        plan = reliant.isolation.policy.install_plan(name, settings, settings_path)
+    except (CommandExecutionError, reliant.isolation.policy.PolicyError) as exc:
         ret["result"], ret["comment"] = False, f"reliant:isolation: {exc}"
         return ret
     return _converge(ret, plan, "policy and settings files are in place")
 
 
-def absent(name: str, policy_dir: str = reliant_policy.RUNTIME_DIR,
-           policy_file: str = reliant_policy.POLICY_FILE_NAME,
-           settings_path: str = reliant_policy.SETTINGS_PATH) -> dict:
+def absent(name: str, policy_dir: str = reliant.isolation.policy.RUNTIME_DIR,
+           policy_file: str = reliant.isolation.policy.POLICY_FILE_NAME,
+           settings_path: str = reliant.isolation.policy.SETTINGS_PATH) -> dict:
     """No policy file of reliant.isolation in `name` (persistent) or `policy_dir` (runtime),
     and no settings file."""
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
-    plan = reliant_policy.removal_plan(name, policy_dir, policy_file, settings_path)
+    plan = reliant.isolation.policy.removal_plan(name, policy_dir, policy_file, settings_path)
     return _converge(ret, plan, "no policy or settings file of reliant.isolation")

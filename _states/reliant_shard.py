@@ -20,13 +20,14 @@ from typing import Any, Optional
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
 # isort: split
-import reliant_declare
-import reliant_shards
-import reliant_store
+import reliant.declare
+import reliant.shards.runtime
+import reliant.store
+import reliant.vocab
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_shard"
-_ERRORS = (reliant_shards.ShardError, reliant_store.StoreError, CommandExecutionError)
+_ERRORS = (reliant.vocab.ShardError, reliant.store.StoreError, CommandExecutionError)
 
 
 def __virtual__():
@@ -42,7 +43,7 @@ def _settings(config: Optional[str], roots: Any = None, max_depth: Optional[int]
 
 def _state_path(found: dict) -> str:
     """Suture's runtime state beside the merged store: its lock serializes with dissect."""
-    return reliant_shards.default_state_path(found["merged"])
+    return reliant.shards.runtime.default_state_path(found["merged"])
 
 
 def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
@@ -62,8 +63,8 @@ def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
     ret: dict[str, Any] = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
         found = _settings(config)
-        wanted = reliant_declare.declaration(name, qid_range, depends_on or (), shard_id)
-        change = reliant_declare.plan(wanted, found["core"], found["roots"], found["max_depth"])
+        wanted = reliant.declare.declaration(name, qid_range, depends_on or (), shard_id)
+        change = reliant.declare.plan(wanted, found["core"], found["roots"], found["max_depth"])
     except _ERRORS as exc:
         return {**ret, "result": False, "comment": str(exc)}
     if change.action is None:
@@ -73,11 +74,11 @@ def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
     if __opts__["test"]:
         return {**ret, "result": None, "comment": f"Shard {name} would be {verb}"}
     try:
-        reliant_declare.apply(change, found["roots"], found["max_depth"], _state_path(found))
+        reliant.declare.apply(change, found["roots"], found["max_depth"], _state_path(found))
     except _ERRORS as exc:
         return {**ret, "changes": {}, "result": False, "comment": str(exc)}
     try:
-        reliant_declare.verify(change)
+        reliant.declare.verify(change)
     except _ERRORS as exc:
         return {**ret, "result": False, "comment": f"Shard {name} {verb}, but: {exc}"}
     return {**ret, "comment": f"Shard {name} {verb}"}
@@ -99,9 +100,9 @@ def declared(name: str, max_depth: Optional[int] = None, config: Optional[str] =
     except CommandExecutionError as exc:
         return {**ret, "result": False, "comment": str(exc)}
     problems: list[str] = []
-    found_declarations = reliant_declare.find_declarations(found["roots"], found["max_depth"],
+    found_declarations = reliant.declare.find_declarations(found["roots"], found["max_depth"],
                                                            problems)
-    outcomes = reliant_declare.converge(found_declarations, found["core"], found["roots"],
+    outcomes = reliant.declare.converge(found_declarations, found["core"], found["roots"],
                                         found["max_depth"], dry_run=__opts__["test"],
                                         state_path=_state_path(found))
     refused = len(problems) + sum(1 for outcome in outcomes if outcome.error)

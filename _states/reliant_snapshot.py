@@ -11,14 +11,14 @@ from __future__ import annotations
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
 # isort: split
-import reliant_config
-import reliant_snapshot
+import reliant.config
+import reliant.snapshot
 
 __virtualname__ = "reliant_snapshot"
 
 
 def __virtual__():
-    return reliant_config.virtual(__virtualname__, __opts__)
+    return reliant.config.virtual(__virtualname__, __opts__)
 
 
 def _converge(name: str, settings: dict | None, remove: bool) -> dict:
@@ -26,7 +26,7 @@ def _converge(name: str, settings: dict | None, remove: bool) -> dict:
     what = "removal of reliant's create-snapshot" if remove else "reliant's create-snapshot"
     try:
         plan = __salt__["reliant_snapshot.plan"](settings, remove=remove)
-    except (reliant_snapshot.SnapshotError, OSError) as exc:
+    except (reliant.snapshot.SnapshotError, OSError) as exc:
         ret["comment"] = str(exc)
         return ret
     if plan["problems"]:
@@ -50,7 +50,7 @@ def _converge(name: str, settings: dict | None, remove: bool) -> dict:
                                        for path, change in left["changes"].items()]
         if not remove:
             problems += __salt__["reliant_snapshot.verify"](settings)
-    except (reliant_snapshot.SnapshotError, OSError) as exc:
+    except (reliant.snapshot.SnapshotError, OSError) as exc:
         ret["comment"] = (f"{what} failed (each file is either as before or complete; the next "
                           f"run resumes): {exc}")
         return ret

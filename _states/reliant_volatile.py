@@ -13,24 +13,26 @@ from __future__ import annotations
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 
 # isort: split
-import reliant_config
-import reliant_volatile
+import reliant.config
+import reliant.volatile.boot
+import reliant.volatile.running
+import reliant.volatile.settings
 
 __virtualname__ = "reliant_volatile"
 
 
 def __virtual__():
-    return reliant_config.virtual(__virtualname__, __opts__)
+    return reliant.config.virtual(__virtualname__, __opts__)
 
 
 def _converge(name: str, settings: dict | None, planner, done: str,
               boot_must_work: bool) -> dict:
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
-        resolved = reliant_volatile.Settings.from_pillar(settings or {})
+        resolved = reliant.volatile.settings.Settings.from_pillar(settings or {})
         plan = planner(resolved)
-        running = reliant_volatile.status(resolved)
-    except (reliant_volatile.VolatileError, OSError, UnicodeDecodeError) as exc:
+        running = reliant.volatile.running.status(resolved)
+    except (reliant.volatile.settings.VolatileError, OSError, UnicodeDecodeError) as exc:
         ret["comment"] = str(exc)
         return ret
     # a volatile-failed boot is not reported as converged: the user believes in RAM-only
@@ -52,9 +54,9 @@ def _converge(name: str, settings: dict | None, planner, done: str,
         ret["comment"] = "; ".join(["would change the boot setup", *alarm])
         return ret
     try:
-        reliant_volatile.apply(plan, resolved, reliant_volatile.run_command)
+        reliant.volatile.boot.apply(plan, resolved, reliant.volatile.boot.run_command)
         left = planner(resolved)
-    except (reliant_volatile.VolatileError, OSError) as exc:
+    except (reliant.volatile.settings.VolatileError, OSError) as exc:
         ret["changes"] = changes
         ret["comment"] = f"failed half-way (the next run resumes): {exc}"
         return ret
@@ -74,7 +76,7 @@ def configured(name: str, settings: dict | None = None) -> dict:
     settings: pillar `reliant:volatile` (map.jinja merges the defaults).
     """
     default = (settings or {}).get("default_entry", "volatile")
-    return _converge(name, settings, reliant_volatile.plan_configured,
+    return _converge(name, settings, reliant.volatile.boot.plan_configured,
                      f"volatile boot setup in place (default entry: {default})",
                      boot_must_work=True)
 
@@ -82,5 +84,5 @@ def configured(name: str, settings: dict | None = None) -> dict:
 def absent(name: str, settings: dict | None = None) -> dict:
     """Every file of `configured` removed, GRUB_DEFAULT restored, grub.cfg and the
     initramfs regenerated without them."""
-    return _converge(name, settings, reliant_volatile.plan_absent,
+    return _converge(name, settings, reliant.volatile.boot.plan_absent,
                      "no volatile boot setup present", boot_must_work=False)

@@ -29,10 +29,11 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "_utils", "reliant_lib"))
 
-import reliant_chunks
-import reliant_shards
-import reliant_store
 from lxml import etree
+from reliant import chunks, operations, store
+from reliant.shards.files import FIRST_SHARD_QID, RANGE_SIZE, init_shard, shard_bytes
+from reliant.shards.records import qube_name
+from reliant.shards.runtime import default_state_path
 
 LABELS = ("red", "orange", "yellow", "green", "gray", "blue", "purple", "black")
 
@@ -90,12 +91,12 @@ def generate(base: str, qubes: int, shards: int) -> tuple[str, list[str]]:
     core_path = os.path.join(base, "qubes.xml")
     root = os.path.join(base, "shufflecake")
     with open(core_path, "wb") as handle:
-        handle.write(reliant_store.serialize(reliant_store.parse(core.encode(), core_path)))
+        handle.write(store.serialize(store.parse(core.encode(), core_path)))
     for index in range(shards):
         sid = f"sflc_0_{index + 1}"
         path = os.path.join(root, sid)
-        first = reliant_shards.FIRST_SHARD_QID + index * reliant_shards.RANGE_SIZE
-        shard = reliant_shards.init_shard(path, qid_range=(first, first + per_shard + 99))
+        first = FIRST_SHARD_QID + index * RANGE_SIZE
+        shard = init_shard(path, qid_range=(first, first + per_shard + 99))
         pool = (f'<pool name="{sid}" dir_path="{path}/pool" driver="file-reflink" '
                 'revisions_to_keep="1" ephemeral_volatile="False"/>')
         items = [domain(f"{sid}-tmpl", first, sid, None, None)]
@@ -103,8 +104,8 @@ def generate(base: str, qubes: int, shards: int) -> tuple[str, list[str]]:
                          "sys-net") for i in range(1, per_shard)]
         pools = [etree.fromstring(pool)]
         domains = sorted((etree.fromstring(item) for item in items),
-                         key=reliant_shards.qube_name)  # in the order dissect writes
-        reliant_store.write(shard.file, reliant_shards.shard_bytes(shard, pools, domains))
+                         key=qube_name)  # in the order dissect writes
+        store.write(shard.file, shard_bytes(shard, pools, domains))
     return core_path, [root]
 
 
@@ -136,13 +137,13 @@ def main() -> int:
         # as in dom0: core and shards on disk, the merged store and state on tmpfs (/run)
         merged = os.path.join(run, "qubes.xml")
         qubes_dir = os.path.join(base, "varlibqubes")
-        result = reliant_shards.suture(core, roots, merged, qubes_dir=qubes_dir)
+        result = operations.suture(core, roots, merged, qubes_dir=qubes_dir)
         assert not result.problems, result.problems
         with open(merged, "rb") as handle:
             data = handle.read()
         count = data.count(b"<domain ")
 
-        memo = reliant_chunks.memo_dir(reliant_shards.default_state_path(merged))
+        memo = chunks.memo_dir(default_state_path(merged))
 
         def nothing() -> None:
             pass
@@ -152,20 +153,20 @@ def main() -> int:
 
         def boot() -> None:  # tmpfs is empty at boot: no merged store, no memo
             os.unlink(merged)
-            reliant_chunks.clear(memo)
+            chunks.clear(memo)
 
         def restart() -> None:  # qubesd stopped and started again: the memo is there
             os.unlink(merged)
 
         def suture() -> None:
-            reliant_shards.suture(core, roots, merged, qubes_dir=qubes_dir)
+            operations.suture(core, roots, merged, qubes_dir=qubes_dir)
 
         def qubesd_saves_a_change() -> None:  # one shard file must be rewritten
             with open(merged, "wb") as handle:
                 handle.write(data.replace(b"sflc_0_3-q7.desktop", os.urandom(4).hex().encode()))
 
         def dissect() -> None:
-            result = reliant_shards.dissect(merged, core, roots, qubes_dir=qubes_dir)
+            result = operations.dissect(merged, core, roots, qubes_dir=qubes_dir)
             assert len(result.written) == 1, result.written
 
         runs = timings(((nothing, bare), (boot, suture), (qubesd_saves_a_change, dissect),

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import reliant_shards
+from reliant.shards.files import discover, identifiers, init_shard, load_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -35,7 +35,7 @@ def dom0(salt_minion, tmp_path: Path, run_dir: Path) -> dict:
     core = tmp_path / "qubes.xml"
     core.write_bytes((FIXTURES / "qubes-r4.3-core.xml").read_bytes())
     root = tmp_path / "shufflecake"
-    reliant_shards.init_shard(str(root / "sflc_0_1"), qid_range=(1000, 1499))
+    init_shard(str(root / "sflc_0_1"), qid_range=(1000, 1499))
     shards = {"core": str(core), "merged": str(run_dir / "qubes.xml"),
               "roots": [str(root)], "cli": str(tmp_path / "bin" / "reliant-shard"),
               "libdir": str(tmp_path / "lib"), "config": str(tmp_path / "etc" / "reliant.json")}
@@ -74,10 +74,10 @@ def test_declared_creates_and_updates_then_reports_nothing(salt_minion, dom0: di
     applied = declared(salt_minion, dom0)
     assert applied.returncode == 0, applied.data
     assert only(applied)["changes"] == predicted["changes"]
-    second = reliant_shards.load_shard(str(dom0["root"] / "sflc_0_2"))
+    second = load_shard(str(dom0["root"] / "sflc_0_2"))
     assert (second.qid_range, second.depends_on) == ((1500, 1999), ("sflc_0_1",))
-    assert reliant_shards.load_shard(str(dom0["root"] / "sflc_0_1")).qid_range == (1000, 1299)
-    assert reliant_shards.load_shard(str(dom0["root"] / "sflc_0_3")).depends_on == ("sflc_0_2",)
+    assert load_shard(str(dom0["root"] / "sflc_0_1")).qid_range == (1000, 1299)
+    assert load_shard(str(dom0["root"] / "sflc_0_3")).depends_on == ("sflc_0_2",)
 
     for extra in ((), ("test=True",)):
         again = only(declared(salt_minion, dom0, *extra))
@@ -150,9 +150,12 @@ def test_sls_installs_library_and_cli(salt_minion, dom0: dict) -> None:
         return [ret for ret in run.states.values() if ret["changes"]]
 
     assert len(apply()) == 2
-    installed = sorted(p.name for p in Path(dom0["shards"]["libdir"]).iterdir())
-    assert {"reliant_cli.py", "reliant_shards.py", "reliant_store.py"} <= set(installed)
-    assert all(name.startswith("reliant_") and name.endswith(".py") for name in installed)
+    libdir = Path(dom0["shards"]["libdir"])
+    installed = sorted(str(p.relative_to(libdir)) for p in libdir.rglob("*") if p.is_file())
+    shipped = sorted(str(p.relative_to(ROOT / "_utils" / "reliant_lib"))
+                     for p in (ROOT / "_utils" / "reliant_lib" / "reliant").rglob("*.py"))
+    assert installed == shipped
+    assert {"reliant/cli.py", "reliant/operations.py", "reliant/store.py"} <= set(installed)
     cli = Path(dom0["shards"]["cli"])
     assert cli.read_bytes() == (ROOT / "bin" / "reliant-shard").read_bytes()
     assert cli.stat().st_mode & 0o777 == 0o755
@@ -180,8 +183,8 @@ def test_nothing_of_a_shard_lands_in_salt_cache_or_log(salt_minion, dom0: dict) 
 
     def scan() -> None:
         secrets = {"sflc_0_1", "sflc_0_2", "hidden-two"}
-        for shard in reliant_shards.discover([str(dom0["root"])]):
-            secrets |= reliant_shards.identifiers(shard) - {str(dom0["root"])}
+        for shard in discover([str(dom0["root"])]):
+            secrets |= identifiers(shard) - {str(dom0["root"])}
         for path in salt_minion.root.rglob("*"):
             if path.is_file() and "pillar" not in path.parts and path.name != "minion":
                 seen.add(path.name)

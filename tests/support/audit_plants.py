@@ -1,6 +1,6 @@
 """Shards and planted leaks for the audit tests (unit tests and the kitchen suite).
 
-Shards are real reliant_shards.Shard objects built from the merged fixture: the
+Shards are real Shard objects built from the merged fixture: the
 qubes whose data lives in pool sflc_0_1 or sflc_0_2, in shard directories named
 after the pool. LEAKS plants one trace per location the audit covers.
 """
@@ -10,22 +10,23 @@ from __future__ import annotations
 from copy import deepcopy
 from pathlib import Path
 
-import reliant_shards
-import reliant_store
+from reliant import store
+from reliant.shards.files import SHARD_FILE, Shard, shard_bytes
+from reliant.shards.records import data_pools
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CORE = "/var/lib/qubes/qubes.xml"
 
 
-def make_shards(run: Path, own_roots: bool = False) -> list[reliant_shards.Shard]:
+def make_shards(run: Path, own_roots: bool = False) -> list[Shard]:
     """Shards sflc_0_1 and sflc_0_2 of the merged fixture; `own_roots`: their qubes'
     root volumes moved from the core pool into the shard's pool (a clean setup)."""
-    merged = reliant_store.load(str(FIXTURES / "qubes-r4.3-merged.xml"))
+    merged = store.load(str(FIXTURES / "qubes-r4.3-merged.xml"))
     shards = []
     for index, pool_name in enumerate(("sflc_0_1", "sflc_0_2")):
         pools = [deepcopy(p) for p in merged.find("pools") if p.get("name") == pool_name]
         domains = [deepcopy(d) for d in merged.find("domains")
-                   if reliant_shards.data_pools(d) == {pool_name}]
+                   if data_pools(d) == {pool_name}]
         if own_roots:
             for domain in domains:
                 for volume in domain.find("volume-config"):
@@ -33,11 +34,11 @@ def make_shards(run: Path, own_roots: bool = False) -> list[reliant_shards.Shard
                         volume.set("pool", pool_name)
         path = run / pool_name
         path.mkdir(parents=True)
-        shard = reliant_shards.Shard(path=str(path), id=pool_name,
+        shard = Shard(path=str(path), id=pool_name,
                                      qid_range=(1000 + 500 * index, 1499 + 500 * index),
                                      depends_on=())
-        shard.data = reliant_shards.shard_bytes(shard, pools, domains)
-        (path / reliant_shards.SHARD_FILE).write_bytes(shard.data)
+        shard.data = shard_bytes(shard, pools, domains)
+        (path / SHARD_FILE).write_bytes(shard.data)
         shards.append(shard)
     return shards
 

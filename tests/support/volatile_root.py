@@ -8,7 +8,7 @@ import dataclasses
 import subprocess
 from pathlib import Path
 
-import reliant_volatile
+from reliant.volatile.settings import Settings
 
 BOOT_DOUBLES = Path(__file__).resolve().parents[1] / "doubles" / "dom0-boot"
 
@@ -36,7 +36,7 @@ def settings(root: Path) -> dict[str, str]:
     """Pillar `reliant:volatile` for `root`: every default path moved inside it, the
     doubles as commands, `true` for journalctl and systemctl (never the host's)."""
     values = {}
-    for field in dataclasses.fields(reliant_volatile.Settings):
+    for field in dataclasses.fields(Settings):
         if isinstance(field.default, str) and field.default.startswith("/"):
             values[field.name] = str(root / field.default.lstrip("/"))
     values.update(mkconfig=str(root / "usr/sbin/grub2-mkconfig"),

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import reliant_shards
-import reliant_store
 from lxml import etree
+from reliant import operations, store
+from reliant.shards.files import init_shard
+from reliant.shards.records import qube_name
 from repo_paths import FIXTURES
 
 SHARD_QUBES = {"sflc_0_1": {"secret", "secret-dvm", "secret-vpn"},
@@ -31,12 +32,12 @@ class Scene:
     def shard_dir(self, sid: str) -> Path:
         return self.root / sid
 
-    def dissect(self, **kwargs) -> reliant_shards.Result:
-        return reliant_shards.dissect(str(self.merged), str(self.core), self.roots,
+    def dissect(self, **kwargs) -> operations.Result:
+        return operations.dissect(str(self.merged), str(self.core), self.roots,
                                       qubes_dir=str(self.qubes_dir), **kwargs)
 
-    def suture(self, **kwargs) -> reliant_shards.Result:
-        return reliant_shards.suture(str(self.core), self.roots, str(self.merged),
+    def suture(self, **kwargs) -> operations.Result:
+        return operations.suture(str(self.core), self.roots, str(self.merged),
                                      qubes_dir=str(self.qubes_dir), **kwargs)
 
 
@@ -55,8 +56,8 @@ def merged_scene(tmp_path: Path, ranges=((15, 17), (18, 19))) -> Scene:
     scene.qubes_dir.mkdir()
     scene.core.write_bytes(fixture_bytes("qubes-r4.3-core.xml", scene.root))
     scene.merged.write_bytes(fixture_bytes("qubes-r4.3-merged.xml", scene.root))
-    first = reliant_shards.init_shard(str(scene.shard_dir("sflc_0_1")), qid_range=ranges[0])
-    reliant_shards.init_shard(str(scene.shard_dir("sflc_0_2")), qid_range=ranges[1],
+    first = init_shard(str(scene.shard_dir("sflc_0_1")), qid_range=ranges[0])
+    init_shard(str(scene.shard_dir("sflc_0_2")), qid_range=ranges[1],
                               depends_on=[first.path])
     for sid in SHARD_QUBES:
         (scene.shard_dir(sid) / "pool").mkdir()
@@ -72,11 +73,11 @@ def split_scene(tmp_path: Path, **kwargs) -> Scene:
 
 
 def domains_by_name(root: etree._Element) -> dict[str, etree._Element]:
-    return {reliant_shards.qube_name(d): d for d in root.iterfind(".//domains/domain")}
+    return {qube_name(d): d for d in root.iterfind(".//domains/domain")}
 
 
 def load(path: Path) -> etree._Element:
-    return reliant_store.load(str(path))
+    return store.load(str(path))
 
 
 def canonical(domain: etree._Element, drop_qid: bool = False) -> bytes:
@@ -115,4 +116,4 @@ def dispvms_in_own_group(scene: Scene) -> None:
                 if prop is None:
                     prop = etree.SubElement(props, "property", name="default_dispvm")
                 prop.text = wanted[name]
-        path.write_bytes(reliant_store.serialize(root))
+        path.write_bytes(store.serialize(root))

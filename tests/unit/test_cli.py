@@ -5,13 +5,14 @@ import subprocess
 import sys
 
 import pytest
-import reliant_cli
-import reliant_shards
+from reliant import cli
+from reliant.shards.files import init_shard, load_shard
+from reliant.shards.records import qube_name
 from repo_paths import ROOT
 from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
 
 
-class FakeHost(reliant_cli.Host):
+class FakeHost(cli.Host):
     """Test double of systemctl/xl: records qubesd actions, reports chosen running qubes."""
 
     def __init__(self, active=False, running=(), on_stop=None, on_start=None):
@@ -43,15 +44,15 @@ def scene(tmp_path, monkeypatch):
     return scene
 
 
-def cli(*argv, host=None):
-    return reliant_cli.main(list(argv), host=host or FakeHost())
+def run_cli(*argv, host=None):
+    return cli.main(list(argv), host=host or FakeHost())
 
 
 def test_suture_then_dissect_through_the_cli(scene, capsys):
-    assert cli("suture") == 0
+    assert run_cli("suture") == 0
     assert SHARD_QUBES["sflc_0_1"] <= domains_by_name(load(scene.merged)).keys()
-    assert cli("dissect", "--final") == 0
-    assert cli("status", "--json") == 0
+    assert run_cli("dissect", "--final") == 0
+    assert run_cli("status", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert sorted(s["id"] for s in report["shards"]) == ["sflc_0_1", "sflc_0_2"]
     assert all(s["merged"] for s in report["shards"])
@@ -59,7 +60,7 @@ def test_suture_then_dissect_through_the_cli(scene, capsys):
 
 def test_flags_override_the_configuration(scene, tmp_path):
     other = tmp_path / "other.xml"
-    assert cli("suture", "--out", str(other), "--roots", str(tmp_path / "none")) == 0
+    assert run_cli("suture", "--out", str(other), "--roots", str(tmp_path / "none")) == 0
     assert not SHARD_QUBES["sflc_0_1"] & domains_by_name(load(other)).keys()
 
 
@@ -67,20 +68,20 @@ def test_flags_override_the_configuration(scene, tmp_path):
                                   ["dissect", "--final"]])
 def test_offline_commands_refuse_while_qubesd_runs(scene, capsys, argv):
     before = {p: p.read_bytes() for p in scene.tmp.rglob("*.xml")}
-    assert cli(*argv, host=FakeHost(active=True)) == 1
+    assert run_cli(*argv, host=FakeHost(active=True)) == 1
     assert "qubesd is running" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in scene.tmp.rglob("*.xml")} == before
 
 
 def test_dissect_while_qubesd_runs_is_allowed(scene):
-    assert cli("suture") == 0
-    assert cli("dissect", host=FakeHost(active=True)) == 0
+    assert run_cli("suture") == 0
+    assert run_cli("dissect", host=FakeHost(active=True)) == 0
 
 
 def test_bad_usage_exits_2(scene, capsys):
-    assert cli("suture", "--bogus") == 2
-    assert cli("init", "/x", "--qid-range", "9-3") == 2
-    assert cli() == 2
+    assert run_cli("suture", "--bogus") == 2
+    assert run_cli("init", "/x", "--qid-range", "9-3") == 2
+    assert run_cli() == 2
     assert "QID range" in capsys.readouterr().err
 
 
@@ -88,58 +89,58 @@ def test_bad_configuration_exits_2(scene, tmp_path, monkeypatch, capsys):
     config = tmp_path / "bad.json"
     config.write_text('{"roots": ["/x"], "colour": "red"}')
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
-    assert cli("status") == 2
+    assert run_cli("status") == 2
     assert "unknown key 'colour'" in capsys.readouterr().err
 
 
 def test_init_and_check(scene, tmp_path, capsys):
-    assert cli("init", str(scene.root / "third")) == 0
+    assert run_cli("init", str(scene.root / "third")) == 0
     assert "qids 1000-1499" in capsys.readouterr().out
-    assert cli("init", str(scene.root / "third")) == 1
+    assert run_cli("init", str(scene.root / "third")) == 1
     assert "already exists" in capsys.readouterr().err
-    assert cli("check") == 1
+    assert run_cli("check") == 1
     out, err = capsys.readouterr()
     assert "4 problem(s)" in out
     assert "warning: qube 'deep-mail' (reliant-shard-sflc_0_2): default_dispvm" in err
     dispvms_in_own_group(scene)
-    assert cli("check") == 0
-    reliant_shards.init_shard(str(scene.root / "fourth"), qid_range=(16, 20))
-    assert cli("check") == 1
+    assert run_cli("check") == 0
+    init_shard(str(scene.root / "fourth"), qid_range=(16, 20))
+    assert run_cli("check") == 1
     assert "overlaps" in capsys.readouterr().err
 
 
 def test_detach_refuses_while_a_qube_of_the_shard_runs(scene, capsys):
-    assert cli("suture") == 0
+    assert run_cli("suture") == 0
     host = FakeHost(active=True, running={"deep-mail", "work"})
-    assert cli("detach", "sflc_0_2", host=host) == 1
+    assert run_cli("detach", "sflc_0_2", host=host) == 1
     assert "deep-mail" in capsys.readouterr().err
     assert host.actions == []
 
 
 def test_detach_and_attach_restart_qubesd_around_the_shard(scene):
-    assert cli("suture") == 0
+    assert run_cli("suture") == 0
 
     def stop():  # what the qubesd unit does: dissect when it stops, suture when it starts
-        assert cli("dissect", "--final") == 0
+        assert run_cli("dissect", "--final") == 0
 
     def start():
-        assert cli("suture") == 0
+        assert run_cli("suture") == 0
 
     host = FakeHost(active=True, running={"work"}, on_stop=stop, on_start=start)
-    assert cli("detach", str(scene.shard_dir("sflc_0_2")), host=host) == 0
+    assert run_cli("detach", str(scene.shard_dir("sflc_0_2")), host=host) == 0
     assert host.actions == ["stop", "start"]
     merged = domains_by_name(load(scene.merged))
     assert not SHARD_QUBES["sflc_0_2"] & merged.keys()
     assert SHARD_QUBES["sflc_0_1"] <= merged.keys()
-    assert cli("attach", host=host) == 0
+    assert run_cli("attach", host=host) == 0
     assert SHARD_QUBES["sflc_0_2"] <= domains_by_name(load(scene.merged)).keys()
 
 
 def test_rename_and_review_offline(scene, capsys):
-    assert cli("rename", "deep-notes", "notes2") == 0
-    shard = reliant_shards.load_shard(str(scene.shard_dir("sflc_0_2")))
-    assert "notes2" in {reliant_shards.qube_name(d) for d in shard.domains}
-    assert cli("review", "notes2") == 1
+    assert run_cli("rename", "deep-notes", "notes2") == 0
+    shard = load_shard(str(scene.shard_dir("sflc_0_2")))
+    assert "notes2" in {qube_name(d) for d in shard.domains}
+    assert run_cli("review", "notes2") == 1
     assert "nothing to review" in capsys.readouterr().err
 
 
@@ -148,26 +149,26 @@ def test_launcher_runs_from_the_repository(scene, tmp_path):
                              str(tmp_path / "viaexe"), "--qid-range", "5000-5099"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert reliant_shards.load_shard(str(tmp_path / "viaexe")).qid_range == (5000, 5099)
+    assert load_shard(str(tmp_path / "viaexe")).qid_range == (5000, 5099)
 
 
 def test_audit_reports_a_trace_of_a_shard(scene, tmp_path, capsys):
     fs_root = tmp_path / "fsroot"
     (fs_root / "var/lib/qubes/appvms/secret").mkdir(parents=True)
     (fs_root / "var/lib/qubes/qubes.xml").write_bytes(scene.core.read_bytes())
-    assert cli("audit", "--json", "--fs-root", str(fs_root), "--core",
+    assert run_cli("audit", "--json", "--fs-root", str(fs_root), "--core",
                "/var/lib/qubes/qubes.xml") == 1
     findings = json.loads(capsys.readouterr().out)
     assert any(f["path"].endswith("appvms/secret") for f in findings), findings
     (fs_root / "var/lib/qubes/appvms/secret").rmdir()
-    cli("audit", "--json", "--fs-root", str(fs_root), "--core", "/var/lib/qubes/qubes.xml")
+    run_cli("audit", "--json", "--fs-root", str(fs_root), "--core", "/var/lib/qubes/qubes.xml")
     assert not any(f["path"].endswith("appvms/secret")
                    for f in json.loads(capsys.readouterr().out))
 
 
 def test_the_real_host_refuses_when_it_cannot_ask_systemd(scene, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(scene.tmp))  # no systemctl, xl or qvm-ls here
-    assert reliant_cli.main(["suture"]) == 1
+    assert cli.main(["suture"]) == 1
     assert "cannot tell whether qubesd runs" in capsys.readouterr().err
 
 
@@ -177,21 +178,21 @@ def test_the_real_host_reads_xl_list(tmp_path, monkeypatch):
                   "echo 'Domain-0 0 4096 4 r----- 10.0'\necho 'secret 3 400 2 -b---- 1.0'\n")
     xl.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert reliant_cli.Host().running_qubes() == {"secret"}
+    assert cli.Host().running_qubes() == {"secret"}
 
 
 def test_status_text_names_merged_detached_and_recovered(scene, capsys):
-    assert cli("suture") == 0
-    host = FakeHost(active=True, on_stop=lambda: cli("dissect", "--final"),
-                    on_start=lambda: cli("suture"))
-    assert cli("detach", "sflc_0_2", host=host) == 0
+    assert run_cli("suture") == 0
+    host = FakeHost(active=True, on_stop=lambda: run_cli("dissect", "--final"),
+                    on_start=lambda: run_cli("suture"))
+    assert run_cli("detach", "sflc_0_2", host=host) == 0
     capsys.readouterr()
-    assert cli("status") == 0
+    assert run_cli("status") == 0
     out = capsys.readouterr().out
     assert "shard sflc_0_1 at " in out and ": merged, qids 15-17" in out
     assert "shard sflc_0_2 at " in out and ": detached," in out
-    assert cli("attach", "sflc_0_2", host=host) == 0
+    assert run_cli("attach", "sflc_0_2", host=host) == 0
     capsys.readouterr()
-    assert cli("status", "--json") == 0
+    assert run_cli("status", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["detached"] == [] and all(s["merged"] for s in report["shards"])

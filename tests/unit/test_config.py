@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-import reliant_config
 import yaml
+from reliant import config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((ROOT / "salt/reliant/parameters/defaults.yaml").read_text())["reliant"]
@@ -12,12 +12,12 @@ DEFAULTS = yaml.safe_load((ROOT / "salt/reliant/parameters/defaults.yaml").read_
 
 def test_pillar_example_has_every_default_and_nothing_else():
     example = yaml.safe_load((ROOT / "pillar.example").read_text())["reliant"]
-    assert reliant_config.problems(example, DEFAULTS) == []
+    assert config.problems(example, DEFAULTS) == []
     assert example == DEFAULTS  # pillar.example documents each key with its default
 
 
 def test_empty_pillar_is_fine():
-    assert reliant_config.problems({}, DEFAULTS) == []
+    assert config.problems({}, DEFAULTS) == []
 
 
 @pytest.mark.parametrize(
@@ -33,35 +33,35 @@ def test_empty_pillar_is_fine():
     ],
 )
 def test_each_problem_names_the_key(pillar, problem):
-    assert reliant_config.problems(pillar, DEFAULTS) == [problem]
+    assert config.problems(pillar, DEFAULTS) == [problem]
 
 
 def test_all_problems_are_reported_at_once():
     pillar = {"shards": {"enabled": 1, "core": 2}, "audit": []}
-    assert [p.split(": ")[0] for p in reliant_config.problems(pillar, DEFAULTS)] == [
+    assert [p.split(": ")[0] for p in config.problems(pillar, DEFAULTS)] == [
         "reliant:shards:enabled", "reliant:shards:core", "reliant:audit",
     ]
 
 
 def test_an_empty_default_mapping_accepts_any_keys():
-    assert reliant_config.problems({"x": {"anything": 1}}, {"x": {}}) == []
+    assert config.problems({"x": {"anything": 1}}, {"x": {}}) == []
 
 
 def test_an_integer_is_accepted_for_a_number():
-    assert reliant_config.problems(3, 0.5) == []
+    assert config.problems(3, 0.5) == []
 
 
 def test_is_dom0_follows_the_marker(tmp_path):
     marker = tmp_path / "qubes-release"
-    assert not reliant_config.is_dom0(str(marker))
+    assert not config.is_dom0(str(marker))
     marker.write_text("Qubes release 4.3\n")
-    assert reliant_config.is_dom0(str(marker))
+    assert config.is_dom0(str(marker))
 
 
 def test_virtual_names_the_module_on_dom0_only(tmp_path):
     marker = tmp_path / "qubes-release"
     opts = {"reliant_dom0_marker": str(marker)}
-    assert reliant_config.virtual("reliant_x", opts) == (
+    assert config.virtual("reliant_x", opts) == (
         False, f"reliant_x: not a Qubes dom0 (no {marker})")
     marker.write_text("Qubes release 4.3\n")
-    assert reliant_config.virtual("reliant_x", opts) == "reliant_x"
+    assert config.virtual("reliant_x", opts) == "reliant_x"

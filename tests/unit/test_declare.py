@@ -10,11 +10,12 @@ import threading
 from pathlib import Path
 
 import pytest
-import reliant_declare
-import reliant_shards
+from reliant import declare, operations
+from reliant.shards.files import Shard, init_shard, load_shard, shard_bytes
+from reliant.vocab import ShardError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-ShardError = reliant_shards.ShardError
+ShardError = ShardError
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def scene(tmp_path: Path) -> dict:
     core = tmp_path / "qubes.xml"
     core.write_bytes((FIXTURES / "qubes-r4.3-core.xml").read_bytes())
     root = tmp_path / "shufflecake"
-    reliant_shards.init_shard(str(root / "sflc_0_1"), qid_range=(1000, 1499))
+    init_shard(str(root / "sflc_0_1"), qid_range=(1000, 1499))
     return {"core": str(core), "root": root, "roots": [str(root)]}
 
 
@@ -35,46 +36,46 @@ def sutured(tmp_path: Path) -> dict:
     for path, name in ((core, "core"), (merged, "merged")):
         path.write_bytes((FIXTURES / f"qubes-r4.3-{name}.xml").read_bytes().replace(
             b"/run/shufflecake", str(root).encode()))
-    first = reliant_shards.init_shard(str(root / "sflc_0_1"), qid_range=(15, 17))
-    reliant_shards.init_shard(str(root / "sflc_0_2"), qid_range=(18, 19),
+    first = init_shard(str(root / "sflc_0_1"), qid_range=(15, 17))
+    init_shard(str(root / "sflc_0_2"), qid_range=(18, 19),
                               depends_on=[first.path])
     qubes_dir = tmp_path / "varlibqubes"
     qubes_dir.mkdir()
-    result = reliant_shards.dissect(str(merged), str(core), [str(root)],
+    result = operations.dissect(str(merged), str(core), [str(root)],
                                     qubes_dir=str(qubes_dir))
     assert not result.errors
     return {"core": str(core), "root": root, "roots": [str(root)]}
 
 
-def declare(directory: Path, **content) -> None:
+def write_declaration(directory: Path, **content) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / reliant_declare.DECLARATION_FILE).write_text(json.dumps(content))
+    (directory / declare.DECLARATION_FILE).write_text(json.dumps(content))
 
 
-def plan(scene: dict, wanted: reliant_declare.Declaration) -> reliant_declare.Plan:
-    return reliant_declare.plan(wanted, scene["core"], scene["roots"], 3)
+def plan(scene: dict, wanted: declare.Declaration) -> declare.Plan:
+    return declare.plan(wanted, scene["core"], scene["roots"], 3)
 
 
 # --- reading -------------------------------------------------------------------------------
 def test_find_declarations_reads_the_volumes(scene: dict) -> None:
-    declare(scene["root"] / "sflc_0_2" / "work", qid_range="1500-1999",
+    write_declaration(scene["root"] / "sflc_0_2" / "work", qid_range="1500-1999",
             depends_on=["../../sflc_0_1"], id="work")
-    declare(scene["root"] / "sflc_0_3", qid_range=[2000, 2499])
+    write_declaration(scene["root"] / "sflc_0_3", qid_range=[2000, 2499])
     problems: list[str] = []
-    found = reliant_declare.find_declarations(scene["roots"], 3, problems)
+    found = declare.find_declarations(scene["roots"], 3, problems)
     assert problems == []
     assert found == [
-        reliant_declare.Declaration(str(scene["root"] / "sflc_0_2" / "work"), (1500, 1999),
+        declare.Declaration(str(scene["root"] / "sflc_0_2" / "work"), (1500, 1999),
                                     (str(scene["root"] / "sflc_0_1"),), "work"),
-        reliant_declare.Declaration(str(scene["root"] / "sflc_0_3"), (2000, 2499)),
+        declare.Declaration(str(scene["root"] / "sflc_0_3"), (2000, 2499)),
     ]
 
 
 def test_find_declarations_respects_depth_and_symlinks(scene: dict, tmp_path: Path) -> None:
-    declare(scene["root"] / "a" / "b" / "c" / "d", qid_range="1500-1999")
-    declare(tmp_path / "outside", qid_range="1500-1999")
+    write_declaration(scene["root"] / "a" / "b" / "c" / "d", qid_range="1500-1999")
+    write_declaration(tmp_path / "outside", qid_range="1500-1999")
     (scene["root"] / "link").symlink_to(tmp_path / "outside")
-    assert reliant_declare.find_declarations(scene["roots"], 3, []) == []
+    assert declare.find_declarations(scene["roots"], 3, []) == []
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -88,16 +89,16 @@ def test_find_declarations_respects_depth_and_symlinks(scene: dict, tmp_path: Pa
     ('{"qid_range": "1500-1999", "depends_on": ["."]}', "cannot depend on itself"),
     ('{"qid_range": "1500-1999", "id": 3}', "id must be a string"),
     ('{"qid_range": "1500-10000"}', "last <= 9999"),
-    ("{}" + " " * reliant_declare.MAX_DECLARATION_BYTES, "larger than"),
+    ("{}" + " " * declare.MAX_DECLARATION_BYTES, "larger than"),
 ])
 def test_bad_declarations_are_reported_by_file(scene: dict, content: str, message: str) -> None:
     directory = scene["root"] / "sflc_0_2"
     directory.mkdir()
-    (directory / reliant_declare.DECLARATION_FILE).write_text(content)
+    (directory / declare.DECLARATION_FILE).write_text(content)
     problems: list[str] = []
-    assert reliant_declare.find_declarations(scene["roots"], 3, problems) == []
+    assert declare.find_declarations(scene["roots"], 3, problems) == []
     assert len(problems) == 1
-    assert problems[0].startswith(str(directory / reliant_declare.DECLARATION_FILE))
+    assert problems[0].startswith(str(directory / declare.DECLARATION_FILE))
     assert message in problems[0]
 
 
@@ -105,21 +106,21 @@ def test_declaration_file_may_not_be_a_symlink(scene: dict, tmp_path: Path) -> N
     (tmp_path / "elsewhere.json").write_text('{"qid_range": "1500-1999"}')
     directory = scene["root"] / "sflc_0_2"
     directory.mkdir()
-    (directory / reliant_declare.DECLARATION_FILE).symlink_to(tmp_path / "elsewhere.json")
+    (directory / declare.DECLARATION_FILE).symlink_to(tmp_path / "elsewhere.json")
     with pytest.raises(ShardError, match="cannot open"):
-        reliant_declare.read_declaration(str(directory))
+        declare.read_declaration(str(directory))
 
 
 # --- planning -------------------------------------------------------------------------------
 def test_plan_init_update_and_nothing(scene: dict) -> None:
     first = str(scene["root"] / "sflc_0_1")
-    new = reliant_declare.declaration(str(scene["root"] / "sflc_0_2"), "1500-1999", [first])
+    new = declare.declaration(str(scene["root"] / "sflc_0_2"), "1500-1999", [first])
     change = plan(scene, new)
     assert (change.action, change.old) == ("init", {})
     assert change.new == {"id": "sflc_0_2", "qid_range": "1500-1999", "depends_on": ["sflc_0_1"]}
-    same = reliant_declare.declaration(first, "1000-1499")
+    same = declare.declaration(first, "1000-1499")
     assert plan(scene, same).action is None
-    wider = reliant_declare.declaration(first, "1000-1999")
+    wider = declare.declaration(first, "1000-1999")
     change = plan(scene, wider)
     assert (change.action, change.old, change.new) == (
         "update", {"qid_range": "1000-1499"}, {"qid_range": "1000-1999"})
@@ -136,7 +137,7 @@ def test_plan_init_update_and_nothing(scene: dict) -> None:
 ])
 def test_plan_refusals(scene: dict, directory: str, qid_range: str, depends: list,
                        shard_id: str | None, message: str) -> None:
-    wanted = reliant_declare.declaration(str(scene["root"] / directory), qid_range, depends,
+    wanted = declare.declaration(str(scene["root"] / directory), qid_range, depends,
                                          shard_id)
     with pytest.raises(ShardError, match=message.replace("(", r"\(")):
         plan(scene, wanted)
@@ -144,13 +145,13 @@ def test_plan_refusals(scene: dict, directory: str, qid_range: str, depends: lis
 
 def test_plan_refuses_a_dependency_cycle(scene: dict) -> None:
     first, second = str(scene["root"] / "sflc_0_1"), str(scene["root"] / "sflc_0_2")
-    reliant_shards.init_shard(second, qid_range=(1500, 1999), depends_on=[first])
+    init_shard(second, qid_range=(1500, 1999), depends_on=[first])
     with pytest.raises(ShardError, match="cycle"):
-        plan(scene, reliant_declare.declaration(first, "1000-1499", [second]))
+        plan(scene, declare.declaration(first, "1000-1499", [second]))
 
 
 def test_plan_refuses_a_range_leaving_out_a_qube(sutured: dict) -> None:
-    wanted = reliant_declare.declaration(str(sutured["root"] / "sflc_0_1"), "16-17")
+    wanted = declare.declaration(str(sutured["root"] / "sflc_0_1"), "16-17")
     with pytest.raises(ShardError, match="leaves out qid 15 of its qube"):
         plan(sutured, wanted)
 
@@ -158,77 +159,77 @@ def test_plan_refuses_a_range_leaving_out_a_qube(sutured: dict) -> None:
 # --- applying -------------------------------------------------------------------------------
 def test_apply_init_then_update_keeps_the_qubes(sutured: dict) -> None:
     shard = sutured["root"] / "sflc_0_2"
-    before = reliant_shards.load_shard(str(shard))
+    before = load_shard(str(shard))
     assert before.domains
-    wanted = reliant_declare.declaration(str(shard), "18-40", ["../sflc_0_1"])
+    wanted = declare.declaration(str(shard), "18-40", ["../sflc_0_1"])
     change = plan(sutured, wanted)
-    reliant_declare.apply(change, sutured["roots"], 3)
-    reliant_declare.verify(change)
-    after = reliant_shards.load_shard(str(shard))
+    declare.apply(change, sutured["roots"], 3)
+    declare.verify(change)
+    after = load_shard(str(shard))
     assert after.qid_range == (18, 40)
     assert after.data.split(b"<pools>")[1] == before.data.split(b"<pools>")[1]
     assert plan(sutured, wanted).action is None
 
-    fresh = reliant_declare.declaration(str(sutured["root"] / "sflc_0_3"), "2000-2499",
+    fresh = declare.declaration(str(sutured["root"] / "sflc_0_3"), "2000-2499",
                                         ["../sflc_0_2"], "third")
     change = plan(sutured, fresh)
-    reliant_declare.apply(change, sutured["roots"], 3)
-    reliant_declare.verify(change)
-    made = reliant_shards.load_shard(str(sutured["root"] / "sflc_0_3"))
+    declare.apply(change, sutured["roots"], 3)
+    declare.verify(change)
+    made = load_shard(str(sutured["root"] / "sflc_0_3"))
     assert (made.id, made.qid_range, made.depends_on) == ("third", (2000, 2499), ("sflc_0_2",))
 
 
 def test_apply_refuses_a_shard_changed_since_the_plan(scene: dict) -> None:
     first = str(scene["root"] / "sflc_0_1")
-    change = plan(scene, reliant_declare.declaration(first, "1000-1999"))
-    other = reliant_shards.load_shard(first)
-    shifted = reliant_shards.Shard(other.path, other.id, (1000, 1200), other.depends_on)
-    Path(first, "domains.xml").write_bytes(reliant_shards.shard_bytes(shifted, (), ()))
+    change = plan(scene, declare.declaration(first, "1000-1999"))
+    other = load_shard(first)
+    shifted = Shard(other.path, other.id, (1000, 1200), other.depends_on)
+    Path(first, "domains.xml").write_bytes(shard_bytes(shifted, (), ()))
     before = Path(first, "domains.xml").read_bytes()
     with pytest.raises(ShardError, match="changed while being converged"):
-        reliant_declare.apply(change, scene["roots"], 3)
+        declare.apply(change, scene["roots"], 3)
     assert Path(first, "domains.xml").read_bytes() == before
     assert sorted(os.listdir(first)) == ["domains.xml"]
 
 
 def test_converge_creates_dependencies_first_and_dry_run_predicts_it(scene: dict) -> None:
     root = scene["root"]
-    third = reliant_declare.declaration(str(root / "c"), "2500-2999", ["../b"])
-    second = reliant_declare.declaration(str(root / "b"), "2000-2499", ["../sflc_0_1"])
-    clash = reliant_declare.declaration(str(root / "d"), "2100-2200")
+    third = declare.declaration(str(root / "c"), "2500-2999", ["../b"])
+    second = declare.declaration(str(root / "b"), "2000-2499", ["../sflc_0_1"])
+    clash = declare.declaration(str(root / "d"), "2100-2200")
     args = (scene["core"], scene["roots"], 3)
-    predicted = reliant_declare.converge([third, second, clash], *args, dry_run=True)
+    predicted = declare.converge([third, second, clash], *args, dry_run=True)
     assert [o.declaration.path for o in predicted] == [second.path, third.path, clash.path]
     assert [o.plan.action if o.plan else None for o in predicted] == ["init", "init", None]
     assert "overlaps 2000-2499 of shard b" in predicted[2].error
     assert [o.error for o in predicted[:2]] == [None, None]
     assert not (root / "b").exists()
-    done = reliant_declare.converge([third, second, clash], *args, dry_run=False)
+    done = declare.converge([third, second, clash], *args, dry_run=False)
     assert [(o.plan.action if o.plan else None, o.error) for o in done] == [
         (p.plan.action if p.plan else None, p.error) for p in predicted]
-    assert reliant_shards.load_shard(str(root / "c")).depends_on == ("b",)
-    again = reliant_declare.converge([third, second, clash], *args, dry_run=False)
+    assert load_shard(str(root / "c")).depends_on == ("b",)
+    again = declare.converge([third, second, clash], *args, dry_run=False)
     assert [o.plan.action if o.plan else None for o in again] == [None, None, None]
 
 
 def test_converge_predicts_ranges_freed_earlier_in_the_run(scene: dict) -> None:
-    narrowed = reliant_declare.declaration(str(scene["root"] / "sflc_0_1"), "1000-1199")
-    moved_in = reliant_declare.declaration(str(scene["root"] / "sflc_0_2"), "1200-1499")
+    narrowed = declare.declaration(str(scene["root"] / "sflc_0_1"), "1000-1199")
+    moved_in = declare.declaration(str(scene["root"] / "sflc_0_2"), "1200-1499")
     args = (scene["core"], scene["roots"], 3)
     for dry_run in (True, False):
-        outcomes = reliant_declare.converge([narrowed, moved_in], *args, dry_run=dry_run)
+        outcomes = declare.converge([narrowed, moved_in], *args, dry_run=dry_run)
         assert [(o.plan.action, o.error) for o in outcomes] == [
             ("update", None), ("init", None)]
-    assert reliant_shards.load_shard(str(scene["root"] / "sflc_0_2")).qid_range == (1200, 1499)
+    assert load_shard(str(scene["root"] / "sflc_0_2")).qid_range == (1200, 1499)
 
 
 def test_converge_reports_a_write_that_failed_verification(scene: dict, monkeypatch) -> None:
-    def verify(change: reliant_declare.Plan) -> None:
+    def verify(change: declare.Plan) -> None:
         raise ShardError("read back something else")
 
-    monkeypatch.setattr(reliant_declare, "verify", verify)
-    new = reliant_declare.declaration(str(scene["root"] / "b"), "2000-2499")
-    (outcome,) = reliant_declare.converge([new], scene["core"], scene["roots"], 3,
+    monkeypatch.setattr(declare, "verify", verify)
+    new = declare.declaration(str(scene["root"] / "b"), "2000-2499")
+    (outcome,) = declare.converge([new], scene["core"], scene["roots"], 3,
                                           dry_run=False)
     assert (outcome.applied, outcome.error, outcome.change) == (
         True, "read back something else", "init")
@@ -238,22 +239,23 @@ def test_apply_waits_for_suture_and_dissect(scene: dict, tmp_path: Path) -> None
     """A dissect holds the operation lock while it reads and writes shard files."""
     state_path = str(tmp_path / "run" / "shards.json")
     first = str(scene["root"] / "sflc_0_1")
-    change = plan(scene, reliant_declare.declaration(first, "1000-1999"))
+    change = plan(scene, declare.declaration(first, "1000-1999"))
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; sys.path.insert(0, sys.argv[1]); import reliant_shards\n"
-         "with reliant_shards.operation_lock(sys.argv[2]):\n"
+         "import sys; sys.path.insert(0, sys.argv[1])\n"
+         "from reliant.shards.runtime import operation_lock\n"
+         "with operation_lock(sys.argv[2]):\n"
          "    print('locked', flush=True); sys.stdin.readline()",
-         str(Path(reliant_declare.__file__).parent), state_path],
+         str(Path(declare.__file__).parents[1]), state_path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        worker = threading.Thread(target=reliant_declare.apply,
+        worker = threading.Thread(target=declare.apply,
                                   args=(change, scene["roots"], 3, state_path))
         worker.start()
         worker.join(0.5)
         assert worker.is_alive()
-        assert reliant_shards.load_shard(first).qid_range == (1000, 1499)
+        assert load_shard(first).qid_range == (1000, 1499)
         holder.stdin.write("\n")
         holder.stdin.flush()
         worker.join(10)
@@ -261,4 +263,4 @@ def test_apply_waits_for_suture_and_dissect(scene: dict, tmp_path: Path) -> None
     finally:
         holder.kill()
         holder.wait()
-    assert reliant_shards.load_shard(first).qid_range == (1000, 1999)
+    assert load_shard(first).qid_range == (1000, 1999)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import isolation_helpers as helpers
 import pytest
-import reliant_policy
+from reliant.isolation import policy
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "salt" / "reliant" / "files" / "isolation"
@@ -30,9 +30,9 @@ def qubes(tmp_path_factory, settings_file):
     site = tmp_path_factory.mktemp("site-packages")
     for item in PACKAGE.iterdir():
         shutil.copytree(item, site / item.name)
-    settings_file.write_bytes(reliant_policy.render_settings(reliant_policy.PolicySettings()))
+    settings_file.write_bytes(policy.render_settings(policy.PolicySettings()))
     (site / "reliant_isolation" / "_paths.py").write_text(
-        reliant_policy.render_extension_paths(str(ROOT / "_utils" / "reliant_lib"), str(settings_file)))
+        policy.render_extension_paths(str(ROOT / "_utils" / "reliant_lib"), str(settings_file)))
     sys.path[:0] = [str(ROOT / "tests" / "doubles" / "qubes_ext"), str(site)]
     importlib.invalidate_caches()
     qubes = importlib.import_module("qubes")
@@ -229,8 +229,8 @@ def test_qubes_whose_dispvm_is_of_another_group_are_marked(qubes, app):
 
 def test_the_mark_follows_the_directions_in_the_settings(qubes, app, settings_file):
     original = settings_file.read_bytes()
-    settings_file.write_bytes(reliant_policy.render_settings(
-        reliant_policy.PolicySettings(directions=("core-to-shard",))))
+    settings_file.write_bytes(policy.render_settings(
+        policy.PolicySettings(directions=("core-to-shard",))))
     try:
         app.default_dispvm = "default-dvm"  # any global change re-decides every qube
         assert foreign(app) == set()

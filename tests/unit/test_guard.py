@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import isolation_helpers as helpers
 import pytest
-import reliant_guard as guard
 from lxml import etree
+from reliant import vocab
+from reliant.isolation import guard
 
 S1, S2, CORE = "reliant-shard-sflc_0_1", "reliant-shard-sflc_0_2", "reliant-core"
 
@@ -70,10 +71,10 @@ def test_data_in_two_shards_and_shared_pools_are_refused():
 
 
 def test_data_volumes():
-    assert guard.is_data_volume("private", False, None)
-    assert guard.is_data_volume("root", True, None)  # a template's own root
-    assert not guard.is_data_volume("root", True, "qubes_dom0/vm-fedora-root")
-    assert not guard.is_data_volume("kernel", False, None)
+    assert vocab.is_data_volume("private", False, None)
+    assert vocab.is_data_volume("root", True, None)  # a template's own root
+    assert not vocab.is_data_volume("root", True, "qubes_dom0/vm-fedora-root")
+    assert not vocab.is_data_volume("kernel", False, None)
 
 
 def test_unowned_pools_under_a_shard_root_are_unknown():

@@ -12,13 +12,13 @@ from pathlib import Path
 import isolation_helpers as helpers
 import pytest
 import qrexec_policy_oracle as oracle
-import reliant_policy
-import reliant_store
 import shards_helpers
 from lxml import etree
+from reliant import store
+from reliant.isolation import policy
 
 SHARD_TAGS = ("reliant-shard-sflc_0_1", "reliant-shard-sflc_0_2")
-SERVICES = reliant_policy.DEFAULT_SERVICES
+SERVICES = policy.DEFAULT_SERVICES
 
 
 @pytest.fixture
@@ -27,15 +27,15 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     run, etc = tmp_path / "run", tmp_path / "etc"
     run.mkdir()
     etc.mkdir()
-    (etc / reliant_policy.POLICY_FILE_NAME).write_bytes(
-        reliant_policy.render_persistent_policy(reliant_policy.PolicySettings()))
+    (etc / policy.POLICY_FILE_NAME).write_bytes(
+        policy.render_persistent_policy(policy.PolicySettings()))
     return run, etc
 
 
 def write_settings(tmp_path: Path, **values) -> str:
     path = tmp_path / "isolation.json"
-    settings = reliant_policy.settings_from_mapping(values)
-    path.write_bytes(reliant_policy.render_settings(settings))
+    settings = policy.settings_from_mapping(values)
+    path.write_bytes(policy.render_settings(settings))
     return str(path)
 
 
@@ -59,7 +59,7 @@ def targets_of(source: str, domains: dict[str, oracle.Domain]) -> list[tuple[str
 
 def sutured(tmp_path: Path, run: Path, monkeypatch) -> etree._Element:
     """The library's suture of the split fixture, writing the runtime policy into `run`."""
-    monkeypatch.setattr(reliant_policy, "SETTINGS_PATH", str(tmp_path / "absent.json"))
+    monkeypatch.setattr(policy, "SETTINGS_PATH", str(tmp_path / "absent.json"))
     scene = shards_helpers.split_scene(tmp_path / "dom0")
     result = scene.suture(policy_dir=str(run))
     assert not [p for p in result.problems if p.severity == "error"], result.problems
@@ -88,7 +88,7 @@ def test_every_cross_group_call_is_denied_and_same_group_calls_fall_through(
     assert set(groups.values()) == {"reliant-core", *SHARD_TAGS}
     assert groups["disp4242"] == "reliant-shard-sflc_0_1"
     checked = {"deny": 0, "fall-through": 0}
-    for service in reliant_policy.DEFAULT_SERVICES:
+    for service in policy.DEFAULT_SERVICES:
         for source in domains:
             if source == "dom0":
                 continue  # qrexec does not ask policy for calls from dom0
@@ -111,7 +111,7 @@ def test_the_ask_dialog_offers_no_target_of_another_group(dirs, tmp_path, monkey
     domains = helpers.system_info(root)
     group = groups_of(domains)
     offered = 0
-    for service in reliant_policy.DEFAULT_SERVICES:
+    for service in policy.DEFAULT_SERVICES:
         for source in domains:
             if source == "dom0":
                 continue
@@ -120,8 +120,8 @@ def test_the_ask_dialog_offers_no_target_of_another_group(dirs, tmp_path, monkey
                 offered += 1
     assert offered > 100
     # without the per-caller rules, qrexec would offer the core disposable to shard qubes
-    settings = reliant_policy.PolicySettings()
-    plain = reliant_policy.render_runtime_policy(reliant_policy.groups_of_store(root), settings)
+    settings = policy.PolicySettings()
+    plain = policy.render_runtime_policy(policy.groups_of_store(root), settings)
     plain_rules = (oracle.parse_policy(plain.decode(), "plain")
                    + oracle.parse_policy("* * @anyvm @anyvm ask\n", "90-default"))
     assert "@dispvm:default-dvm" in oracle.targets_for_ask(plain_rules, "qubes.Filecopy", "+",
@@ -133,7 +133,7 @@ def test_generated_rules_come_before_the_users_rules(dirs, tmp_path):
     (etc / "30-user.policy").write_text("qubes.Filecopy * @anyvm @anyvm allow\n")
     (etc / "90-default.policy").write_text("qubes.Filecopy * @anyvm @anyvm ask\n"
                                            "qubes.OpenInVM * @anyvm @dispvm allow\n")
-    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+    policy.write_runtime_policy(str(run), helpers.merged_tagged(),
                                         settings_path=str(tmp_path / "absent.json"))
     rules = oracle.load_policy([run, etc])
     domains = helpers.system_info(helpers.merged_tagged())
@@ -151,15 +151,15 @@ def test_generated_rules_come_before_the_users_rules(dirs, tmp_path):
 
 def test_runtime_file_replaces_the_persistent_file_of_the_same_name(dirs, tmp_path):
     run, etc = dirs
-    (etc / reliant_policy.POLICY_FILE_NAME).write_text("qubes.Filecopy * @anyvm @anyvm allow\n")
-    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+    (etc / policy.POLICY_FILE_NAME).write_text("qubes.Filecopy * @anyvm @anyvm allow\n")
+    policy.write_runtime_policy(str(run), helpers.merged_tagged(),
                                         settings_path=str(tmp_path / "absent.json"))
     files = oracle.policy_files([run, etc])
-    assert files == [run / reliant_policy.POLICY_FILE_NAME]
+    assert files == [run / policy.POLICY_FILE_NAME]
     rules = oracle.load_policy([run, etc])
     assert all(rule.action == "deny" for rule in rules)
-    persistent = reliant_policy.render_persistent_rules(reliant_policy.PolicySettings())
-    runtime = (run / reliant_policy.POLICY_FILE_NAME).read_text().splitlines()
+    persistent = policy.render_persistent_rules(policy.PolicySettings())
+    runtime = (run / policy.POLICY_FILE_NAME).read_text().splitlines()
     assert set(persistent) <= set(runtime), "the runtime file keeps the persistent rules"
 
 
@@ -167,8 +167,8 @@ def test_every_generated_file_is_strict_policy_v5(dirs, tmp_path):
     run, etc = dirs
     settings = write_settings(tmp_path, notify=False, services=["*", "my.Service"],
                               directions=["shard-to-core"])
-    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=settings)
-    for path in (run / reliant_policy.POLICY_FILE_NAME, etc / reliant_policy.POLICY_FILE_NAME):
+    policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=settings)
+    for path in (run / policy.POLICY_FILE_NAME, etc / policy.POLICY_FILE_NAME):
         assert set(path.name) <= oracle.FILE_NAME_CHARS
         oracle.parse_policy(path.read_text(), path.name)
     rules = oracle.load_policy([run])
@@ -190,7 +190,7 @@ CORE_DISPVM_CALLERS = {"deep-mail", "deep-notes", "secret-dvm", "secret-vpn"}
 def test_directions_select_the_pairs(dirs, tmp_path, directions, pairs, callers):
     run, _ = dirs
     settings = write_settings(tmp_path, directions=directions)
-    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=settings)
+    policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=settings)
     rules = oracle.load_policy([run])
     by_caller = [r for r in rules if r.target == "@dispvm" and not r.source.startswith("@")]
     by_tag = [r for r in rules if r.source == "@tag:reliant-foreign-dispvm"]
@@ -202,14 +202,14 @@ def test_directions_select_the_pairs(dirs, tmp_path, directions, pairs, callers)
         "@adminvm", "reliant-core")) for r in pair_rules}
     assert found == pairs
     per_pair = {pair: 3 if pair[1] == "reliant-core" else 2 for pair in pairs}
-    services = len(reliant_policy.DEFAULT_SERVICES)
+    services = len(policy.DEFAULT_SERVICES)
     assert len(pair_rules) == sum(per_pair.values()) * services
     assert len(by_caller) == len(callers) * services
 
 
 def test_services_argument_replaces_the_settings(dirs, tmp_path):
     run, _ = dirs
-    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), ["qubes.Filecopy"],
+    policy.write_runtime_policy(str(run), helpers.merged_tagged(), ["qubes.Filecopy"],
                                         settings_path=str(tmp_path / "absent.json"))
     assert {rule.service for rule in oracle.load_policy([run])} == {"qubes.Filecopy"}
 
@@ -217,23 +217,23 @@ def test_services_argument_replaces_the_settings(dirs, tmp_path):
 def test_unchanged_content_is_not_rewritten_and_no_shard_removes_the_file(dirs, tmp_path):
     run, _ = dirs
     absent = str(tmp_path / "absent.json")
-    path = run / reliant_policy.POLICY_FILE_NAME
-    assert reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+    path = run / policy.POLICY_FILE_NAME
+    assert policy.write_runtime_policy(str(run), helpers.merged_tagged(),
                                                settings_path=absent)
     inode = path.stat().st_ino
     assert oct(path.stat().st_mode & 0o777) == "0o644"
-    assert not reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+    assert not policy.write_runtime_policy(str(run), helpers.merged_tagged(),
                                                    settings_path=absent)
     assert path.stat().st_ino == inode
     core_only = helpers.tagged(helpers.load(helpers.CORE))
-    assert reliant_policy.write_runtime_policy(str(run), core_only, settings_path=absent)
+    assert policy.write_runtime_policy(str(run), core_only, settings_path=absent)
     assert not path.exists()
-    assert not reliant_policy.write_runtime_policy(str(run), core_only, settings_path=absent)
+    assert not policy.write_runtime_policy(str(run), core_only, settings_path=absent)
 
 
 def test_missing_policy_dir_is_created(tmp_path):
     run = tmp_path / "run" / "qubes" / "policy.d"
-    assert reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(),
+    assert policy.write_runtime_policy(str(run), helpers.merged_tagged(),
                                                settings_path=str(tmp_path / "absent.json"))
     assert oracle.load_policy([run])
 
@@ -241,28 +241,28 @@ def test_missing_policy_dir_is_created(tmp_path):
 def test_a_failed_write_keeps_the_previous_file(dirs, tmp_path, monkeypatch):
     run, _ = dirs
     absent = str(tmp_path / "absent.json")
-    reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=absent)
-    before = (run / reliant_policy.POLICY_FILE_NAME).read_bytes()
+    policy.write_runtime_policy(str(run), helpers.merged_tagged(), settings_path=absent)
+    before = (run / policy.POLICY_FILE_NAME).read_bytes()
 
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(reliant_store.StoreError, match="No space left"):
-        reliant_policy.write_runtime_policy(str(run), helpers.merged_tagged(), ["qubes.Filecopy"],
+    with pytest.raises(store.StoreError, match="No space left"):
+        policy.write_runtime_policy(str(run), helpers.merged_tagged(), ["qubes.Filecopy"],
                                             settings_path=absent)
-    assert (run / reliant_policy.POLICY_FILE_NAME).read_bytes() == before
-    assert sorted(os.listdir(run)) == [reliant_policy.POLICY_FILE_NAME]
+    assert (run / policy.POLICY_FILE_NAME).read_bytes() == before
+    assert sorted(os.listdir(run)) == [policy.POLICY_FILE_NAME]
 
 
 def test_an_untagged_qube_is_refused_by_name(dirs, tmp_path):
     run, _ = dirs
     root = helpers.merged_tagged()
     root.find("domains/domain[@id='domain-17']/tags").clear()
-    with pytest.raises(reliant_policy.PolicyError, match="'secret' carries no group tag"):
-        reliant_policy.write_runtime_policy(str(run), root,
+    with pytest.raises(policy.PolicyError, match="'secret' carries no group tag"):
+        policy.write_runtime_policy(str(run), root,
                                             settings_path=str(tmp_path / "absent.json"))
-    assert not (run / reliant_policy.POLICY_FILE_NAME).exists()
+    assert not (run / policy.POLICY_FILE_NAME).exists()
 
 
 def test_a_qube_with_two_group_tags_is_refused_by_name(dirs, tmp_path):
@@ -270,13 +270,13 @@ def test_a_qube_with_two_group_tags_is_refused_by_name(dirs, tmp_path):
     root = helpers.merged_tagged()
     tags = root.find("domains/domain[@id='domain-10']/tags")
     tags.append(tags[0].makeelement("tag", name="reliant-shard-sflc_0_1"))
-    with pytest.raises(reliant_policy.PolicyError, match="'work' carries more than one"):
-        reliant_policy.write_runtime_policy(str(run), root,
+    with pytest.raises(policy.PolicyError, match="'work' carries more than one"):
+        policy.write_runtime_policy(str(run), root,
                                             settings_path=str(tmp_path / "absent.json"))
 
 
 def test_persistent_file_names_no_shard():
-    text = reliant_policy.render_persistent_policy(reliant_policy.PolicySettings()).decode()
+    text = policy.render_persistent_policy(policy.PolicySettings()).decode()
     root = helpers.load(helpers.MERGED)
     secrets = set(helpers.shard_of_pool(root)) | set(helpers.shard_of_pool(root).values())
     secrets |= {n for n, g in helpers.expected_groups(root).items() if g != "reliant-core"}
@@ -302,33 +302,33 @@ def test_persistent_file_names_no_shard():
     ({"colour": "red"}, "unknown keys colour"),
 ])
 def test_bad_settings_are_refused_with_the_culprit(values, message):
-    with pytest.raises(reliant_policy.PolicyError, match=message):
-        reliant_policy.settings_from_mapping(values)
+    with pytest.raises(policy.PolicyError, match=message):
+        policy.settings_from_mapping(values)
 
 
 def test_settings_round_trip_and_bad_file(tmp_path):
     path = write_settings(tmp_path, services=["qubes.Filecopy"], notify=False)
-    settings = reliant_policy.load_settings(path)
+    settings = policy.load_settings(path)
     assert settings.services == ("qubes.Filecopy",) and settings.notify is False
-    assert json.loads(Path(path).read_text())["directions"] == list(reliant_policy.DIRECTIONS)
-    defaults = reliant_policy.PolicySettings()
-    assert reliant_policy.load_settings(str(tmp_path / "absent.json")) == defaults
+    assert json.loads(Path(path).read_text())["directions"] == list(policy.DIRECTIONS)
+    defaults = policy.PolicySettings()
+    assert policy.load_settings(str(tmp_path / "absent.json")) == defaults
     Path(path).write_text("{not json")
-    with pytest.raises(reliant_policy.PolicyError, match=r"isolation\.json"):
-        reliant_policy.load_settings(path)
+    with pytest.raises(policy.PolicyError, match=r"isolation\.json"):
+        policy.load_settings(path)
 
 
 def test_extension_paths_and_purelib(tmp_path):
-    text = reliant_policy.render_extension_paths("/usr/lib/reliant")
+    text = policy.render_extension_paths("/usr/lib/reliant")
     namespace: dict = {}
     exec(compile(text, "_paths.py", "exec"), namespace)
     assert namespace["LIBDIR"] == "/usr/lib/reliant"
-    assert namespace["SETTINGS"] == reliant_policy.SETTINGS_PATH
-    with pytest.raises(reliant_policy.PolicyError, match="expected an absolute path"):
-        reliant_policy.render_extension_paths("usr/lib/reliant")
-    assert os.path.isabs(reliant_policy.python_purelib(sys.executable))
-    with pytest.raises(reliant_policy.PolicyError, match="cannot ask for its site-packages"):
-        reliant_policy.python_purelib(str(tmp_path / "no-python"))
+    assert namespace["SETTINGS"] == policy.SETTINGS_PATH
+    with pytest.raises(policy.PolicyError, match="expected an absolute path"):
+        policy.render_extension_paths("usr/lib/reliant")
+    assert os.path.isabs(policy.python_purelib(sys.executable))
+    with pytest.raises(policy.PolicyError, match="cannot ask for its site-packages"):
+        policy.python_purelib(str(tmp_path / "no-python"))
 
 
 def test_nothing_installed_under_etc_names_a_shard(tmp_path):
@@ -336,8 +336,8 @@ def test_nothing_installed_under_etc_names_a_shard(tmp_path):
     pools = helpers.shard_of_pool(root)
     secrets = set(pools) | set(pools.values())
     secrets |= {n for n, g in helpers.expected_groups(root).items() if g != "reliant-core"}
-    settings = reliant_policy.settings_from_mapping({"services": ["*"], "notify": False})
-    plan = reliant_policy.install_plan("/etc/qubes/policy.d", settings,
+    settings = policy.settings_from_mapping({"services": ["*"], "notify": False})
+    plan = policy.install_plan("/etc/qubes/policy.d", settings,
                                        str(tmp_path / "isolation.json"))
     assert len(plan) == 2 and all(data for data in plan.values())
     for path, data in plan.items():

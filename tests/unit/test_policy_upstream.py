@@ -17,7 +17,7 @@ from pathlib import Path
 import isolation_helpers as helpers
 import pytest
 import qrexec_policy_oracle as oracle
-import reliant_policy
+from reliant.isolation import policy
 
 SOURCE = os.environ.get("RELIANT_QREXEC_SRC", "")
 pytestmark = pytest.mark.skipif(not (SOURCE and Path(SOURCE, "qrexec/policy/parser.py").exists()),
@@ -38,12 +38,12 @@ def test_oracle_agrees_with_qrexec(qrexec, tmp_path):
     run, etc = tmp_path / "run", tmp_path / "etc"
     run.mkdir()
     etc.mkdir()
-    settings = reliant_policy.PolicySettings()
-    (etc / settings.policy_file).write_bytes(reliant_policy.render_persistent_policy(settings))
+    settings = policy.PolicySettings()
+    (etc / settings.policy_file).write_bytes(policy.render_persistent_policy(settings))
     (etc / "90-default.policy").write_text("* * @anyvm @anyvm ask\n* * @anyvm @dispvm allow\n")
     root = helpers.merged_tagged()
     helpers.add_disposable(root, "disp4242", 4242, "secret-dvm")
-    reliant_policy.write_runtime_policy(str(run), root, settings_path=str(tmp_path / "none"))
+    policy.write_runtime_policy(str(run), root, settings_path=str(tmp_path / "none"))
     domains = helpers.system_info(root)
     domains["deep-notes"] = dataclasses.replace(
         domains["deep-notes"], tags=domains["deep-notes"].tags | {"reliant-foreign-dispvm"})
@@ -53,10 +53,10 @@ def test_oracle_agrees_with_qrexec(qrexec, tmp_path):
                                "power_state": "Halted",
                                "uuid": f"00000000-0000-0000-0000-{index + 1:012d}"}
                         for index, (name, d) in enumerate(domains.items())}}
-    policy = parser.FilePolicy(policy_path=[run, etc])
+    file_policy = parser.FilePolicy(policy_path=[run, etc])
     rules = oracle.load_policy([run, etc])
     templates = [f"@dispvm:{n}" for n, d in domains.items() if d.template_for_dispvms]
-    for service in reliant_policy.DEFAULT_SERVICES:
+    for service in policy.DEFAULT_SERVICES:
         for source in domains:
             if source == "dom0":
                 continue
@@ -65,7 +65,7 @@ def test_oracle_agrees_with_qrexec(qrexec, tmp_path):
                     continue
                 request = parser.Request(service, "+", source, target, system_info=info)
                 try:
-                    rule = policy.find_matching_rule(request)
+                    rule = file_policy.find_matching_rule(request)
                     real = (rule.filepath.name, rule.lineno)
                 except exc.AccessDenied:
                     real = None
@@ -73,5 +73,5 @@ def test_oracle_agrees_with_qrexec(qrexec, tmp_path):
                 assert real == (mine and (Path(mine.where.rsplit(":", 1)[0]).name,
                                           int(mine.where.rsplit(":", 1)[1]))), (source, target)
             request = parser.Request(service, "+", source, "@default", system_info=info)
-            assert set(policy.collect_targets_for_ask(request)) == oracle.targets_for_ask(
+            assert set(file_policy.collect_targets_for_ask(request)) == oracle.targets_for_ask(
                 rules, service, "+", source, domains), source

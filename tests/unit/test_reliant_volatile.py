@@ -13,8 +13,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import reliant_volatile as rv
 import volatile_root
+from reliant.volatile.boot import (
+    Plan,
+    apply,
+    get_shell_var,
+    plan_absent,
+    plan_configured,
+    run_command,
+    set_shell_var,
+)
+from reliant.volatile.files import managed_files
+from reliant.volatile.running import Mount, parse_mountinfo, status
+from reliant.volatile.settings import Settings, VolatileError
 
 KERNEL = "6.12.40-1.qubes.fc41.x86_64"
 
@@ -25,7 +36,7 @@ def dom0(tmp_path: Path, monkeypatch) -> SimpleNamespace:
     root, logs = tmp_path / "root", tmp_path / "logs"
     for name, value in volatile_root.install(root, logs).items():
         monkeypatch.setenv(name, value)
-    settings = rv.Settings(**volatile_root.settings(root))
+    settings = Settings(**volatile_root.settings(root))
     return SimpleNamespace(root=root, settings=settings, logs=logs)
 
 
@@ -34,9 +45,9 @@ def runs(dom0, tool: str) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
-def converge(settings: rv.Settings) -> rv.Plan:
-    plan = rv.plan_configured(settings)
-    rv.apply(plan, settings, rv.run_command)
+def converge(settings: Settings) -> Plan:
+    plan = plan_configured(settings)
+    apply(plan, settings, run_command)
     return plan
 
 
@@ -66,14 +77,14 @@ def entries(grub_cfg: str) -> dict[str, list[str]]:
     ("default_entry", ["volatile"], "default_entry: expected a string, got list"),
 ])
 def test_bad_settings_are_refused_naming_the_key(key, value, message):
-    with pytest.raises(rv.VolatileError) as error:
-        rv.Settings.from_pillar({key: value})
+    with pytest.raises(VolatileError) as error:
+        Settings.from_pillar({key: value})
     assert message in str(error.value)
 
 
 def test_unknown_setting_is_refused():
-    with pytest.raises(rv.VolatileError, match="unknown keys \\['defaultentry'\\]"):
-        rv.Settings.from_pillar({"enabled": True, "defaultentry": "volatile"})
+    with pytest.raises(VolatileError, match="unknown keys \\['defaultentry'\\]"):
+        Settings.from_pillar({"enabled": True, "defaultentry": "volatile"})
 
 
 # --- /etc/default/grub edits ------------------------------------------------------------
@@ -82,21 +93,21 @@ GRUB = 'GRUB_TIMEOUT=5\nGRUB_DEFAULT=saved\nGRUB_CMDLINE_LINUX="rhgb quiet"\n'
 
 
 def test_set_shell_var_replaces_only_its_line():
-    edited = rv.set_shell_var(GRUB, "GRUB_DEFAULT", "reliant-volatile")
+    edited = set_shell_var(GRUB, "GRUB_DEFAULT", "reliant-volatile")
     assert edited == GRUB.replace("GRUB_DEFAULT=saved", 'GRUB_DEFAULT="reliant-volatile"')
-    assert rv.get_shell_var(edited, "GRUB_DEFAULT") == "reliant-volatile"
+    assert get_shell_var(edited, "GRUB_DEFAULT") == "reliant-volatile"
 
 
 def test_set_shell_var_appends_when_unset_and_removes_on_none():
     text = 'GRUB_TIMEOUT=5'
-    edited = rv.set_shell_var(text, "GRUB_DEFAULT", "reliant-maintenance")
+    edited = set_shell_var(text, "GRUB_DEFAULT", "reliant-maintenance")
     assert edited == 'GRUB_TIMEOUT=5\nGRUB_DEFAULT="reliant-maintenance"\n'
-    assert rv.set_shell_var(edited, "GRUB_DEFAULT", None) == "GRUB_TIMEOUT=5\n"
+    assert set_shell_var(edited, "GRUB_DEFAULT", None) == "GRUB_TIMEOUT=5\n"
 
 
 def test_a_key_assigned_twice_is_refused():
-    with pytest.raises(rv.VolatileError, match="GRUB_DEFAULT is assigned 2 times"):
-        rv.set_shell_var(GRUB + "GRUB_DEFAULT=0\n", "GRUB_DEFAULT", "x")
+    with pytest.raises(VolatileError, match="GRUB_DEFAULT is assigned 2 times"):
+        set_shell_var(GRUB + "GRUB_DEFAULT=0\n", "GRUB_DEFAULT", "x")
 
 
 def test_clean_removes_an_assignment_that_was_not_there_before(dom0):
@@ -105,23 +116,23 @@ def test_clean_removes_an_assignment_that_was_not_there_before(dom0):
     grub.write_text(original)
     converge(dom0.settings)
     assert 'GRUB_DEFAULT="reliant-volatile"' in grub.read_text()
-    rv.apply(rv.plan_absent(dom0.settings), dom0.settings, rv.run_command)
+    apply(plan_absent(dom0.settings), dom0.settings, run_command)
     assert grub.read_text() == original
 
 
 def test_a_file_of_someone_else_at_our_path_is_refused_and_kept(dom0):
     foreign = Path(dom0.settings.dracut_dropin_path)
     foreign.write_text('add_drivers+=" nvme "\n')
-    with pytest.raises(rv.VolatileError, match="exists and was not written by reliant-formula"):
-        rv.plan_configured(dom0.settings)
-    assert rv.plan_absent(dom0.settings).empty()
+    with pytest.raises(VolatileError, match="exists and was not written by reliant-formula"):
+        plan_configured(dom0.settings)
+    assert plan_absent(dom0.settings).empty()
     assert foreign.read_text() == 'add_drivers+=" nvme "\n'
 
 
 def test_get_shell_var_reads_quoted_and_bare_values():
-    assert rv.get_shell_var("export GRUB_DEFAULT='a b'\n", "GRUB_DEFAULT") == "a b"
-    assert rv.get_shell_var("GRUB_DEFAULT=0 # first\n", "GRUB_DEFAULT") == "0"
-    assert rv.get_shell_var("GRUB_TIMEOUT=1\n", "GRUB_DEFAULT") is None
+    assert get_shell_var("export GRUB_DEFAULT='a b'\n", "GRUB_DEFAULT") == "a b"
+    assert get_shell_var("GRUB_DEFAULT=0 # first\n", "GRUB_DEFAULT") == "0"
+    assert get_shell_var("GRUB_TIMEOUT=1\n", "GRUB_DEFAULT") is None
 
 
 # --- grub entries -------------------------------------------------------------------
@@ -152,8 +163,8 @@ def test_entries_take_the_newest_kernel_that_has_an_initramfs(dom0):
     (boot / "vmlinuz-6.12.9-1.qubes.fc41.x86_64").write_text("older\n")
     (boot / "initramfs-6.12.9-1.qubes.fc41.x86_64.img").write_text("older\n")
     (boot / "xen-4.19.10.gz").write_text("newer xen\n")
-    settings = rv.Settings(**{**vars(dom0.settings), "xen_options": "dom0_mem=max:6144M"})
-    rv.apply(rv.plan_configured(settings), settings, lambda argv: None)
+    settings = Settings(**{**vars(dom0.settings), "xen_options": "dom0_mem=max:6144M"})
+    apply(plan_configured(settings), settings, lambda argv: None)
     script = Path(settings.grub_script_path)
     out = subprocess.run([str(script)], capture_output=True, text=True, check=True,
                          env={**os.environ, "pkgdatadir": str(dom0.root / "usr/share/grub"),
@@ -167,7 +178,7 @@ def test_no_kernel_means_no_entries_and_a_failed_verification(dom0):
         kernel.unlink()
     converge(dom0.settings)
     assert "reliant-volatile" not in entries(dom0.settings.grub_cfg)
-    assert rv.plan_configured(dom0.settings).regenerate_grub  # never reported as converged
+    assert plan_configured(dom0.settings).regenerate_grub  # never reported as converged
 
 
 # --- regeneration only when inputs changed ------------------------------------------------
@@ -178,7 +189,7 @@ def test_second_run_changes_nothing_and_regenerates_nothing(dom0):
     assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
     initramfs = (dom0.root / f"boot/initramfs-{KERNEL}.img").read_text()
     assert 'add_drivers+=" overlay "' in initramfs and "Storage=volatile" in initramfs
-    second = rv.plan_configured(dom0.settings)
+    second = plan_configured(dom0.settings)
     assert second.empty(), second.changes(dom0.settings)
     assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
 
@@ -188,20 +199,20 @@ def test_first_converge_relinquishes_the_journal_and_the_second_does_not(dom0):
 
     def run(argv):
         calls.append(argv[1:] if argv[0] == "true" else argv[:1])
-        rv.run_command(argv)
+        run_command(argv)
 
-    plan = rv.plan_configured(dom0.settings)
+    plan = plan_configured(dom0.settings)
     assert plan.relinquish_journal
-    rv.apply(plan, dom0.settings, run)
+    apply(plan, dom0.settings, run)
     assert ["--relinquish-var"] in calls
-    assert not rv.plan_configured(dom0.settings).relinquish_journal
+    assert not plan_configured(dom0.settings).relinquish_journal
 
 
 def test_switching_the_default_changes_only_the_default_entry(dom0):
     converge(dom0.settings)
     before = Path(dom0.settings.grub_cfg).read_text()
     grub_before = Path(dom0.settings.default_grub).read_text()
-    maintenance = rv.Settings(**{**vars(dom0.settings), "default_entry": "maintenance"})
+    maintenance = Settings(**{**vars(dom0.settings), "default_entry": "maintenance"})
     plan = converge(maintenance)
     assert plan.changes(maintenance).keys() == {"edited", "grub.cfg"}
     assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 2
@@ -210,15 +221,15 @@ def test_switching_the_default_changes_only_the_default_entry(dom0):
     assert changed == [('set default="reliant-volatile"', 'set default="reliant-maintenance"')]
     grub_after = Path(dom0.settings.default_grub).read_text()
     assert grub_after == grub_before.replace('"reliant-volatile"', '"reliant-maintenance"')
-    assert rv.plan_configured(maintenance).empty()
+    assert plan_configured(maintenance).empty()
 
 
 def test_a_failed_mkconfig_keeps_the_initramfs_stamp_and_retries_grub(dom0):
-    failing = rv.Settings(**{**vars(dom0.settings), "mkconfig": "/bin/false"})
-    with pytest.raises(rv.VolatileError, match=r"/bin/false -o .* failed with exit code 1"):
+    failing = Settings(**{**vars(dom0.settings), "mkconfig": "/bin/false"})
+    with pytest.raises(VolatileError, match=r"/bin/false -o .* failed with exit code 1"):
         converge(failing)
     assert runs(dom0, "dracut") == 1
-    retry = rv.plan_configured(dom0.settings)
+    retry = plan_configured(dom0.settings)
     assert not retry.regenerate_initramfs and retry.regenerate_grub
     converge(dom0.settings)
     assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
@@ -227,8 +238,8 @@ def test_a_failed_mkconfig_keeps_the_initramfs_stamp_and_retries_grub(dom0):
 def test_a_corrupt_state_file_is_named(dom0):
     Path(dom0.settings.state_file).parent.mkdir(parents=True)
     Path(dom0.settings.state_file).write_text("{oops")
-    with pytest.raises(rv.VolatileError, match=r"volatile\.json: not valid JSON"):
-        rv.plan_configured(dom0.settings)
+    with pytest.raises(VolatileError, match=r"volatile\.json: not valid JSON"):
+        plan_configured(dom0.settings)
 
 
 def test_absent_restores_grub_default_and_regenerates(dom0):
@@ -236,15 +247,15 @@ def test_absent_restores_grub_default_and_regenerates(dom0):
     converge(dom0.settings)
     state = json.loads(Path(dom0.settings.state_file).read_text())
     assert state["grub_default_line_before"] == "GRUB_DEFAULT=saved"
-    plan = rv.plan_absent(dom0.settings)
-    rv.apply(plan, dom0.settings, rv.run_command)
+    plan = plan_absent(dom0.settings)
+    apply(plan, dom0.settings, run_command)
     assert Path(dom0.settings.default_grub).read_text() == original  # byte for byte
-    for path in rv.managed_files(dom0.settings):
+    for path in managed_files(dom0.settings):
         assert not os.path.lexists(path)
     assert not os.path.exists(dom0.settings.state_file)
     assert "reliant-volatile" not in Path(dom0.settings.grub_cfg).read_text()
     assert "overlay" not in (dom0.root / f"boot/initramfs-{KERNEL}.img").read_text()
-    assert rv.plan_absent(dom0.settings).empty()
+    assert plan_absent(dom0.settings).empty()
 
 
 # --- status -----------------------------------------------------------------------------
@@ -270,7 +281,7 @@ def test_status_tells_the_mode(dom0, cmdline, mountinfo, mode):
     Path(dom0.settings.mountinfo).write_text(mountinfo)
     Path(dom0.settings.swaps).write_text(
         "Filename Type Size Used Priority\n/dev/dm-1 partition 8388604 0 -2\n")
-    result = rv.status(dom0.settings, statvfs=fake_statvfs)
+    result = status(dom0.settings, statvfs=fake_statvfs)
     assert result["mode"] == mode
     assert result["swap_active"] == ["/dev/dm-1"]
     if mode == "volatile":
@@ -291,8 +302,8 @@ def test_status_tells_the_mode(dom0, cmdline, mountinfo, mode):
 
 
 def test_parse_mountinfo_unescapes_paths():
-    mounts = rv.parse_mountinfo("40 22 0:50 / /mnt/a\\040b rw - tmpfs tmpfs rw,size=10k\n")
-    assert mounts == [rv.Mount("/mnt/a b", "tmpfs", "tmpfs", "rw,size=10k")]
+    mounts = parse_mountinfo("40 22 0:50 / /mnt/a\\040b rw - tmpfs tmpfs rw,size=10k\n")
+    assert mounts == [Mount("/mnt/a b", "tmpfs", "tmpfs", "rw,size=10k")]
 
 
 def test_boot_is_made_read_only_only_in_volatile_mode(dom0):
@@ -304,4 +315,4 @@ def test_boot_is_made_read_only_only_in_volatile_mode(dom0):
     assert wants.parent.name == "local-fs.target.d"
     assert "Wants=reliant-volatile-boot-ro.service\n" in wants.read_text()
     # not an input of the initramfs or of grub.cfg
-    assert rv.plan_configured(dom0.settings).empty()
+    assert plan_configured(dom0.settings).empty()

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-import reliant_policy
-import reliant_store
 import salt_modules
+from reliant import store
+from reliant.isolation import policy
 
 module = salt_modules.load("modules", "reliant_policy")
 state = salt_modules.load("states", "reliant_policy")
-NAME = reliant_policy.POLICY_FILE_NAME
+NAME = policy.POLICY_FILE_NAME
 
 
 @pytest.fixture
@@ -46,18 +46,18 @@ def test_virtual(tmp_path):
 def test_a_failed_write_fails_the_state_and_keeps_the_previous_settings(etc, monkeypatch):
     assert installed(etc)["result"] is True
     before = etc[1].read_bytes()
-    real_write = reliant_store.write
+    real_write = store.write
 
     def failing_write(path, data, mode=0o600):
         if path == str(etc[1]):
-            raise reliant_store.StoreError(f"{path}: cannot write: No space left on device")
+            raise store.StoreError(f"{path}: cannot write: No space left on device")
         return real_write(path, data, mode)
 
-    monkeypatch.setattr(reliant_store, "write", failing_write)
+    monkeypatch.setattr(store, "write", failing_write)
     ret = installed(etc, services=["qubes.Filecopy"])
     assert ret["result"] is False and "No space left" in ret["comment"]
     assert etc[1].read_bytes() == before
-    monkeypatch.setattr(reliant_store, "write", real_write)
+    monkeypatch.setattr(store, "write", real_write)
     ret = installed(etc, services=["qubes.Filecopy"])
     # the policy file (written before the failure) is already right: only settings change
     assert ret["result"] is True and ret["changes"] == {str(etc[1]): "updated"}
@@ -65,7 +65,7 @@ def test_a_failed_write_fails_the_state_and_keeps_the_previous_settings(etc, mon
 
 
 def test_a_write_that_does_not_stick_is_reported(etc, monkeypatch):
-    monkeypatch.setattr(reliant_policy, "apply_plan", lambda plan: None)
+    monkeypatch.setattr(policy, "apply_plan", lambda plan: None)
     ret = installed(etc)
     assert ret["result"] is False and ret["comment"].startswith("still different after writing")
 

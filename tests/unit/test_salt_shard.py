@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-import reliant_cli
-import reliant_declare
-import reliant_shards
 import salt_modules
+from reliant import cli, declare
+from reliant.shards.files import init_shard, load_shard
+from reliant.vocab import ShardError
 from salt.exceptions import CommandExecutionError
 
 module = salt_modules.load("modules", "reliant_shard")
@@ -33,20 +33,20 @@ def dom0(tmp_path, monkeypatch) -> dict:
     core = tmp_path / "qubes.xml"
     core.write_bytes((FIXTURES / "qubes-r4.3-core.xml").read_bytes())
     root = tmp_path / "shufflecake"
-    reliant_shards.init_shard(str(root / "sflc_0_1"), qid_range=(1000, 1499))
+    init_shard(str(root / "sflc_0_1"), qid_range=(1000, 1499))
     config = tmp_path / "reliant.json"
     config.write_text(json.dumps({
         "core": str(core), "merged": str(tmp_path / "run" / "qubes.xml"),
         "roots": [str(root)], "policy_dir": "", "qubes_dir": str(tmp_path / "varlibqubes")}))
     (tmp_path / "varlibqubes").mkdir()
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
-    monkeypatch.setattr(reliant_cli.Host, "qubesd_active", lambda self: False)
+    monkeypatch.setattr(cli.Host, "qubesd_active", lambda self: False)
     return {"core": core, "root": root, "config": str(config), "tmp": tmp_path}
 
 
-def declare(directory: Path, **content) -> None:
+def write_declaration(directory: Path, **content) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / reliant_declare.DECLARATION_FILE).write_text(json.dumps(content))
+    (directory / declare.DECLARATION_FILE).write_text(json.dumps(content))
 
 
 def test_virtual(tmp_path):
@@ -84,7 +84,7 @@ def test_suture_dissect_status_check(dom0):
     lambda: module.suture(), lambda: module.dissect(final=True),
     lambda: module.rename("a", "b"), lambda: module.review("a")])
 def test_offline_operations_refuse_while_qubesd_runs(dom0, monkeypatch, call):
-    monkeypatch.setattr(reliant_cli.Host, "qubesd_active", lambda self: True)
+    monkeypatch.setattr(cli.Host, "qubesd_active", lambda self: True)
     with pytest.raises(CommandExecutionError, match="qubesd is running"):
         call()
     assert not (dom0["tmp"] / "run").exists()
@@ -104,13 +104,13 @@ def test_init_and_declarations(dom0):
                        depends_on=str(dom0["root"] / "sflc_0_1"))
     assert made == {"id": "sflc_0_2", "path": str(dom0["root"] / "sflc_0_2"),
                     "qid_range": "1500-1999", "depends_on": ["sflc_0_1"]}
-    declare(dom0["root"] / "sflc_0_3", qid_range="1200-2200")
-    declare(dom0["root"] / "sflc_0_1", qid_range="1000-1199")
+    write_declaration(dom0["root"] / "sflc_0_3", qid_range="1200-2200")
+    write_declaration(dom0["root"] / "sflc_0_1", qid_range="1000-1199")
     report = module.declarations()
     assert [entry.get("action") for entry in report] == ["update", None]
     assert report[0]["old"] == {"qid_range": "1000-1499"}
     assert "overlaps 1500-1999 of shard sflc_0_2" in report[1]["error"]
-    assert reliant_shards.load_shard(str(dom0["root"] / "sflc_0_1")).qid_range == (1000, 1499)
+    assert load_shard(str(dom0["root"] / "sflc_0_1")).qid_range == (1000, 1499)
 
 
 # --- reliant_shard.present ------------------------------------------------------------------
@@ -141,7 +141,7 @@ def test_present_refusal_changes_nothing(dom0):
 
 
 def test_present_verifies_what_it_wrote(dom0, monkeypatch):
-    monkeypatch.setattr(reliant_declare, "apply", lambda change, roots, depth, lock: None)
+    monkeypatch.setattr(declare, "apply", lambda change, roots, depth, lock: None)
     ret = state.present(str(dom0["root"] / "sflc_0_1"), "1000-1999")
     assert ret["result"] is False
     assert "updated, but" in ret["comment"] and "after converging" in ret["comment"]
@@ -151,17 +151,17 @@ def test_present_verifies_what_it_wrote(dom0, monkeypatch):
 
 def test_present_failed_write_reports_no_change(dom0, monkeypatch):
     def apply(change, roots, depth, lock):
-        raise reliant_shards.ShardError("disk full")
+        raise ShardError("disk full")
 
-    monkeypatch.setattr(reliant_declare, "apply", apply)
+    monkeypatch.setattr(declare, "apply", apply)
     ret = state.present(str(dom0["root"] / "sflc_0_1"), "1000-1999")
     assert (ret["result"], ret["changes"], ret["comment"]) == (False, {}, "disk full")
 
 
 # --- reliant_shard.declared -----------------------------------------------------------------
 def test_declared_counts_and_names_nothing(dom0):
-    declare(dom0["root"] / "sflc_0_2", qid_range="1500-1999", depends_on=["../sflc_0_1"])
-    declare(dom0["root"] / "sflc_0_1", qid_range="1000-1299")
+    write_declaration(dom0["root"] / "sflc_0_2", qid_range="1500-1999", depends_on=["../sflc_0_1"])
+    write_declaration(dom0["root"] / "sflc_0_1", qid_range="1000-1299")
     roots = str(dom0["root"])
     state.__opts__["test"] = True
     predicted = state.declared(roots)
@@ -178,18 +178,18 @@ def test_declared_counts_and_names_nothing(dom0):
 
 
 def test_declared_converges_the_good_and_fails_on_the_bad(dom0, monkeypatch):
-    declare(dom0["root"] / "sflc_0_2", qid_range="1500-1999")
-    declare(dom0["root"] / "sflc_0_3", qid_range="2000-2499")
+    write_declaration(dom0["root"] / "sflc_0_2", qid_range="1500-1999")
+    write_declaration(dom0["root"] / "sflc_0_3", qid_range="2000-2499")
     (dom0["root"] / "sflc_0_4").mkdir()
-    (dom0["root"] / "sflc_0_4" / reliant_declare.DECLARATION_FILE).write_text("{")
-    real_apply = reliant_declare.apply
+    (dom0["root"] / "sflc_0_4" / declare.DECLARATION_FILE).write_text("{")
+    real_apply = declare.apply
 
     def apply(change, roots, depth, lock):
         if change.declaration.path.endswith("sflc_0_3"):
-            raise reliant_shards.ShardError("disk full")
+            raise ShardError("disk full")
         real_apply(change, roots, depth, lock)
 
-    monkeypatch.setattr(reliant_declare, "apply", apply)
+    monkeypatch.setattr(declare, "apply", apply)
     ret = state.declared(str(dom0["root"]))
     assert ret["result"] is False
     assert ret["changes"] == {"shards": {"created": 1}}

@@ -1,4 +1,4 @@
-"""Reading stores in chunks (reliant_chunks and dissect's memo) changes nothing but time:
+"""Reading stores in chunks (reliant.chunks and dissect's memo) changes nothing but time:
 every file written is the one the whole-store path writes, odd stores fall back to it,
 and the memo never keeps a qube the merged store has let go."""
 
@@ -6,9 +6,12 @@ import os
 import re
 
 import pytest
-import reliant_chunks
-import reliant_shards
-import reliant_store
+from reliant import chunks as chunking
+from reliant import operations, store
+from reliant.shards.files import identifiers, load_shard
+from reliant.shards.records import QubeRecord, qube_name
+from reliant.shards.stubs import Facts
+from reliant.vocab import ShardError
 from repo_paths import FIXTURES
 from shards_helpers import SHARD_QUBES, domains_by_name, load, merged_scene
 from test_shards_rules import new_domain, set_prop
@@ -32,7 +35,7 @@ def qubesd_saves(scene, change):
     """Change the merged store as qubesd would (lxml, pretty printed, as it writes)."""
     root = load(scene.merged)
     change(root)
-    scene.merged.write_bytes(reliant_store.serialize(root))
+    scene.merged.write_bytes(store.serialize(root))
 
 
 def session(scene, policy):
@@ -64,7 +67,7 @@ def session(scene, policy):
 
 def whole(monkeypatch):
     """Make every store unfit for chunks: the whole-store path runs."""
-    monkeypatch.setattr(reliant_chunks, "split", lambda data, root="qubes": None)
+    monkeypatch.setattr(chunking, "split", lambda data, root="qubes": None)
 
 
 def test_chunked_and_whole_store_paths_write_the_same_files(tmp_path, monkeypatch):
@@ -84,10 +87,10 @@ def test_chunked_and_whole_store_paths_write_the_same_files(tmp_path, monkeypatc
 
 
 def counted(monkeypatch):
-    """Sizes of the byte strings given to reliant_store.parse, and the number of qubes
+    """Sizes of the byte strings given to store.parse, and the number of qubes
     read from elements (QubeRecord), from now on."""
     sizes, records = [], []
-    real_parse, real_record = reliant_store.parse, reliant_shards.QubeRecord.__init__
+    real_parse, real_record = store.parse, QubeRecord.__init__
 
     def parse(data, source):
         sizes.append(len(data))
@@ -96,8 +99,8 @@ def counted(monkeypatch):
     def record(self, domain):
         records.append(domain)
         real_record(self, domain)
-    monkeypatch.setattr(reliant_store, "parse", parse)
-    monkeypatch.setattr(reliant_shards.QubeRecord, "__init__", record)
+    monkeypatch.setattr(store, "parse", parse)
+    monkeypatch.setattr(QubeRecord, "__init__", record)
     return sizes, records
 
 
@@ -111,7 +114,7 @@ def test_a_warm_dissect_reads_only_the_changed_qube_and_suture_none(tmp_path, mo
     scene.dissect()
     assert len(scene.merged.read_bytes()) not in sizes  # never the whole store
     read = list(records)  # (reading their names makes records too)
-    assert [reliant_shards.qube_name(d) for d in read] == ["secret"]
+    assert [qube_name(d) for d in read] == ["secret"]
     shard_file = scene.shard_dir("sflc_0_1") / "domains.xml"
     assert b">900<" in shard_file.read_bytes()
     sizes.clear()
@@ -143,7 +146,7 @@ def test_a_malformed_qube_is_named_and_nothing_is_written(tmp_path):
     before = files(scene)
     data = scene.merged.read_bytes()
     scene.merged.write_bytes(data.replace(b'<property name="label">', b'<property name=label>', 1))
-    with pytest.raises(reliant_shards.ShardError, match=re.escape(f"{scene.merged}: malformed")):
+    with pytest.raises(ShardError, match=re.escape(f"{scene.merged}: malformed")):
         scene.dissect(final=True)
     after = files(scene)
     assert {k: v for k, v in after.items() if "run/" not in k} == \
@@ -158,7 +161,7 @@ def test_an_unreadable_or_foreign_memo_is_ignored(tmp_path, monkeypatch, content
         each.suture()
     for path in memo_dir(scene).iterdir():
         if content is None:  # written by another version of the code
-            monkeypatch.setattr(reliant_shards, "_memo_version", lambda: "another version")
+            monkeypatch.setattr(operations, "memo_version", lambda: "another version")
         else:
             path.write_bytes(content)
     qubesd_saves(scene, lambda root: set_prop(domains_by_name(root)["secret"], "memory", "1"))
@@ -175,8 +178,8 @@ def test_the_memo_forgets_a_shard_when_suture_leaves_it_out(tmp_path):
     scene.dissect(final=True)
     scene.suture()
     scene.dissect(final=True)
-    shard = reliant_shards.load_shard(str(scene.shard_dir("sflc_0_2")))
-    secrets = {s.encode() for s in reliant_shards.identifiers(shard) if len(s) > 6}
+    shard = load_shard(str(scene.shard_dir("sflc_0_2")))
+    secrets = {s.encode() for s in identifiers(shard) if len(s) > 6}
     memo = b"".join(p.read_bytes() for p in memo_dir(scene).iterdir())
     assert any(secret in memo for secret in secrets)  # known while merged
     scene.suture(detached={"sflc_0_2"})
@@ -193,8 +196,8 @@ def test_a_stub_is_never_written_with_tags_it_should_not_carry(tmp_path, monkeyp
     scene.suture()
     scene.dissect(final=True)
     before = files(scene)
-    monkeypatch.setattr(reliant_shards._Facts, "strip_tags", lambda self, domain: None)
-    with pytest.raises(reliant_shards.ShardError, match=r"internal error: qube .* tags"):
+    monkeypatch.setattr(Facts, "strip_tags", lambda self, domain: None)
+    with pytest.raises(ShardError, match=r"internal error: qube .* tags"):
         scene.dissect(final=True)
     assert {k: v for k, v in files(scene).items() if "run/" not in k} == \
         {k: v for k, v in before.items() if "run/" not in k}
@@ -203,23 +206,23 @@ def test_a_stub_is_never_written_with_tags_it_should_not_carry(tmp_path, monkeyp
 def test_split_cuts_qubesd_stores_and_nothing_else():
     for name in ("qubes-r4.3-core.xml", "qubes-r4.3-merged.xml"):
         data = (FIXTURES / name).read_bytes()
-        head, chunks = reliant_chunks.split(data)
-        assert reliant_chunks.join(head, chunks) == data
+        head, chunks = chunking.split(data)
+        assert chunking.join(head, chunks) == data
         assert len(chunks) == data.count(b"<domain ")
         assert all(c.startswith(b"    <domain ") and c.endswith(b"</domain>") for c in chunks)
     one_line = b"<qubes><labels/><pools/><properties/><domains><domain/></domains></qubes>"
-    assert reliant_chunks.split(one_line) is None
+    assert chunking.split(one_line) is None
     empty = b"<qubes>\n  <domains>\n  </domains>\n</qubes>\n"
-    assert reliant_chunks.split(empty) is None
+    assert chunking.split(empty) is None
 
 
 def test_a_record_survives_the_memo_whole():
-    root = reliant_store.load(str(FIXTURES / "qubes-r4.3-merged.xml"))
+    root = store.load(str(FIXTURES / "qubes-r4.3-merged.xml"))
     for domain in root.iterfind("domains/domain"):
-        record = reliant_shards.QubeRecord(domain)
+        record = QubeRecord(domain)
         fields = record.fields()
         assert fields == tuple(getattr(record, name) for name in record._FIELDS)
-        copy = reliant_shards.QubeRecord.from_fields(fields)
+        copy = QubeRecord.from_fields(fields)
         assert copy.fields() == fields
 
 

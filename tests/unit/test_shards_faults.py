@@ -5,8 +5,8 @@ import errno
 import os
 
 import pytest
-import reliant_shards
-import reliant_store
+from reliant import store
+from reliant.shards.records import qube_name, qube_uuid
 from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
 from test_shards_rules import new_domain, set_prop
 
@@ -38,7 +38,7 @@ def disk_uuids(scene):
     paths = [scene.core] + [scene.shard_dir(s) / "domains.xml" for s in SHARD_QUBES]
     for path in paths:
         for domain in load(path).iterfind(".//domains/domain"):
-            found[reliant_shards.qube_uuid(domain)] = reliant_shards.qube_name(domain)
+            found[qube_uuid(domain)] = qube_name(domain)
     return found
 
 
@@ -59,7 +59,7 @@ def session(tmp_path):
     merged.find("domains").append(new_domain("plain", 16, "vm-pool", "0000-plain"))
     merged.find("domains").remove(domains_by_name(merged)["deep-notes"])
     set_prop(domains_by_name(merged)["work"], "label", "green")
-    scene.merged.write_bytes(reliant_store.serialize(merged))
+    scene.merged.write_bytes(store.serialize(merged))
     for name in ("secret", "fresh"):
         (scene.qubes_dir / "appvms" / name).mkdir(parents=True)
         (scene.qubes_dir / "appvms" / name / "firewall.xml").write_text(f"<{name}/>")
@@ -85,7 +85,7 @@ def fails_at(monkeypatch, n: int, operation) -> bool:
         faults = Faults(patch, n)
         try:
             operation()
-        except (OSError, reliant_store.StoreError) as exc:
+        except (OSError, store.StoreError) as exc:
             assert "injected fault" in str(exc)
             return True
     return faults.calls >= n
@@ -97,7 +97,7 @@ def test_fault_at_every_point_of_dissect(tmp_path, monkeypatch):
     for n in range(1, 500):
         scene = session(tmp_path / f"n{n}")
         before = disk_uuids(scene)
-        merged_uuids = {reliant_shards.qube_uuid(d)
+        merged_uuids = {qube_uuid(d)
                         for d in load(scene.merged).iterfind("domains/domain")}
         if not fails_at(monkeypatch, n, lambda scene=scene: scene.dissect(final=True)):
             break

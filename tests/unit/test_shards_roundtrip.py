@@ -2,8 +2,10 @@
 
 import json
 
-import reliant_shards
-import reliant_store
+from reliant import store
+from reliant.shards.files import identifiers, load_shard
+from reliant.shards.records import qube_name, qube_qid
+from reliant.vocab import CORE_TAG, shard_tag
 from repo_paths import FIXTURES
 from shards_helpers import (
     SHARD_QUBES,
@@ -18,10 +20,10 @@ from shards_helpers import (
 
 def test_first_dissect_splits_the_fixture_into_core_and_two_shards(tmp_path):
     scene = merged_scene(tmp_path)
-    expected = reliant_store.parse(scene.merged.read_bytes(), "merged")
+    expected = store.parse(scene.merged.read_bytes(), "merged")
     shard_names = set().union(*SHARD_QUBES.values())
     for domain in list(expected.find("domains")):
-        if reliant_shards.qube_name(domain) in shard_names:
+        if qube_name(domain) in shard_names:
             expected.find("domains").remove(domain)
     for pool in list(expected.find("pools")):
         if pool.get("name") in SHARD_QUBES:
@@ -29,19 +31,19 @@ def test_first_dissect_splits_the_fixture_into_core_and_two_shards(tmp_path):
     result = scene.dissect(final=True)
     assert not result.errors, result.problems
     # core on disk: what qubesd itself would write for the store without the shard qubes
-    assert scene.core.read_bytes() == reliant_store.serialize(expected)
+    assert scene.core.read_bytes() == store.serialize(expected)
     for sid, names in SHARD_QUBES.items():
-        shard = reliant_shards.load_shard(str(scene.shard_dir(sid)))
-        assert {reliant_shards.qube_name(d) for d in shard.domains} == names
+        shard = load_shard(str(scene.shard_dir(sid)))
+        assert {qube_name(d) for d in shard.domains} == names
         assert shard.pools == [sid]
         text = scene.core.read_bytes()
-        for word in reliant_shards.identifiers(shard):
+        for word in identifiers(shard):
             assert word.encode() not in text, word
 
 
 def test_split_then_merge_carries_everything_of_the_original(tmp_path):
     scene = split_scene(tmp_path)
-    original = domains_by_name(reliant_store.parse(scene.merged.read_bytes(), "orig"))
+    original = domains_by_name(store.parse(scene.merged.read_bytes(), "orig"))
     scene.merged.unlink()
     result = scene.suture()
     assert not [p for p in result.problems if p.severity != "info"], result.problems
@@ -50,12 +52,12 @@ def test_split_then_merge_carries_everything_of_the_original(tmp_path):
     assert again.keys() == original.keys()
     for name, domain in original.items():
         assert canonical(again[name]) == canonical(domain), name
-    original_root = reliant_store.parse(
+    original_root = store.parse(
         (FIXTURES / "qubes-r4.3-merged.xml").read_bytes(), "orig")
     assert len(merged.find("pools")) == len(original_root.find("pools"))
-    assert reliant_store.serialize(merged.find("properties")) == reliant_store.serialize(
+    assert store.serialize(merged.find("properties")) == store.serialize(
         original_root.find("properties"))
-    assert reliant_store.serialize(merged.find("labels")) == reliant_store.serialize(
+    assert store.serialize(merged.find("labels")) == store.serialize(
         original_root.find("labels"))
 
 
@@ -69,7 +71,7 @@ def test_suture_tags_every_qube_with_its_group(tmp_path):
             assert tags == set()
             continue
         sid = next((s for s, names in SHARD_QUBES.items() if name in names), None)
-        assert tags == {reliant_shards.shard_tag(sid) if sid else reliant_shards.CORE_TAG}
+        assert tags == {shard_tag(sid) if sid else CORE_TAG}
 
 
 def test_round_trip_is_byte_for_byte_and_writes_nothing(tmp_path):
@@ -96,7 +98,7 @@ def test_default_ranges_renumber_fixture_qubes_into_their_shard(tmp_path):
     merged = domains_by_name(load(scene.merged))
     for sid, (first, last) in (("sflc_0_1", (1000, 1499)), ("sflc_0_2", (1500, 1999))):
         for name in SHARD_QUBES[sid]:
-            assert first <= reliant_shards.qube_qid(merged[name]) <= last
+            assert first <= qube_qid(merged[name]) <= last
             assert canonical(merged[name], drop_qid=True) == canonical(original[name],
                                                                        drop_qid=True)
     for name in set(original) - set().union(*SHARD_QUBES.values()):

@@ -4,10 +4,13 @@ QIDs, pools, tags and dom0 directories go where they belong."""
 import os
 
 import pytest
-import reliant_shards
-import reliant_store
 from lock_holder import assert_waits_for_lockf
 from lxml import etree
+from reliant import operations, store
+from reliant.shards.files import discover, init_shard
+from reliant.shards.records import feature_value, property_value, qube_name, qube_qid, qube_uuid
+from reliant.shards.runtime import default_state_path, read_state
+from reliant.vocab import CORE_TAG, ShardError, shard_tag
 from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
 
 
@@ -16,7 +19,7 @@ def edit_shard(scene, sid, change):
     path = scene.shard_dir(sid) / "domains.xml"
     root = load(path)
     change(root)
-    path.write_bytes(reliant_store.serialize(root))
+    path.write_bytes(store.serialize(root))
     return path
 
 
@@ -33,21 +36,17 @@ def set_prop(domain, name, value):
     etree.SubElement(props, "property", name=name).text = value
 
 
-def feature(domain, name):
-    return reliant_shards._feature(domain, name)
-
-
 def kinds(result):
     return sorted(p.kind for p in result.problems if p.severity != "info")
 
 
 def all_uuids(scene):
     """uuid of every qube that can be recovered from the files on disk."""
-    found = {reliant_shards.qube_uuid(d) for d in load(scene.core).iterfind("domains/domain")}
+    found = {qube_uuid(d) for d in load(scene.core).iterfind("domains/domain")}
     for sid in SHARD_QUBES:
         path = scene.shard_dir(sid) / "domains.xml"
         if path.exists():
-            found |= {reliant_shards.qube_uuid(d) for d in load(path).iterfind(".//domain")}
+            found |= {qube_uuid(d) for d in load(path).iterfind(".//domain")}
     return found
 
 
@@ -120,17 +119,17 @@ def test_duplicate_qids_are_renumbered_inside_the_range(tmp_path):
                                              for d in r.iterfind(".//domain")])
     result = scene.suture()
     assert kinds(result) == []
-    qids = [reliant_shards.qube_qid(d) for d in load(scene.merged).iterfind("domains/domain")]
+    qids = [qube_qid(d) for d in load(scene.merged).iterfind("domains/domain")]
     assert len(qids) == len(set(qids))
     assert all(1000 <= q <= 1002 for q, d in zip(qids, load(scene.merged).iterfind(
-        "domains/domain")) if reliant_shards.qube_name(d) in SHARD_QUBES["sflc_0_1"])
+        "domains/domain")) if qube_name(d) in SHARD_QUBES["sflc_0_1"])
 
 
 def test_a_core_qube_naming_a_shard_qube_keeps_that_qube_out(tmp_path):
     scene = split_scene(tmp_path)
     core = load(scene.core)
     set_prop(domain_of(core, "work"), "netvm", "secret-vpn")
-    scene.core.write_bytes(reliant_store.serialize(core))
+    scene.core.write_bytes(store.serialize(core))
     result = scene.suture()
     assert kinds(result) == ["conflict", "recovered", "recovered", "recovered"]
     assert "core references a qube named 'secret-vpn'" in result.problems[0].message
@@ -143,20 +142,20 @@ def test_symlink_out_of_a_root_is_reported_and_not_followed(tmp_path):
     scene = split_scene(tmp_path)
     outside = tmp_path / "elsewhere" / "evil"
     outside.mkdir(parents=True)
-    reliant_shards.init_shard(str(outside), qid_range=(3000, 3100))
+    init_shard(str(outside), qid_range=(3000, 3100))
     os.symlink(outside, scene.root / "link")
     problems = []
-    shards = reliant_shards.discover(scene.roots, problems=problems)
+    shards = discover(scene.roots, problems=problems)
     assert {s.id for s in shards} == {"sflc_0_1", "sflc_0_2"}
     assert len(problems) == 1 and "link: symlink points outside" in problems[0].message
-    with pytest.raises(reliant_shards.ShardError, match="symlink points outside"):
-        reliant_shards.discover(scene.roots)
+    with pytest.raises(ShardError, match="symlink points outside"):
+        discover(scene.roots)
 
 
 def test_overlapping_ranges_refuse_the_later_shard(tmp_path):
     scene = split_scene(tmp_path)
     other = scene.root / "third"
-    reliant_shards.init_shard(str(other), qid_range=(2000, 2100))
+    init_shard(str(other), qid_range=(2000, 2100))
     edit_shard(scene, "third", lambda r: r.find("qid-range").set("first", "16"))
     result = scene.suture()
     assert [p.kind for p in result.problems] == ["refused"]
@@ -173,18 +172,18 @@ def test_missing_template_is_recovered_with_prohibit_start(tmp_path):
     result = scene.suture()
     assert kinds(result) == ["recovered"]
     secret = domain_of(load(scene.merged), "secret")
-    assert reliant_shards._prop(secret, "template") is None
-    assert feature(secret, "reliant-recovered-template") == "gone-template"
-    assert feature(secret, "prohibit-start").startswith("reliant: template 'gone-template'")
+    assert property_value(secret, "template") is None
+    assert feature_value(secret, "reliant-recovered-template") == "gone-template"
+    assert feature_value(secret, "prohibit-start").startswith("reliant: template 'gone-template'")
     scene.dissect(final=True)
-    status = reliant_shards.status(str(scene.core), str(scene.merged), scene.roots)
+    status = operations.status(str(scene.core), str(scene.merged), scene.roots)
     assert [r["qube"] for r in status["recovered"]] == ["secret"]
-    reliant_shards.review_qube(scene.roots, "secret")
+    operations.review_qube(scene.roots, "secret")
     secret = domain_of(load(scene.shard_dir("sflc_0_1") / "domains.xml"), "secret")
-    assert feature(secret, "prohibit-start") is None
-    assert feature(secret, "reliant-recovered-template") is None
-    with pytest.raises(reliant_shards.ShardError, match="nothing to review"):
-        reliant_shards.review_qube(scene.roots, "secret")
+    assert feature_value(secret, "prohibit-start") is None
+    assert feature_value(secret, "reliant-recovered-template") is None
+    with pytest.raises(ShardError, match="nothing to review"):
+        operations.review_qube(scene.roots, "secret")
 
 
 def test_skip_mode_leaves_the_qube_and_its_dependents_out(tmp_path):
@@ -221,22 +220,22 @@ def test_a_qube_created_while_open_joins_the_shard_of_its_pools(tmp_path):
     merged = load(scene.merged)
     merged.find("domains").append(new_domain("fresh", 15, "sflc_0_1", "0000-fresh"))
     merged.find("domains").append(new_domain("plain", 16, "vm-pool", "0000-plain"))
-    scene.merged.write_bytes(reliant_store.serialize(merged))
+    scene.merged.write_bytes(store.serialize(merged))
     scene.dissect()
     shard1 = domains_by_name(load(scene.shard_dir("sflc_0_1") / "domains.xml"))
     core = domains_by_name(load(scene.core))
     assert "fresh" in shard1 and "fresh" not in core
-    assert reliant_shards.qube_qid(shard1["fresh"]) == 1003
-    assert reliant_shards.qube_qid(core["plain"]) == 16
+    assert qube_qid(shard1["fresh"]) == 1003
+    assert qube_qid(core["plain"]) == 16
     assert b"fresh" not in scene.core.read_bytes()
     # qubesd keeps qid 15 until the next suture; later dissects keep the same shard qid
     scene.dissect()
-    assert reliant_shards.qube_qid(domain_of(load(scene.shard_dir("sflc_0_1") /
+    assert qube_qid(domain_of(load(scene.shard_dir("sflc_0_1") /
                                                  "domains.xml"), "fresh")) == 1003
     # removed in qubesd: removed from the shard
     merged = load(scene.merged)
     merged.find("domains").remove(domain_of(merged, "fresh"))
-    scene.merged.write_bytes(reliant_store.serialize(merged))
+    scene.merged.write_bytes(store.serialize(merged))
     scene.dissect()
     assert "fresh" not in domains_by_name(load(scene.shard_dir("sflc_0_1") / "domains.xml"))
 
@@ -249,11 +248,11 @@ def test_core_never_gets_a_reference_to_a_shard_qube(tmp_path):
     for prop in merged.find("properties"):
         if prop.get("name") == "default_netvm":
             prop.text = "secret-vpn"
-    scene.merged.write_bytes(reliant_store.serialize(merged))
+    scene.merged.write_bytes(store.serialize(merged))
     result = scene.dissect()
     assert kinds(result) == ["violation", "violation"]
     assert b"secret" not in scene.core.read_bytes()
-    assert reliant_shards._prop(load(scene.core), "default_netvm") == "sys-firewall"
+    assert property_value(load(scene.core), "default_netvm") == "sys-firewall"
 
 
 def test_a_vanished_shard_is_never_written_into_core(tmp_path):
@@ -320,14 +319,14 @@ def test_rename_resolves_a_name_conflict(tmp_path):
                                                      "work"))
     result = scene.suture()
     assert "conflict" in kinds(result)
-    with pytest.raises(reliant_shards.ShardError, match="already exists"):
-        reliant_shards.rename_qube(scene.roots, "work", "personal", core=str(scene.core))
-    reliant_shards.rename_qube(scene.roots, "work", "hidden-vpn", core=str(scene.core))
+    with pytest.raises(ShardError, match="already exists"):
+        operations.rename_qube(scene.roots, "work", "personal", core=str(scene.core))
+    operations.rename_qube(scene.roots, "work", "hidden-vpn", core=str(scene.core))
     result = scene.suture()
     assert kinds(result) == [], result.problems
     merged = domains_by_name(load(scene.merged))
-    assert reliant_shards._prop(merged["secret"], "netvm") == "hidden-vpn"
-    assert reliant_shards._prop(merged["deep-mail"], "netvm") == "hidden-vpn"
+    assert property_value(merged["secret"], "netvm") == "hidden-vpn"
+    assert property_value(merged["deep-mail"], "netvm") == "hidden-vpn"
 
 
 # --- runtime qrexec policy (reliant_policy, the isolation component) ----------------------
@@ -340,11 +339,11 @@ def test_suture_writes_the_runtime_policy_for_the_merged_groups(tmp_path):
     (policy_file,) = policy_dir.iterdir()
     text = policy_file.read_text()
     for sid in SHARD_QUBES:
-        assert reliant_shards.shard_tag(sid) in text
-    assert reliant_shards.CORE_TAG in text
+        assert shard_tag(sid) in text
+    assert CORE_TAG in text
     isolation = sorted(p.qube for p in result.problems if p.kind == "isolation")
     assert isolation == ["deep-mail", "deep-notes", "secret-dvm", "secret-vpn"]
-    state = reliant_shards.read_state(reliant_shards.default_state_path(str(scene.merged)))
+    state = read_state(default_state_path(str(scene.merged)))
     assert sorted(p["qube"] for p in state["problems"] if p["kind"] == "isolation") == isolation
     assert not [p for p in scene.suture().problems if p.kind == "isolation"]  # no policy
 
@@ -354,7 +353,7 @@ def test_suture_refuses_when_the_policy_cannot_be_written(tmp_path):
     blocker = tmp_path / "policy.d"
     blocker.write_text("not a directory")
     before = scene.merged.read_bytes()
-    with pytest.raises(reliant_shards.ShardError, match="merged store not written"):
+    with pytest.raises(ShardError, match="merged store not written"):
         scene.suture(policy_dir=str(blocker))
     assert scene.merged.read_bytes() == before
     assert not (scene.qubes_dir / "appvms").exists()
@@ -362,7 +361,7 @@ def test_suture_refuses_when_the_policy_cannot_be_written(tmp_path):
 
 def test_check_reports_each_shard_qube_whose_default_disposable_is_in_another_group(tmp_path):
     scene = split_scene(tmp_path)
-    result = reliant_shards.check(str(scene.core), scene.roots)
+    result = operations.check(str(scene.core), scene.roots)
     isolation = [p for p in result.problems if p.kind == "isolation"]
     assert [(p.severity, p.shard, p.qube) for p in isolation] == [
         ("warning", "sflc_0_2", "deep-mail"), ("warning", "sflc_0_2", "deep-notes"),
@@ -370,7 +369,7 @@ def test_check_reports_each_shard_qube_whose_default_disposable_is_in_another_gr
     assert "default_dispvm 'default-dvm' is in another group (reliant-core)" in isolation[0].message
     assert kinds(result) == ["isolation"] * 4
     dispvms_in_own_group(scene)
-    assert reliant_shards.check(str(scene.core), scene.roots).problems == []
+    assert operations.check(str(scene.core), scene.roots).problems == []
 
 
 def test_check_reports_a_store_the_isolation_guard_cannot_read(tmp_path):
@@ -379,8 +378,8 @@ def test_check_reports_a_store_the_isolation_guard_cannot_read(tmp_path):
     name = next(p for p in domain_of(core, "work").find("properties")
                 if p.get("name") == "name")
     name.getparent().remove(name)
-    scene.core.write_bytes(reliant_store.serialize(core))
-    result = reliant_shards.check(str(scene.core), scene.roots)
+    scene.core.write_bytes(store.serialize(core))
+    result = operations.check(str(scene.core), scene.roots)
     (error,) = [p for p in result.problems if p.kind == "isolation"]
     assert error.severity == "error" and "has no name" in error.message
 
@@ -397,7 +396,7 @@ def test_a_shard_named_core_or_carrying_group_tags_cannot_pass_as_core(tmp_path)
     path = scene.shard_dir("sflc_0_2") / "domains.xml"
     path.write_bytes(path.read_bytes().replace(b'id="sflc_0_2"', b'id="core"'))
     edit_shard(scene, "sflc_0_1", lambda r: [
-        etree.SubElement(d.find("tags"), "tag", name=reliant_shards.CORE_TAG)
+        etree.SubElement(d.find("tags"), "tag", name=CORE_TAG)
         for d in r.iterfind(".//domain")])
     scene.suture()
     for name, domain in domains_by_name(load(scene.merged)).items():

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import reliant_snapshot as rs
+from reliant import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "salt" / "reliant" / "files" / "snapshots"
@@ -37,10 +37,10 @@ def dom0(tmp_path: Path) -> SimpleNamespace:
     script.write_bytes(STOCK_STAND_IN)
     script.chmod(0o755)
     os.utime(script, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
-    layout = rs.Layout(script=str(script), site_packages=str(site),
+    layout = snapshot.Layout(script=str(script), site_packages=str(site),
                        backup_dir=str(tmp_path / "var/lib/reliant/snapshots"),
                        marker_dir=str(tmp_path / "run/reliant/read-only"))
-    known = frozenset({rs.sha256_bytes(STOCK_STAND_IN), rs.sha256_bytes(FILE_PY_STAND_IN)})
+    known = frozenset({snapshot.sha256_bytes(STOCK_STAND_IN), snapshot.sha256_bytes(FILE_PY_STAND_IN)})
     return SimpleNamespace(root=tmp_path, layout=layout, known=known, script=script, site=site)
 
 
@@ -50,40 +50,40 @@ def tree(root: Path) -> dict[str, tuple]:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             info = path.stat()
-            found[str(path.relative_to(root))] = (rs.sha256_bytes(path.read_bytes()),
+            found[str(path.relative_to(root))] = (snapshot.sha256_bytes(path.read_bytes()),
                                                   oct(info.st_mode), info.st_mtime_ns)
     return found
 
 
-def install(dom0: SimpleNamespace) -> rs.Plan:
-    plan = rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
-    rs.apply_install(dom0.layout, plan)
+def install(dom0: SimpleNamespace) -> snapshot.Plan:
+    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    snapshot.apply_install(dom0.layout, plan)
     return plan
 
 
 def test_install_then_remove_restores_the_files_exactly(dom0):
     before = tree(dom0.root)
-    plan = rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
     assert not plan.problems
     predicted = plan.changes()
-    rs.apply_install(dom0.layout, plan)
+    snapshot.apply_install(dom0.layout, plan)
     after = tree(dom0.root)
     touched = {str(dom0.root / path) for path in set(after) ^ set(before)} | {
         str(dom0.root / path) for path in set(after) & set(before) if after[path] != before[path]}
     assert touched == set(predicted), "test=True predicts exactly what install changes"
     assert dom0.script.read_bytes() == OURS
     assert oct(dom0.script.stat().st_mode) == oct(0o100755)
-    assert rs.verify(dom0.layout, OURS, EXTENSION) == []
+    assert snapshot.verify(dom0.layout, OURS, EXTENSION) == []
 
-    again = rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    again = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
     assert not again.problems and again.changes() == {}
 
-    removal = rs.plan_remove(dom0.layout)
+    removal = snapshot.plan_remove(dom0.layout)
     assert removal.restore and removal.drop_backup
-    rs.apply_remove(dom0.layout, removal)
+    snapshot.apply_remove(dom0.layout, removal)
     assert tree(dom0.root) == before
     assert not Path(dom0.layout.dist_info).exists()
-    assert rs.plan_remove(dom0.layout).changes() == {}
+    assert snapshot.plan_remove(dom0.layout).changes() == {}
 
 
 def test_extension_is_registered_for_qubesd(dom0):
@@ -94,7 +94,7 @@ def test_extension_is_registered_for_qubesd(dom0):
     sys.path.insert(0, str(dom0.site))
     try:
         from importlib.metadata import distribution
-        found = distribution(rs.EXTENSION_MODULE)
+        found = distribution(snapshot.EXTENSION_MODULE)
         assert [ep.value for ep in found.entry_points if ep.group == "qubes.ext"] == [
             "reliant_snapshots_ext:ReadOnlyVolumes"]
     finally:
@@ -104,38 +104,38 @@ def test_extension_is_registered_for_qubesd(dom0):
 def test_unknown_qubes_version_changes_nothing(dom0):
     Path(dom0.layout.file_py).write_bytes(FILE_PY_STAND_IN + b"# changed\n")
     before = tree(dom0.root)
-    plan = rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
     assert len(plan.problems) == 1
     assert dom0.layout.file_py in plan.problems[0] and "nothing was changed" in plan.problems[0]
-    with pytest.raises(rs.SnapshotError):
-        rs.apply_install(dom0.layout, plan)
+    with pytest.raises(snapshot.SnapshotError):
+        snapshot.apply_install(dom0.layout, plan)
     assert tree(dom0.root) == before
 
 
 def test_known_release_checksum_is_accepted_without_extra(dom0):
-    plan = rs.plan_install(dom0.layout, OURS, EXTENSION)
+    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION)
     assert [problem.split(" (sha256")[0] for problem in plan.problems] == [
         dom0.layout.file_py, dom0.layout.script], "stand-ins are not Qubes releases"
-    assert all(len(digest) == 64 for digest in (*rs.KNOWN_FILE_PY, *rs.KNOWN_STOCK_SCRIPT))
+    assert all(len(digest) == 64 for digest in (*snapshot.KNOWN_FILE_PY, *snapshot.KNOWN_STOCK_SCRIPT))
 
 
 def test_missing_qubes_files_are_named(dom0):
     os.unlink(dom0.layout.file_py)
     os.unlink(dom0.layout.script)
-    problems = rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known).problems
+    problems = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known).problems
     assert problems == [f"{dom0.layout.file_py} not found: is qubes-core-dom0 installed?",
                         f"{dom0.layout.script} not found: is qubes-core-dom0 installed?"]
 
 
 def test_unknown_script_is_refused(dom0):
     dom0.script.write_bytes(b"#!/bin/sh\n# someone else's\n")
-    plan = rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
     assert len(plan.problems) == 1 and "neither reliant's nor a stock" in plan.problems[0]
 
 
 def test_ours_without_backup_is_refused(dom0):
     dom0.script.write_bytes(OURS)
-    plan = rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
     assert plan.problems == [f"{dom0.layout.script} is reliant's but {dom0.layout.manifest} is "
                              "missing: the original cannot be restored; reinstall qubes-core-dom0"]
 
@@ -143,24 +143,24 @@ def test_ours_without_backup_is_refused(dom0):
 def test_damaged_backup_is_refused_both_ways(dom0):
     install(dom0)
     Path(dom0.layout.original).write_bytes(b"truncated")
-    for plan in (rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known),
-                 rs.plan_remove(dom0.layout)):
+    for plan in (snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known),
+                 snapshot.plan_remove(dom0.layout)):
         assert len(plan.problems) == 1 and dom0.layout.original in plan.problems[0]
-    assert rs.verify(dom0.layout, OURS, EXTENSION) == [rs.plan_remove(dom0.layout).problems[0]]
+    assert snapshot.verify(dom0.layout, OURS, EXTENSION) == [snapshot.plan_remove(dom0.layout).problems[0]]
 
 
 def test_updated_stock_script_is_backed_up_again_and_kept_on_remove(dom0):
     install(dom0)
     update = STOCK_STAND_IN + b"# a newer qubes-core-dom0\n"
-    known = dom0.known | {rs.sha256_bytes(update)}
+    known = dom0.known | {snapshot.sha256_bytes(update)}
     dom0.script.write_bytes(update)  # what an update of qubes-core-dom0 does
-    assert rs.verify(dom0.layout, OURS, EXTENSION) == [
-        f"{dom0.layout.script} is not reliant's (sha256 {rs.sha256_bytes(update)})"]
-    plan = rs.plan_install(dom0.layout, OURS, EXTENSION, known)
+    assert snapshot.verify(dom0.layout, OURS, EXTENSION) == [
+        f"{dom0.layout.script} is not reliant's (sha256 {snapshot.sha256_bytes(update)})"]
+    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, known)
     assert plan.changes() == {dom0.layout.original: "original create-snapshot saved",
                               dom0.layout.manifest: "written", dom0.layout.script: "installed"}
-    rs.apply_install(dom0.layout, plan)
-    rs.apply_remove(dom0.layout, rs.plan_remove(dom0.layout))
+    snapshot.apply_install(dom0.layout, plan)
+    snapshot.apply_remove(dom0.layout, snapshot.plan_remove(dom0.layout))
     assert dom0.script.read_bytes() == update
 
 
@@ -168,22 +168,22 @@ def test_remove_after_an_update_keeps_the_newer_script(dom0):
     install(dom0)
     update = STOCK_STAND_IN + b"# a newer qubes-core-dom0\n"
     dom0.script.write_bytes(update)
-    plan = rs.plan_remove(dom0.layout)
+    plan = snapshot.plan_remove(dom0.layout)
     assert not plan.restore and plan.drop_backup
-    rs.apply_remove(dom0.layout, plan)
+    snapshot.apply_remove(dom0.layout, plan)
     assert dom0.script.read_bytes() == update
     assert not Path(dom0.layout.backup_dir).exists()
 
 
 def test_crash_before_the_script_was_replaced_resumes(dom0):
-    plan = rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
     plan.write.pop(dom0.layout.script)  # the run stopped before the last file
-    rs.apply_install(dom0.layout, plan)
+    snapshot.apply_install(dom0.layout, plan)
     assert dom0.script.read_bytes() == STOCK_STAND_IN
-    resumed = rs.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    resumed = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
     assert set(resumed.write) == {dom0.layout.script}
-    rs.apply_install(dom0.layout, resumed)
-    assert rs.verify(dom0.layout, OURS, EXTENSION) == []
+    snapshot.apply_install(dom0.layout, resumed)
+    assert snapshot.verify(dom0.layout, OURS, EXTENSION) == []
 
 
 def test_remove_takes_bytecode_and_marks_too(dom0):
@@ -195,10 +195,10 @@ def test_remove_takes_bytecode_and_marks_too(dom0):
     marks = Path(dom0.layout.marker_dir)
     marks.mkdir(parents=True)
     (marks / "fd01:12").touch()
-    plan = rs.plan_remove(dom0.layout)
+    plan = snapshot.plan_remove(dom0.layout)
     assert str(cache / "reliant_snapshots_ext.cpython-313.pyc") in plan.remove
     assert str(marks / "fd01:12") in plan.remove
-    rs.apply_remove(dom0.layout, plan)
+    snapshot.apply_remove(dom0.layout, plan)
     assert [path.name for path in cache.iterdir()] == ["other.cpython-313.pyc"]
     assert not marks.exists()
 
@@ -207,21 +207,21 @@ def test_find_site_packages(tmp_path):
     for version in ("3.11", "3.13"):
         (tmp_path / f"usr/lib/python{version}/site-packages").mkdir(parents=True)
     pattern = (str(tmp_path / "usr/lib/python3*/site-packages"),)
-    with pytest.raises(rs.SnapshotError, match="found none of"):
-        rs.find_site_packages(pattern)
+    with pytest.raises(snapshot.SnapshotError, match="found none of"):
+        snapshot.find_site_packages(pattern)
     qubes = tmp_path / "usr/lib/python3.13/site-packages/qubes/storage"
     qubes.mkdir(parents=True)
     (qubes / "file.py").touch()
-    assert rs.find_site_packages(pattern) == str(tmp_path / "usr/lib/python3.13/site-packages")
+    assert snapshot.find_site_packages(pattern) == str(tmp_path / "usr/lib/python3.13/site-packages")
     (tmp_path / "usr/lib/python3.11/site-packages/qubes/storage").mkdir(parents=True)
     (tmp_path / "usr/lib/python3.11/site-packages/qubes/storage/file.py").touch()
-    with pytest.raises(rs.SnapshotError, match="expected one site-packages"):
-        rs.find_site_packages(pattern)
+    with pytest.raises(snapshot.SnapshotError, match="expected one site-packages"):
+        snapshot.find_site_packages(pattern)
 
 
 def test_script_and_extension_use_the_library_marker_dir():
-    assert f"readonly MARKERS={rs.MARKER_DIR}\n" in OURS.decode()
-    assert f'MARKERS = "{rs.MARKER_DIR}"\n' in EXTENSION.decode()
+    assert f"readonly MARKERS={snapshot.MARKER_DIR}\n" in OURS.decode()
+    assert f'MARKERS = "{snapshot.MARKER_DIR}"\n' in EXTENSION.decode()
 
 
 # --- the qubesd extension, loaded by the qubes-core-admin double (tests/doubles/qubes_ext) ---
@@ -288,12 +288,12 @@ def test_remove_without_qubes_package_removes_what_the_manifest_names(dom0):
     before_install = tree(dom0.root)
     install(dom0)
     os.unlink(dom0.layout.file_py)  # qubes-core-dom0 gone: site-packages is not found any more
-    bare = rs.Layout(script=dom0.layout.script, site_packages="",
+    bare = snapshot.Layout(script=dom0.layout.script, site_packages="",
                      backup_dir=dom0.layout.backup_dir, marker_dir=dom0.layout.marker_dir)
-    plan = rs.plan_remove(bare)
+    plan = snapshot.plan_remove(bare)
     assert plan.restore and sorted(plan.remove) == sorted(
-        path for path in rs.desired_files(dom0.layout, b"", b"") if path != dom0.layout.script)
-    rs.apply_remove(bare, plan)
+        path for path in snapshot.desired_files(dom0.layout, b"", b"") if path != dom0.layout.script)
+    snapshot.apply_remove(bare, plan)
     del before_install[str(Path(dom0.layout.file_py).relative_to(dom0.root))]
     assert tree(dom0.root) == before_install
 
@@ -307,19 +307,19 @@ def test_files_left_where_site_packages_was_are_removed(dom0):
     before_site = tree(dom0.site)
     (new_site / "qubes/storage").mkdir(parents=True)
     os.rename(dom0.layout.file_py, new_site / "qubes/storage/file.py")
-    moved = rs.Layout(script=dom0.layout.script, site_packages=str(new_site),
+    moved = snapshot.Layout(script=dom0.layout.script, site_packages=str(new_site),
                       backup_dir=dom0.layout.backup_dir, marker_dir=dom0.layout.marker_dir)
-    plan = rs.plan_install(moved, OURS, EXTENSION, dom0.known)
-    old_files = [path for path in rs.desired_files(dom0.layout, b"", b"")
+    plan = snapshot.plan_install(moved, OURS, EXTENSION, dom0.known)
+    old_files = [path for path in snapshot.desired_files(dom0.layout, b"", b"")
                  if path != dom0.layout.script]
     assert sorted(plan.remove) == sorted([*old_files,
                                           str(old_cache / "reliant_snapshots_ext.cpython-311.pyc")])
-    rs.apply_install(moved, plan)
+    snapshot.apply_install(moved, plan)
     assert not any(os.path.exists(path) for path in old_files)
     assert not Path(dom0.layout.dist_info).exists()
     assert not old_cache.exists(), "a __pycache__ that held only our bytecode goes too"
     assert set(tree(dom0.site)) == set(before_site) - {
         str(Path(path).relative_to(dom0.site)) for path in plan.remove} - {
         "qubes/storage/file.py"}
-    assert rs.verify(moved, OURS, EXTENSION) == []
-    assert rs.plan_install(moved, OURS, EXTENSION, dom0.known).changes() == {}
+    assert snapshot.verify(moved, OURS, EXTENSION) == []
+    assert snapshot.plan_install(moved, OURS, EXTENSION, dom0.known).changes() == {}

@@ -1,4 +1,4 @@
-"""_states/reliant_snapshot.py under a mocked loader: every branch of the ret dict."""
+"""_states/snapshot.py under a mocked loader: every branch of the ret dict."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import reliant_snapshot
+from reliant import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 CHANGES = {"/usr/lib/qubes/create-snapshot": "installed"}
@@ -93,7 +93,7 @@ def test_difference_left_after_acting_fails(state):
 
 def test_failure_half_way_is_reported(state):
     salt = FakeSalt([{"problems": [], "changes": CHANGES}],
-                    fail=reliant_snapshot.SnapshotError("create-snapshot changed while installing"))
+                    fail=snapshot.SnapshotError("create-snapshot changed while installing"))
     ret = state("installed", salt)
     assert ret["result"] is False
     assert ret["comment"].endswith("create-snapshot changed while installing")

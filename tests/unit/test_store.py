@@ -4,15 +4,15 @@ import os
 import stat
 
 import pytest
-import reliant_store
 from lock_holder import assert_waits_for_lockf
+from reliant import store
 from repo_paths import FIXTURES
 
 
 @pytest.mark.parametrize("name", ["qubes-r4.3-core.xml", "qubes-r4.3-merged.xml"])
 def test_serialize_reproduces_qubesd_bytes(name):
     data = (FIXTURES / name).read_bytes()
-    assert reliant_store.serialize(reliant_store.parse(data, name)) == data
+    assert store.serialize(store.parse(data, name)) == data
 
 
 @pytest.mark.parametrize(
@@ -29,32 +29,32 @@ def test_serialize_reproduces_qubesd_bytes(name):
     ],
 )
 def test_parse_rejects_hostile_input_naming_the_source(data, words):
-    with pytest.raises(reliant_store.StoreError, match=words) as info:
-        reliant_store.parse(data, "/x/shard.xml")
+    with pytest.raises(store.StoreError, match=words) as info:
+        store.parse(data, "/x/shard.xml")
     assert str(info.value).startswith("/x/shard.xml: ")
 
 
 def test_read_enforces_the_size_limit(tmp_path):
     path = tmp_path / "big.xml"
     path.write_bytes(b"<qubes>" + b" " * 100 + b"</qubes>")
-    with pytest.raises(reliant_store.StoreError, match="limit of 50"):
-        reliant_store.read(str(path), max_bytes=50)
+    with pytest.raises(store.StoreError, match="limit of 50"):
+        store.read(str(path), max_bytes=50)
 
 
 def test_read_missing_file_names_it(tmp_path):
-    with pytest.raises(reliant_store.StoreError, match="no such file"):
-        reliant_store.read(str(tmp_path / "absent.xml"))
-    assert reliant_store.read_if_exists(str(tmp_path / "absent.xml")) is None
+    with pytest.raises(store.StoreError, match="no such file"):
+        store.read(str(tmp_path / "absent.xml"))
+    assert store.read_if_exists(str(tmp_path / "absent.xml")) is None
 
 
 def test_write_is_atomic_with_mode_and_skips_identical_content(tmp_path):
     path = tmp_path / "qubes.xml"
-    assert reliant_store.write(str(path), b"<qubes/>\n", mode=0o660) is True
+    assert store.write(str(path), b"<qubes/>\n", mode=0o660) is True
     assert stat.S_IMODE(path.stat().st_mode) == 0o660
     os.utime(path, (1, 1))
-    assert reliant_store.write(str(path), b"<qubes/>\n") is False
+    assert store.write(str(path), b"<qubes/>\n") is False
     assert path.stat().st_mtime == 1
-    assert reliant_store.write(str(path), b"<qubes></qubes>\n") is True
+    assert store.write(str(path), b"<qubes></qubes>\n") is True
     assert path.read_bytes() == b"<qubes></qubes>\n"
     assert sorted(os.listdir(tmp_path)) == ["qubes.xml"]
 
@@ -67,8 +67,8 @@ def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(reliant_store.StoreError, match=r"qubes\.xml: cannot write: No space"):
-        reliant_store.write(str(path), b"<new/>\n")
+    with pytest.raises(store.StoreError, match=r"qubes\.xml: cannot write: No space"):
+        store.write(str(path), b"<new/>\n")
     assert path.read_bytes() == b"<old/>\n"
     assert os.listdir(tmp_path) == ["qubes.xml"]
 
@@ -76,7 +76,7 @@ def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypat
 def test_write_waits_for_lockf_held_by_another_process(tmp_path):
     path = tmp_path / "qubes.xml"
     path.write_bytes(b"<old/>\n")
-    assert_waits_for_lockf(path, reliant_store.write, str(path), b"<new/>\n")
+    assert_waits_for_lockf(path, store.write, str(path), b"<new/>\n")
     assert path.read_bytes() == b"<new/>\n"
 
 
@@ -85,8 +85,8 @@ def test_a_symlinked_store_is_refused(tmp_path):
     target.write_bytes(b"<secret/>\n")
     link = tmp_path / "qubes.xml"
     link.symlink_to(target)
-    with pytest.raises(reliant_store.StoreError, match=r"qubes\.xml: cannot read"):
-        reliant_store.read(str(link))
-    with pytest.raises(reliant_store.StoreError, match=r"qubes\.xml: cannot write"):
-        reliant_store.write(str(link), b"<new/>\n")
+    with pytest.raises(store.StoreError, match=r"qubes\.xml: cannot read"):
+        store.read(str(link))
+    with pytest.raises(store.StoreError, match=r"qubes\.xml: cannot write"):
+        store.write(str(link), b"<new/>\n")
     assert target.read_bytes() == b"<secret/>\n"

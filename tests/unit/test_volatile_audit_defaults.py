@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import reliant_audit
-import reliant_volatile
 import yaml
+from reliant import audit
+from reliant.volatile.settings import Settings
 
 DEFAULTS = yaml.safe_load(
     (Path(__file__).resolve().parents[2] / "salt/reliant/parameters/defaults.yaml").read_text()
@@ -22,11 +22,11 @@ def _library_defaults(settings_class) -> dict:
 
 def test_volatile_defaults_match_defaults_yaml():
     pillar = {k: v for k, v in DEFAULTS["volatile"].items() if k != "enabled"}
-    assert pillar == _library_defaults(reliant_volatile.Settings)
-    reliant_volatile.Settings.from_pillar(DEFAULTS["volatile"]).check()
+    assert pillar == _library_defaults(Settings)
+    Settings.from_pillar(DEFAULTS["volatile"]).check()
 
 
 def test_audit_defaults_match_defaults_yaml():
     pillar = {k: v for k, v in DEFAULTS["audit"].items() if k != "enabled"}
-    assert pillar == _library_defaults(reliant_audit.Settings)
-    assert reliant_audit.Settings.from_pillar(DEFAULTS["audit"]).limits == reliant_audit.Limits()
+    assert pillar == _library_defaults(audit.Settings)
+    assert audit.Settings.from_pillar(DEFAULTS["audit"]).limits == audit.Limits()

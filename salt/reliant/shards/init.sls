@@ -35,7 +35,7 @@ reliant-shards-library:
   file.recurse:
     - name: {{ shards.libdir }}
     - source: salt://_utils/reliant_lib
-    - include_pat: 'E@^reliant_\w+\.py$'
+    - include_pat: 'E@^reliant/(\w+/)*\w+\.py$'
     - exclude_pat: 'E@__pycache__'
     - clean: true
     - user: root

@@ -14,8 +14,8 @@ from pathlib import Path
 import audit_plants
 import pytest
 import qrexec_policy_oracle as oracle
-import reliant_guard
-import reliant_store
+from reliant import store
+from reliant.isolation import guard
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -96,12 +96,12 @@ def check_runtime_policy(host, tmp: Path) -> None:
     run_dir, etc_dir = local_policy_dirs(host, tmp)
     assert oracle.policy_files([run_dir, etc_dir]) == [run_dir / NAME]
     rules = oracle.load_policy([run_dir, etc_dir])
-    merged = reliant_store.parse(host.file("/run/reliant/qubes.xml").content, "merged")
-    qubes, global_refs = reliant_guard.facts_from_store(merged)
-    group = {name: reliant_guard.group_of(q) for name, q in qubes.items()}
+    merged = store.parse(host.file("/run/reliant/qubes.xml").content, "merged")
+    qubes, global_refs = guard.facts_from_store(merged)
+    group = {name: guard.group_of(q) for name, q in qubes.items()}
     assert {group[n] for n in SHARD_QUBES} == {f"reliant-shard-{s}" for s in SHARD_IDS}
     domains = {name: oracle.Domain(name, q.klass, q.tags, q.template_for_dispvms,
-                                   reliant_guard.effective_default_dispvm(
+                                   guard.effective_default_dispvm(
                                        q, global_refs.get("default_dispvm")))
                for name, q in qubes.items()}
     denied = 0

@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import reliant_shards
-import reliant_store
+from reliant import store
+from reliant.shards.files import Shard, read_metadata
+from reliant.shards.files import identifiers as shard_identifiers
+from reliant.shards.records import qube_name, qube_qid
+from reliant.vocab import CORE_TAG, shard_tag
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -54,13 +57,13 @@ def put(host, path: str, data: bytes) -> None:
 
 
 def names(root) -> set[str]:
-    return {reliant_shards.qube_name(d) for d in root.iterfind("domains/domain")}
+    return {qube_name(d) for d in root.iterfind("domains/domain")}
 
 
-def shard(host, directory: str) -> reliant_shards.Shard:
+def shard(host, directory: str) -> Shard:
     data = host.file(f"{directory}/domains.xml").content
-    sid, qids, deps = reliant_shards.read_metadata(data, directory)
-    return reliant_shards.Shard(directory, sid, qids, deps, data=data)
+    sid, qids, deps = read_metadata(data, directory)
+    return Shard(directory, sid, qids, deps, data=data)
 
 
 def highstate(host) -> dict:
@@ -70,7 +73,7 @@ def highstate(host) -> dict:
 
 def test_converge_put_qubesd_on_the_merged_store(host):
     assert host.file("/usr/bin/reliant-shard").mode == 0o755
-    assert host.file("/usr/lib/reliant/reliant_shards.py").exists
+    assert host.file("/usr/lib/reliant/reliant/operations.py").exists
     config = json.loads(host.file("/etc/reliant/reliant.json").content_string)
     assert (config["merged"], config["roots"], config["policy_dir"]) == (
         MERGED, ["/run/shufflecake"], "")
@@ -80,11 +83,11 @@ def test_converge_put_qubesd_on_the_merged_store(host):
     assert run(host, "systemctl is-active reliant-shard-dissect.path").strip() == "active"
     assert run(host, "systemd-analyze verify qubesd.service reliant-shard-dissect.service "
                      "reliant-shard-dissect.path 2>&1") == ""
-    merged = reliant_store.parse(host.file(MERGED).content, MERGED)
+    merged = store.parse(host.file(MERGED).content, MERGED)
     assert names(merged) == CORE_QUBES
     listed = json.loads(ctl(host, "list"))
     assert {q["name"] for q in listed} == CORE_QUBES
-    assert all(reliant_shards.CORE_TAG in q["tags"] for q in listed if q["name"] != "dom0")
+    assert all(CORE_TAG in q["tags"] for q in listed if q["name"] != "dom0")
 
 
 def test_highstate_creates_the_shards_declared_on_the_volumes(host):
@@ -151,11 +154,11 @@ def test_qubesd_stops(host):
 
 
 def test_core_holds_exactly_the_core_qubes(host):
-    core = reliant_store.parse(host.file(CORE).content, CORE)
+    core = store.parse(host.file(CORE).content, CORE)
     assert names(core) == CORE_QUBES | {"core-new"}
     assert {p.get("name") for p in core.iterfind("pools/pool")} == {
         "varlibqubes", "linux-kernel", "vm-pool"}
-    work = [d for d in core.iterfind("domains/domain") if reliant_shards.qube_name(d) == "work"]
+    work = [d for d in core.iterfind("domains/domain") if qube_name(d) == "work"]
     assert work[0].find("properties/property[@name='label']").text == "blue"
     assert b"reliant-" not in host.file(CORE).content
 
@@ -166,13 +169,13 @@ def test_each_shard_holds_exactly_its_own(host):
         assert names(found.root) == qubes
         assert found.pools == [pool]
         first, last = found.qid_range
-        assert all(first <= reliant_shards.qube_qid(d) <= last for d in found.domains)
+        assert all(first <= qube_qid(d) <= last for d in found.domains)
         assert b"reliant-shard-" not in found.data and b"reliant-core" not in found.data
         for name in qubes:
             assert host.file(f"{directory}/dom0/appvms/{name}").is_directory
             assert not host.file(f"/var/lib/qubes/appvms/{name}").exists
     work = next(d for d in shard(host, "/run/shufflecake/sflc_0_1").domains
-                if reliant_shards.qube_name(d) == "alpha-work")
+                if qube_name(d) == "alpha-work")
     assert work.find("properties/property[@name='netvm']").text == "alpha-vpn"
     assert work.find("features/feature[@name='service.cups']").text == "1"
     assert "project-x" in {t.get("name") for t in work.iterfind("tags/tag")}
@@ -183,7 +186,7 @@ def test_each_shard_holds_exactly_its_own(host):
 def identifiers(host) -> set[str]:
     found: set[str] = set()
     for directory in SHARDS:
-        found |= reliant_shards.identifiers(shard(host, directory))
+        found |= shard_identifiers(shard(host, directory))
     return found | {"sflc_0_1", "sflc_0_2"}
 
 
@@ -209,7 +212,7 @@ def test_restart_sutures_them_back_and_changes_nothing(host):
     run(host, "systemctl start qubesd")
     listed = {q["name"]: q for q in json.loads(ctl(host, "list"))}
     for declaration, _, qubes in SHARDS.values():
-        tag = reliant_shards.shard_tag(declaration["id"])
+        tag = shard_tag(declaration["id"])
         assert {name for name, q in listed.items() if tag in q["tags"]} == qubes
         assert all(host.file(f"/var/lib/qubes/appvms/{name}").is_directory for name in qubes)
     assert b"drop" in host.file("/var/lib/qubes/appvms/alpha-work/firewall.xml").content

@@ -4,7 +4,7 @@ Keeps each qube's group tag (``reliant-core`` or ``reliant-shard-<ID>``) current
 qubes whose own ``@dispvm`` is a disposable of another group (``reliant-foreign-dispvm``,
 denied by the persistent policy), and refuses property changes that would make core (a
 core qube or a global property) reference a shard qube, or a shard qube reference a shard
-it does not depend on. The decisions are ``reliant_guard``'s and ``reliant_policy``'s (the
+it does not depend on. The decisions are ``reliant.isolation.guard``'s and ``.policy``'s (the
 formula's library, found in ``_paths.LIBDIR``); this module only turns qubesd objects into
 facts and events into decisions.
 
@@ -22,13 +22,13 @@ from . import _paths
 if _paths.LIBDIR not in sys.path:
     sys.path.insert(0, _paths.LIBDIR)
 
-import reliant_guard
-import reliant_policy
+from reliant import vocab
+from reliant.isolation import guard, policy
 
 log = logging.getLogger("qubes.ext.reliant_isolation")
 
-_REFERENCE_EVENTS = tuple("property-pre-set:" + p for p in reliant_guard.QUBE_REFERENCE_PROPERTIES)
-_GLOBAL_EVENTS = tuple("property-pre-set:" + p for p in reliant_guard.GLOBAL_REFERENCE_PROPERTIES)
+_REFERENCE_EVENTS = tuple("property-pre-set:" + p for p in vocab.DOMAIN_REFERENCES)
+_GLOBAL_EVENTS = tuple("property-pre-set:" + p for p in vocab.GLOBAL_REFERENCES)
 _GROUP_TAG_EVENTS = ("domain-tag-add:reliant-*", "domain-tag-delete:reliant-*")
 
 
@@ -41,24 +41,24 @@ def load_settings():
     """The isolation settings; their defaults (every direction denied) if the file is bad,
     so that a damaged file neither stops qubesd nor weakens isolation."""
     try:
-        return reliant_policy.load_settings(_paths.SETTINGS)
-    except reliant_policy.PolicyError:
+        return policy.load_settings(_paths.SETTINGS)
+    except policy.PolicyError:
         log.error("reliant isolation: the settings file is unreadable; using the defaults")
-        return reliant_policy.PolicySettings()
+        return policy.PolicySettings()
 
 
 def qube_facts(vm):
-    """What reliant_guard needs to know about a live qube."""
+    """What the guard needs to know about a live qube."""
     references = {}
-    for prop in reliant_guard.QUBE_REFERENCE_PROPERTIES:
+    for prop in vocab.DOMAIN_REFERENCES:
         target = _name(getattr(vm, prop, None))
         if target:
             references[prop] = target
     data_pools = frozenset(
         str(volume.pool) for name, volume in getattr(vm, "volumes", {}).items()
-        if reliant_guard.is_data_volume(name, bool(volume.snap_on_start), volume.source)
+        if vocab.is_data_volume(name, bool(volume.snap_on_start), volume.source)
     )
-    return reliant_guard.QubeFacts(
+    return guard.QubeFacts(
         name=vm.name,
         klass=type(vm).__name__,
         tags=frozenset(vm.tags),
@@ -81,33 +81,33 @@ class ReliantIsolation(qubes.ext.Extension):
         """The group tag `vm` must carry; GuardError when it cannot be decided."""
         facts = qube_facts(vm)
         others = self._others(vm)
-        known = reliant_guard.pool_groups(others)
+        known = guard.pool_groups(others)
         paths = {name: getattr(pool, "dir_path", "") for name, pool in vm.app.pools.items()}
         roots = load_settings().shard_roots
-        unknown = reliant_guard.unknown_shard_pools(facts.data_pools, known, paths, roots)
+        unknown = guard.unknown_shard_pools(facts.data_pools, known, paths, roots)
         if unknown:
-            raise reliant_guard.GuardError(
+            raise guard.GuardError(
                 "a new qube keeps data in a pool below a shard root that no qube of a shard "
                 "uses yet: its shard cannot be decided; create it with `reliant-shard`")
         template_group = None
         if facts.klass == "DispVM":
-            template_group = reliant_guard.group_of(qube_facts(vm.template))
-        return reliant_guard.expected_group(facts, known, template_group)
+            template_group = guard.group_of(qube_facts(vm.template))
+        return guard.expected_group(facts, known, template_group)
 
     def set_group_tag(self, vm):
         """Give `vm` exactly its group tag (no event fires when it already has it)."""
         want = self.expected_group(vm)
         for tag in sorted(vm.tags):
-            if tag != want and reliant_guard.is_group_tag(tag):
+            if tag != want and guard.is_group_tag(tag):
                 vm.tags.discard(tag)
         vm.tags.add(want)
 
     @staticmethod
     def _group(vm):
         try:
-            return reliant_guard.group_of(reliant_guard.QubeFacts(
+            return guard.group_of(guard.QubeFacts(
                 name=vm.name, klass=type(vm).__name__, tags=frozenset(vm.tags)))
-        except reliant_guard.GuardError:
+        except guard.GuardError:
             return None
 
     def set_foreign_dispvm_tag(self, vm, settings=None):
@@ -115,12 +115,12 @@ class ReliantIsolation(qubes.ext.Extension):
         are denied; unmark it otherwise."""
         settings = settings or load_settings()
         dispvm = getattr(vm, "default_dispvm", None) if type(vm).__name__ != "AdminVM" else None
-        foreign = dispvm is not None and reliant_policy.denied_between(
+        foreign = dispvm is not None and policy.denied_between(
             settings, self._group(vm), self._group(dispvm))
         if foreign:
-            vm.tags.add(reliant_guard.FOREIGN_DISPVM_TAG)
+            vm.tags.add(vocab.FOREIGN_DISPVM_TAG)
         else:
-            vm.tags.discard(reliant_guard.FOREIGN_DISPVM_TAG)
+            vm.tags.discard(vocab.FOREIGN_DISPVM_TAG)
 
     def set_all_foreign_dispvm_tags(self, app):
         settings = load_settings()
@@ -133,12 +133,12 @@ class ReliantIsolation(qubes.ext.Extension):
             return None
         apps_qubes = list((holder.app if holder is not None else target.app).domains)
         facts = [qube_facts(qube) for qube in apps_qubes]
-        deps = reliant_guard.dependencies_from_references(facts)
-        holder_group = (reliant_guard.CORE_TAG if holder is None
-                        else reliant_guard.group_of(qube_facts(holder)))
-        return reliant_guard.reference_problem(
+        deps = guard.dependencies_from_references(facts)
+        holder_group = (vocab.CORE_TAG if holder is None
+                        else guard.group_of(qube_facts(holder)))
+        return guard.reference_problem(
             None if holder is None else holder.name, holder_group, prop, target.name,
-            reliant_guard.group_of(qube_facts(target)), deps)
+            guard.group_of(qube_facts(target)), deps)
 
     def _refuse(self, holder, prop, value, problem):
         raise qubes.exc.QubesPropertyValueError(
@@ -153,9 +153,9 @@ class ReliantIsolation(qubes.ext.Extension):
         Never raises (that would stop qubesd); an undecidable qube stays untagged and
         ``reliant-shard check`` reports it."""
         try:
-            if not any(reliant_guard.is_group_tag(tag) for tag in vm.tags):
+            if not any(guard.is_group_tag(tag) for tag in vm.tags):
                 self.set_group_tag(vm)
-        except reliant_guard.GuardError:
+        except guard.GuardError:
             log.error("reliant isolation: a qube's group cannot be decided at load; "
                       "run `reliant-shard check`")
         self.set_foreign_dispvm_tag(vm)
@@ -166,7 +166,7 @@ class ReliantIsolation(qubes.ext.Extension):
         may still be in the default pools; domain-create-on-disk decides again."""
         try:
             self.set_group_tag(vm)
-        except reliant_guard.GuardError:
+        except guard.GuardError:
             log.error("reliant isolation: a new qube's group is not known yet")
         self.set_foreign_dispvm_tag(vm)
 
@@ -177,10 +177,10 @@ class ReliantIsolation(qubes.ext.Extension):
         Admin API remove the new qube."""
         try:
             self.set_group_tag(vm)
-        except reliant_guard.GuardError as exc:
+        except guard.GuardError as exc:
             raise qubes.exc.QubesException("reliant isolation: " + str(exc)) from None
         self.set_foreign_dispvm_tag(vm)
-        for prop in reliant_guard.QUBE_REFERENCE_PROPERTIES:
+        for prop in vocab.DOMAIN_REFERENCES:
             target = getattr(vm, prop, None)
             problem = self.reference_problem(vm, prop, target)
             if problem:
@@ -191,11 +191,11 @@ class ReliantIsolation(qubes.ext.Extension):
         """A new template (a disposable's group follows it), or someone changed a group
         tag by hand: put the right tag back; the disposables of every qube may now be of
         another group."""
-        if tag is not None and not reliant_guard.is_group_tag(tag):
+        if tag is not None and not guard.is_group_tag(tag):
             return
         try:
             self.set_group_tag(vm)
-        except reliant_guard.GuardError:
+        except guard.GuardError:
             log.error("reliant isolation: a qube's group cannot be decided after %s",
                       event.split(":")[0])
         self.set_all_foreign_dispvm_tags(vm.app)

@@ -1,7 +1,7 @@
 """Decisions of the isolation guard: which group a qube belongs to, which references cross groups.
 
 A *group* is either core (tag ``reliant-core``) or one shard (tag ``reliant-shard-<ID>``);
-the names come from ``reliant_shards``. The same functions serve the core-admin extension
+the names come from ``reliant.vocab``. The same functions serve the core-admin extension
 (live qubes, through `QubeFacts` built from qubesd objects), the ``check`` command and the
 tests (through `facts_from_store`, on a merged qubes.xml).
 
@@ -21,20 +21,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import reliant_shards
 from lxml import etree
 
-CORE_TAG = reliant_shards.CORE_TAG
-SHARD_TAG_PREFIX = reliant_shards.shard_tag("")
-#: Marks a qube whose own `@dispvm` is a disposable template of another group (kept by
-#: the extension; like every ``reliant-`` tag it never leaves the merged store).
-FOREIGN_DISPVM_TAG = reliant_shards.TAG_PREFIX + "foreign-dispvm"
-
-#: Per-qube and global properties that name a qube (qubes-core-admin).
-QUBE_REFERENCE_PROPERTIES = reliant_shards.DOMAIN_REFERENCES
-GLOBAL_REFERENCE_PROPERTIES = reliant_shards.GLOBAL_REFERENCES
-#: Volumes that hold a qube's own data (the others are snapshots of a template's).
-DATA_VOLUMES = reliant_shards.DATA_VOLUMES
+from reliant.shards.records import QubeRecord
+from reliant.vocab import CORE_TAG, GLOBAL_REFERENCES, SHARD_TAG_PREFIX, referable_groups
 
 
 class GuardError(ValueError):
@@ -96,9 +86,6 @@ def expected_group(qube: QubeFacts, pool_groups: Mapping[str, str],
     return shards[0] if shards else CORE_TAG
 
 
-#: True for a volume holding the qube's own data (the rule of ``reliant_shards.data_pools``).
-is_data_volume = reliant_shards.is_data_volume
-
 
 def pool_groups(qubes: Iterable[QubeFacts]) -> dict[str, str]:
     """Group of each pool, from the tagged qubes whose own data it holds.
@@ -147,7 +134,7 @@ def reference_problem(holder: Optional[str], holder_group: Optional[str], prop: 
     if target_group is None:
         return f"{where}: {target!r} carries no group tag"
     group = CORE_TAG if holder is None else holder_group
-    if target_group in reliant_shards.referable_groups(
+    if target_group in referable_groups(
             group, dependencies.get(group, ()), core=CORE_TAG):
         return None
     if group == CORE_TAG:
@@ -193,8 +180,8 @@ def effective_default_dispvm(qube: QubeFacts,
 def facts_from_store(root: etree._Element, record: Optional[Callable[[etree._Element], Any]] = None
                      ) -> tuple[dict[str, QubeFacts], dict[str, str]]:
     """Facts of every qube of a qubesd store, and its global properties naming a qube.
-    `record`: the `reliant_shards.QubeRecord` of a <domain> (default: read it now)."""
-    record = record or reliant_shards.QubeRecord
+    `record`: the `QubeRecord` of a <domain> (default: read it now)."""
+    record = record or QubeRecord
     qubes: dict[str, QubeFacts] = {}
     for domain in root.iterfind("domains/domain"):
         qube = record(domain)
@@ -213,7 +200,7 @@ def facts_from_store(root: etree._Element, record: Optional[Callable[[etree._Ele
         )
     global_refs = {}
     for prop in root.iterfind("properties/property"):
-        if prop.get("name") in GLOBAL_REFERENCE_PROPERTIES and prop.text:
+        if prop.get("name") in GLOBAL_REFERENCES and prop.text:
             global_refs[prop.get("name")] = prop.text
     return qubes, global_refs
 

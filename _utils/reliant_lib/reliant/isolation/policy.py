@@ -28,9 +28,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-import reliant_guard
-import reliant_store
 from lxml import etree
+
+from reliant import store
+from reliant.isolation import guard
+from reliant.vocab import CORE_TAG, FOREIGN_DISPVM_TAG
 
 DEFAULT_SERVICES = (
     "qubes.Filecopy", "qubes.OpenInVM", "qubes.OpenURL", "qubes.ClipboardPaste",
@@ -164,7 +166,7 @@ def render_persistent_rules(settings: PolicySettings) -> list[str]:
     """Rules that name no shard: a qube the extension tagged FOREIGN_DISPVM_TAG may not
     call its own ``@dispvm`` (a disposable of another group), which also keeps that
     disposable out of qrexec's "ask" dialog."""
-    return [f"{service}\t*\t@tag:{reliant_guard.FOREIGN_DISPVM_TAG}\t@dispvm\t"
+    return [f"{service}\t*\t@tag:{FOREIGN_DISPVM_TAG}\t@dispvm\t"
             f"{_action(settings)}" for service in settings.services]
 
 
@@ -175,9 +177,9 @@ def render_persistent_policy(settings: PolicySettings) -> bytes:
 
 
 def _direction(source: str, target: str) -> str:
-    if source == reliant_guard.CORE_TAG:
+    if source == CORE_TAG:
         return "core-to-shard"
-    if target == reliant_guard.CORE_TAG:
+    if target == CORE_TAG:
         return "shard-to-core"
     return "shard-to-shard"
 
@@ -190,16 +192,16 @@ def denied_between(settings: PolicySettings, source: str | None, target: str | N
 
 
 def render_rules(groups: Iterable[str], settings: PolicySettings,
-                 cross_dispvms: Iterable[reliant_guard.CrossDispvm] = ()) -> list[str]:
+                 cross_dispvms: Iterable[guard.CrossDispvm] = ()) -> list[str]:
     """Deny rules for every ordered pair of distinct groups whose direction is enabled.
 
     `cross_dispvms`: qubes whose own ``@dispvm`` is a disposable of another group. Their
     ``@dispvm`` calls are denied by the pair rules already; a rule naming the qube and
     ``@dispvm`` also takes that disposable out of the "ask" dialog, where qrexec adds the
     caller's ``@dispvm`` back after the deny rules were applied."""
-    ordered = sorted(set(groups), key=lambda tag: (tag != reliant_guard.CORE_TAG, tag))
+    ordered = sorted(set(groups), key=lambda tag: (tag != CORE_TAG, tag))
     for tag in ordered:
-        if not (_TAG_RE.match(tag) and reliant_guard.is_group_tag(tag)):
+        if not (_TAG_RE.match(tag) and guard.is_group_tag(tag)):
             raise PolicyError(f"tag {tag!r} is not a group tag qrexec can match")
     action = _action(settings)
     callers = sorted({cross.qube for cross in cross_dispvms
@@ -216,7 +218,7 @@ def render_rules(groups: Iterable[str], settings: PolicySettings,
                     continue
                 rules.append(f"{service}\t*\t@tag:{source}\t@tag:{target}\t{action}")
                 rules.append(f"{service}\t*\t@tag:{source}\t@dispvm:@tag:{target}\t{action}")
-                if target == reliant_guard.CORE_TAG:  # dom0 is core, tagged or not
+                if target == CORE_TAG:  # dom0 is core, tagged or not
                     rules.append(f"{service}\t*\t@tag:{source}\t@adminvm\t{action}")
     return rules
 
@@ -224,13 +226,13 @@ def render_rules(groups: Iterable[str], settings: PolicySettings,
 def groups_of_store(merged_root: etree._Element,
                     record: Callable[[etree._Element], Any] | None = None) -> list[str]:
     """The group tags of a merged store; PolicyError naming a qube with no or two.
-    `record`: see reliant_guard.facts_from_store."""
-    qubes, _ = reliant_guard.facts_from_store(merged_root, record)
+    `record`: see guard.facts_from_store."""
+    qubes, _ = guard.facts_from_store(merged_root, record)
     groups = set()
     for name, qube in sorted(qubes.items()):
         try:
-            group = reliant_guard.group_of(qube)
-        except reliant_guard.GuardError as exc:
+            group = guard.group_of(qube)
+        except guard.GuardError as exc:
             raise PolicyError(str(exc)) from None
         if group is None:
             raise PolicyError(f"qube {name!r} carries no group tag: cannot write its deny rules")
@@ -239,10 +241,10 @@ def groups_of_store(merged_root: etree._Element,
 
 
 def render_runtime_policy(groups: Sequence[str], settings: PolicySettings,
-                          cross_dispvms: Iterable[reliant_guard.CrossDispvm] = ()
+                          cross_dispvms: Iterable[guard.CrossDispvm] = ()
                           ) -> bytes | None:
     """The runtime file for these groups, None when no shard is among them."""
-    if all(group == reliant_guard.CORE_TAG for group in groups):
+    if all(group == CORE_TAG for group in groups):
         return None
     rules = render_persistent_rules(settings) + render_rules(groups, settings, cross_dispvms)
     return (HEADER + "\n".join(rules) + "\n").encode()
@@ -258,18 +260,18 @@ def write_runtime_policy(policy_dir: str, merged_root: etree._Element,
     atomically (temp file, fsync, rename, directory fsync), so qrexec never sees half a
     file; on any failure the previous file stays. Settings come from `settings_path`
     (default: SETTINGS_PATH, written by reliant.isolation); `services`, if given, replaces
-    the listed services; `record`: see reliant_guard.facts_from_store.
+    the listed services; `record`: see guard.facts_from_store.
     """
     settings = load_settings(settings_path or SETTINGS_PATH)
     if services is not None:
         settings = replace(settings, services=tuple(services))
     content = render_runtime_policy(groups_of_store(merged_root, record), settings,
-                                    reliant_guard.cross_group_dispvm_qubes(merged_root, record))
+                                    guard.cross_group_dispvm_qubes(merged_root, record))
     path = os.path.join(policy_dir, settings.policy_file)
     if content is None:
         return remove_policy_file(path)
     os.makedirs(policy_dir, mode=0o755, exist_ok=True)
-    return reliant_store.write(path, content, mode=POLICY_MODE)
+    return store.write(path, content, mode=POLICY_MODE)
 
 
 def remove_policy_file(path: str) -> bool:
@@ -278,7 +280,7 @@ def remove_policy_file(path: str) -> bool:
         os.unlink(path)
     except FileNotFoundError:
         return False
-    reliant_store.fsync_dir(os.path.dirname(path) or ".")
+    store.fsync_dir(os.path.dirname(path) or ".")
     return True
 
 
@@ -352,7 +354,7 @@ def apply_plan(plan: dict[str, bytes | None]) -> None:
             remove_policy_file(path)
             continue
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        reliant_store.write(path, data, mode=POLICY_MODE)
+        store.write(path, data, mode=POLICY_MODE)
         if os.stat(path).st_mode & 0o7777 != POLICY_MODE:
             os.chmod(path, POLICY_MODE)
 

@@ -1,6 +1,6 @@
 """Deniability audit: every place in dom0's storage that betrays an open shard.
 
-With the shards open, the audit looks for their identifiers (``reliant_shards.
+With the shards open, the audit looks for their identifiers (``reliant.shards.files.
 identifiers``: qube names and uuids, pool names and directories, the shard tag
 and directory) in file and directory names, in the raw bytes of files, and in the
 entries of binary journals as journalctl decodes them, under
@@ -35,10 +35,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import reliant_shards
-import reliant_store
-import reliant_volatile
 from lxml import etree
+
+from reliant import store
+from reliant.shards.files import Shard, identifiers
+from reliant.shards.records import qube_name
+from reliant.vocab import shard_tag
+from reliant.volatile.running import Mount, parse_mountinfo
 
 DEFAULT_PATHS = ("/var/lib/qubes", "/srv", "/var/cache/salt", "/var/log", "/etc/qubes",
                  "/etc/qubes-rpc", "/etc/libvirt", "/var/lib/libvirt", "/etc/lvm/archive",
@@ -143,8 +146,8 @@ def qube_name_forms(name: str) -> set[str]:
     return forms
 
 
-def _kind(shard: reliant_shards.Shard, value: str, names: set[str]) -> str:
-    if value == reliant_shards.shard_tag(shard.id):
+def _kind(shard: Shard, value: str, names: set[str]) -> str:
+    if value == shard_tag(shard.id):
         return "tag"
     if value in names:
         return "qube name"
@@ -158,11 +161,11 @@ def _kind(shard: reliant_shards.Shard, value: str, names: set[str]) -> str:
 class Needles:
     """One compiled pattern for the identifiers of every shard, and what each means."""
 
-    def __init__(self, shards: Iterable[reliant_shards.Shard]):
+    def __init__(self, shards: Iterable[Shard]):
         self.labels: dict[str, str] = {}
         for shard in shards:
-            names = {reliant_shards.qube_name(d) for d in shard.domains} - {""}
-            for value in sorted(reliant_shards.identifiers(shard)):
+            names = {qube_name(d) for d in shard.domains} - {""}
+            for value in sorted(identifiers(shard)):
                 kind = _kind(shard, value, names)
                 forms = qube_name_forms(value) if kind == "qube name" else {value}
                 for form in forms:
@@ -398,7 +401,7 @@ def _inside(fs_root: str, path: str) -> str:
     return os.path.join(fs_root, path.lstrip("/"))
 
 
-def core_pool_writes(shards: Iterable[reliant_shards.Shard],
+def core_pool_writes(shards: Iterable[Shard],
                      core_root: etree._Element) -> list[Finding]:
     """Shard qube volumes that write (rw) into a pool of the core store."""
     pools = {}
@@ -418,13 +421,13 @@ def core_pool_writes(shards: Iterable[reliant_shards.Shard],
                         volume.get("snap_on_start") == "True" else ""
                     findings.append(Finding(
                         pools[pool],
-                        f"qube {reliant_shards.qube_name(domain)!r} of shard {shard.id}: volume "
+                        f"qube {qube_name(domain)!r} of shard {shard.id}: volume "
                         f"{volume.get('name')!r}{how} writes into core pool {pool!r}",
                         DISK, "core pools"))
     return findings
 
 
-def audit(shards: Sequence[reliant_shards.Shard], core: str, fs_root: str = "/",
+def audit(shards: Sequence[Shard], core: str, fs_root: str = "/",
           paths: Sequence[str] = DEFAULT_PATHS, limits: Limits = Limits()) -> list[Finding]:
     """Every trace of `shards` under `fs_root` (paths are as dom0 sees them).
 
@@ -435,8 +438,8 @@ def audit(shards: Sequence[reliant_shards.Shard], core: str, fs_root: str = "/",
         return []
     core_file = _inside(fs_root, core)
     try:
-        core_root = reliant_store.load(core_file)
-    except reliant_store.StoreError as exc:
+        core_root = store.load(core_file)
+    except store.StoreError as exc:
         raise AuditError(str(exc)) from None
     # the shards' own directories are where their traces belong
     scan = _Scan(Needles(shards), limits, fs_root, [shard.path for shard in shards])
@@ -449,7 +452,7 @@ def audit(shards: Sequence[reliant_shards.Shard], core: str, fs_root: str = "/",
 RAM_FSTYPES = frozenset({"tmpfs", "ramfs"})
 
 
-def _mount_of(path: str, mounts: Sequence[reliant_volatile.Mount]) -> Optional[reliant_volatile.Mount]:
+def _mount_of(path: str, mounts: Sequence[Mount]) -> Optional[Mount]:
     """The mount `path` lives on (the last mounted of the longest matching mount point)."""
     best = None
     for mount in mounts:
@@ -461,7 +464,7 @@ def _mount_of(path: str, mounts: Sequence[reliant_volatile.Mount]) -> Optional[r
 
 
 def split_by_storage(live: Sequence[Finding], disk: Sequence[Finding],
-                     mounts: Sequence[reliant_volatile.Mount] = ()) -> list[Finding]:
+                     mounts: Sequence[Mount] = ()) -> list[Finding]:
     """Findings of a scan of the running dom0 and of the disk under its root overlay.
 
     A trace on another mount than the root (a separate /home, say) is on disk unless
@@ -484,7 +487,7 @@ def split_by_storage(live: Sequence[Finding], disk: Sequence[Finding],
     return sorted(merged)
 
 
-def audit_running(shards: Sequence[reliant_shards.Shard], core: str, volatile: bool,
+def audit_running(shards: Sequence[Shard], core: str, volatile: bool,
                   disk_view: str, paths: Sequence[str] = DEFAULT_PATHS,
                   limits: Limits = Limits(),
                   run: Optional[Callable[[list[str]], None]] = None,
@@ -504,7 +507,7 @@ def audit_running(shards: Sequence[reliant_shards.Shard], core: str, volatile: b
                          "cannot tell disk from RAM")
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as handle:
-            mounts = reliant_volatile.parse_mountinfo(handle.read())
+            mounts = parse_mountinfo(handle.read())
     except OSError as exc:
         raise AuditError(f"{mountinfo}: {exc.strerror}; cannot tell disk from RAM") from None
     os.makedirs(disk_view, mode=0o700, exist_ok=True)

@@ -9,7 +9,7 @@ chunks not seen before are parsed: the memo maps the exact bytes of a chunk of t
 merged store to what is derived from them alone (the qube's record and its bytes
 without the ``reliant-`` tags).
 
-Why the cut store is the store (reliant_shards, "stores read in chunks"): the head is
+Why the cut store is the store (reliant.shards.stubs): the head is
 parsed with one stub line per chunk and the tail, and must hold exactly those stubs in
 its last section ``<domains>``; a chunk enters the memo only if the new chunks, parsed
 together, print back to exactly themselves, one ``<domain>`` each (else each is
@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional
 
-import reliant_store
+from reliant import store
 
 HEAD_END = b"\n  <domains>\n"
 _BOUNDARY = b"\n    <domain"
@@ -91,7 +91,7 @@ class Memo(dict[bytes, tuple[Any, bytes]]):
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         for name, entries in groups.items():
             if self._saved.get(name) != entries.keys():
-                reliant_store.replace(os.path.join(self.directory, name),
+                store.replace(os.path.join(self.directory, name),
                                       marshal.dumps((self.version, entries)), mode=0o600)
         _remove(self.directory, set(self._saved) - set(groups))
 
@@ -127,13 +127,13 @@ def _load(path: str, version: str) -> dict[bytes, tuple[Any, bytes]]:
     """Entries of one memo file; none when unreadable or of another version."""
     try:
         with open(path, "rb") as handle:
-            found, entries = marshal.loads(handle.read(4 * reliant_store.MAX_BYTES))
+            found, entries = marshal.loads(handle.read(4 * store.MAX_BYTES))
     except (OSError, ValueError, EOFError, TypeError):
         return {}
     return entries if found == version and isinstance(entries, dict) else {}
 
 
 def stub_pattern(nonce: str) -> re.Pattern[bytes]:
-    """A stub line as the serializer writes it (see reliant_shards `_Stubs`): group 1
+    """A stub line as the serializer writes it (see `reliant.shards.stubs.Stubs`): group 1
     is the chunk's index."""
     return re.compile(rb'    <domain reliant-stub="' + re.escape(nonce.encode()) + rb'-(\d+)"/>')

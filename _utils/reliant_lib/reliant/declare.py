@@ -13,7 +13,7 @@ tree or pillar::
 `qid_range` is required (a QID range is chosen once: qids are write-once and IPs
 derive from them); `depends_on` (directories of other shards, relative to this one
 or absolute; default none) and `id` (default: the directory's name) are optional.
-Shard files are read and written with reliant_shards/reliant_store (lockf, atomic).
+Shard files are read and written with reliant.shards and reliant.store (lockf, atomic).
 """
 
 from __future__ import annotations
@@ -27,8 +27,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import reliant_shards
-import reliant_store
+from reliant import store
+from reliant.shards.files import (
+    SHARD_FILE,
+    Shard,
+    discover,
+    init_shard,
+    load_shard,
+    read_metadata,
+    shard_bytes,
+)
+from reliant.shards.files import (
+    parse_range as parse_range_text,
+)
+from reliant.shards.records import qube_name, qube_qid
+from reliant.shards.runtime import operation_lock
+from reliant.vocab import ShardError
 
 # Salt's utils loader also runs this file, without registering it in sys.modules, where
 # @dataclass looks up the module of string annotations: give it an (empty) entry.
@@ -66,12 +80,12 @@ def parse_range(value: Any, source: str) -> tuple[int, int]:
             isinstance(item, int) and not isinstance(item, bool) for item in value):
         value = f"{value[0]}-{value[1]}"
     if not isinstance(value, str):
-        raise reliant_shards.ShardError(f"{source}: qid_range must be \"FIRST-LAST\", "
+        raise ShardError(f"{source}: qid_range must be \"FIRST-LAST\", "
                                         f"got {value!r}")
     try:
-        return reliant_shards.parse_range(value)
-    except reliant_shards.ShardError as exc:
-        raise reliant_shards.ShardError(f"{source}: {exc}") from None
+        return parse_range_text(value)
+    except ShardError as exc:
+        raise ShardError(f"{source}: {exc}") from None
 
 
 def declaration(path: str, qid_range: Any, depends_on: Sequence[str] = (),
@@ -80,12 +94,12 @@ def declaration(path: str, qid_range: Any, depends_on: Sequence[str] = (),
     source = source or path
     directory = os.path.abspath(path)
     if isinstance(depends_on, str) or not all(isinstance(d, str) and d for d in depends_on):
-        raise reliant_shards.ShardError(f"{source}: depends_on must be a list of directories")
+        raise ShardError(f"{source}: depends_on must be a list of directories")
     if shard_id is not None and not isinstance(shard_id, str):
-        raise reliant_shards.ShardError(f"{source}: id must be a string")
+        raise ShardError(f"{source}: id must be a string")
     deps = tuple(os.path.normpath(os.path.join(directory, dep)) for dep in depends_on)
     if directory in deps:
-        raise reliant_shards.ShardError(f"{source}: a shard cannot depend on itself")
+        raise ShardError(f"{source}: a shard cannot depend on itself")
     return Declaration(directory, parse_range(qid_range, source), deps, shard_id)
 
 
@@ -95,25 +109,25 @@ def read_declaration(directory: str) -> Declaration:
     try:
         fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise reliant_shards.ShardError(f"{file}: cannot open: {exc.strerror}") from None
+        raise ShardError(f"{file}: cannot open: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise reliant_shards.ShardError(f"{file}: not a regular file")
+            raise ShardError(f"{file}: not a regular file")
         data = handle.read(MAX_DECLARATION_BYTES + 1)
     if len(data) > MAX_DECLARATION_BYTES:
-        raise reliant_shards.ShardError(f"{file}: larger than {MAX_DECLARATION_BYTES} bytes")
+        raise ShardError(f"{file}: larger than {MAX_DECLARATION_BYTES} bytes")
     try:
         content = json.loads(data)
     except ValueError as exc:
-        raise reliant_shards.ShardError(f"{file}: not JSON: {exc}") from None
+        raise ShardError(f"{file}: not JSON: {exc}") from None
     if not isinstance(content, dict):
-        raise reliant_shards.ShardError(f"{file}: must hold a JSON object")
+        raise ShardError(f"{file}: must hold a JSON object")
     unknown = sorted(set(content) - set(_KEYS))
     if unknown:
-        raise reliant_shards.ShardError(f"{file}: unknown key {unknown[0]!r} "
+        raise ShardError(f"{file}: unknown key {unknown[0]!r} "
                                         f"(known: {', '.join(_KEYS)})")
     if "qid_range" not in content:
-        raise reliant_shards.ShardError(f"{file}: qid_range is required")
+        raise ShardError(f"{file}: qid_range is required")
     return declaration(directory, content["qid_range"], content.get("depends_on", ()),
                        content.get("id"), source=file)
 
@@ -135,10 +149,10 @@ def find_declarations(roots: Sequence[str], max_depth: int,
         if depth and DECLARATION_FILE in names:
             try:
                 found.append(read_declaration(directory))
-            except reliant_shards.ShardError as exc:
+            except ShardError as exc:
                 problems.append(str(exc))
             return
-        if depth and reliant_shards.SHARD_FILE in names:
+        if depth and SHARD_FILE in names:
             return
         for entry in entries:
             if depth < max_depth and entry.is_dir(follow_symlinks=False):
@@ -178,18 +192,18 @@ def _read_locked(fd: int, file: str) -> bytes:
     chunks = []
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
-        if sum(map(len, chunks)) > reliant_store.MAX_BYTES:
-            raise reliant_shards.ShardError(f"{file}: larger than {reliant_store.MAX_BYTES} "
+        if sum(map(len, chunks)) > store.MAX_BYTES:
+            raise ShardError(f"{file}: larger than {store.MAX_BYTES} "
                                             "bytes")
     return b"".join(chunks)
 
 
-def _load(path: str, what: str) -> reliant_shards.Shard:
+def _load(path: str, what: str) -> Shard:
     """The shard in `path`; any failure as a ShardError saying what it was for."""
     try:
-        return reliant_shards.load_shard(path)
-    except reliant_store.StoreError as exc:
-        raise reliant_shards.ShardError(f"{what} {path} is not a readable shard: {exc}") \
+        return load_shard(path)
+    except store.StoreError as exc:
+        raise ShardError(f"{what} {path} is not a readable shard: {exc}") \
             from None
 
 
@@ -204,7 +218,7 @@ def _declared_id(wanted: Declaration) -> str:
 
 
 def _exists(wanted: Declaration) -> bool:
-    return os.path.lexists(os.path.join(wanted.path, reliant_shards.SHARD_FILE))
+    return os.path.lexists(os.path.join(wanted.path, SHARD_FILE))
 
 
 def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int,
@@ -215,10 +229,10 @@ def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int,
     `pending`: other declarations converged before this one, taken as done."""
     directory = wanted.path
     if not _under_a_root(directory, roots, max_depth):
-        raise reliant_shards.ShardError(
+        raise ShardError(
             f"{directory}: not within {max_depth} levels under a shard root "
             f"({', '.join(roots)}); suture would never see it")
-    future = {other.path: reliant_shards.Shard(other.path, _declared_id(other),
+    future = {other.path: Shard(other.path, _declared_id(other),
                                                other.qid_range, ())
               for other in pending if other.path != directory and not _exists(other)}
     deps = [future[path] if path in future else _load(path, f"{directory}: dependency")
@@ -227,24 +241,24 @@ def plan(wanted: Declaration, core: str, roots: Sequence[str], max_depth: int,
     current = _load(directory, "shard") if _exists(wanted) else None
     shard_id = wanted.shard_id or (current.id if current else os.path.basename(directory))
     if current and shard_id != current.id:
-        raise reliant_shards.ShardError(
+        raise ShardError(
             f"{directory}: shard id is {current.id!r}; it cannot become {shard_id!r} "
             "(its qubes' tags and the shards depending on it name it)")
     # The wanted metadata, checked by the library's own reader (id syntax, range bounds).
-    probe = reliant_shards.Shard(path=directory, id=shard_id, qid_range=wanted.qid_range,
+    probe = Shard(path=directory, id=shard_id, qid_range=wanted.qid_range,
                                  depends_on=tuple(dep_ids))
-    reliant_shards.read_metadata(reliant_shards.shard_bytes(probe, (), ()), directory)
+    read_metadata(shard_bytes(probe, (), ()), directory)
     # Other shards as they are or, declared earlier in this run, as they will be.
     declared = {other.path: other for other in pending}
-    others = [reliant_shards.Shard(shard.path, shard.id, declared[shard.path].qid_range,
+    others = [Shard(shard.path, shard.id, declared[shard.path].qid_range,
                                    shard.depends_on) if shard.path in declared else shard
-              for shard in reliant_shards.discover(roots, max_depth, problems=[])
+              for shard in discover(roots, max_depth, problems=[])
               if os.path.realpath(shard.path) != os.path.realpath(directory)]
     others += future.values()
     depends = {shard.id: shard.depends_on for shard in [*others, *deps]}
     depends[shard_id] = tuple(dep_ids)
     if shard_id in _closure(shard_id, depends):
-        raise reliant_shards.ShardError(f"{directory}: dependencies form a cycle through "
+        raise ShardError(f"{directory}: dependencies form a cycle through "
                                         f"shard {shard_id!r}")
     _check_range(wanted.qid_range, directory, current, others, core)
     new = _metadata(shard_id, wanted.qid_range, dep_ids)
@@ -312,37 +326,37 @@ def converge(declarations: Sequence[Declaration], core: str, roots: Sequence[str
                 apply(outcome.plan, roots, max_depth, state_path)
                 outcome.applied = True
                 verify(outcome.plan)
-        except (reliant_shards.ShardError, reliant_store.StoreError) as exc:
+        except (ShardError, store.StoreError) as exc:
             outcome.error = str(exc)
         outcomes.append(outcome)
     return outcomes
 
 
 def _check_range(qid_range: tuple[int, int], directory: str,
-                 current: Optional[reliant_shards.Shard],
-                 others: Sequence[reliant_shards.Shard], core: str) -> None:
+                 current: Optional[Shard],
+                 others: Sequence[Shard], core: str) -> None:
     first, last = qid_range
     text = f"QID range {first}-{last} of {directory}"
     for other in others:
         if first <= other.qid_range[1] and other.qid_range[0] <= last:
-            raise reliant_shards.ShardError(
+            raise ShardError(
                 f"{text} overlaps {other.qid_range[0]}-{other.qid_range[1]} of shard "
                 f"{other.id} ({other.path})")
     try:
-        core_root = reliant_store.load(core)
-    except reliant_store.StoreError as exc:
-        raise reliant_shards.ShardError(str(exc)) from None
+        core_root = store.load(core)
+    except store.StoreError as exc:
+        raise ShardError(str(exc)) from None
     for domain in core_root.iterfind("domains/domain"):
-        qid = reliant_shards.qube_qid(domain)
+        qid = qube_qid(domain)
         if qid is not None and first <= qid <= last:
-            raise reliant_shards.ShardError(f"{text} holds qid {qid} of core qube "
-                                            f"{reliant_shards.qube_name(domain)!r}")
+            raise ShardError(f"{text} holds qid {qid} of core qube "
+                                            f"{qube_name(domain)!r}")
     for domain in current.domains if current else ():
-        qid = reliant_shards.qube_qid(domain)
+        qid = qube_qid(domain)
         if qid is not None and not first <= qid <= last:
-            raise reliant_shards.ShardError(
+            raise ShardError(
                 f"{text} leaves out qid {qid} of its qube "
-                f"{reliant_shards.qube_name(domain)!r} (qids never change)")
+                f"{qube_name(domain)!r} (qids never change)")
 
 
 def apply(change: Plan, roots: Sequence[str], max_depth: int,
@@ -354,33 +368,33 @@ def apply(change: Plan, roots: Sequence[str], max_depth: int,
     if state_path is None:
         _apply(change, roots, max_depth)
         return
-    with reliant_shards.operation_lock(state_path):
+    with operation_lock(state_path):
         _apply(change, roots, max_depth)
 
 
 def _apply(change: Plan, roots: Sequence[str], max_depth: int) -> None:
     wanted = change.declaration
     if change.action == "init":
-        reliant_shards.init_shard(wanted.path, wanted.qid_range, wanted.depends_on,
+        init_shard(wanted.path, wanted.qid_range, wanted.depends_on,
                                   change.new["id"], roots, max_depth)
         return
     if change.action != "update":
         return
-    file = os.path.join(wanted.path, reliant_shards.SHARD_FILE)
-    with reliant_store.locked(file, exclusive=True) as fd:
+    file = os.path.join(wanted.path, SHARD_FILE)
+    with store.locked(file, exclusive=True) as fd:
         if fd is None:
-            raise reliant_shards.ShardError(f"{file}: vanished")
+            raise ShardError(f"{file}: vanished")
         data = _read_locked(fd, file)
-        current = reliant_shards.Shard(wanted.path, *reliant_shards.read_metadata(data, file),
+        current = Shard(wanted.path, *read_metadata(data, file),
                                        data=data)
         old = _metadata(current.id, current.qid_range, current.depends_on)
         if any(old[key] != value for key, value in change.old.items()):
-            raise reliant_shards.ShardError(f"{file}: changed while being converged; "
+            raise ShardError(f"{file}: changed while being converged; "
                                             "run again")
         deps = tuple(_load(path, "dependency").id for path in wanted.depends_on)
-        shard = reliant_shards.Shard(wanted.path, current.id, wanted.qid_range, deps)
-        content = reliant_shards.shard_bytes(shard, current.pool_elements, current.domains)
-        reliant_store.replace(file, content, mode=0o600)
+        shard = Shard(wanted.path, current.id, wanted.qid_range, deps)
+        content = shard_bytes(shard, current.pool_elements, current.domains)
+        store.replace(file, content, mode=0o600)
 
 
 def verify(change: Plan) -> None:
@@ -391,5 +405,5 @@ def verify(change: Plan) -> None:
     now = _metadata(shard.id, shard.qid_range, shard.depends_on)
     want = _metadata(shard.id, wanted.qid_range, deps)
     if now != want:
-        raise reliant_shards.ShardError(f"{shard.file}: holds {now} after converging, "
+        raise ShardError(f"{shard.file}: holds {now} after converging, "
                                         f"not {want}")

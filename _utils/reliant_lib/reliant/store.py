@@ -1,6 +1,6 @@
 """Read and write qubesd-format XML stores safely.
 
-Public API (used by reliant_shards and, through it, by the CLI and Salt modules):
+Public API (used by the shard engine and, through it, by the CLI and Salt modules):
 
 - ``StoreError``: every failure, with a message naming the file.
 - ``MAX_BYTES``: the default size limit of a store (64 MiB).

@@ -23,7 +23,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Optional
 
-import reliant_store
+from reliant import store
 
 #: sha256 of qubes/storage/file.py -> qubes-core-admin releases that ship it. All of
 #: them run create-snapshot with the 3- and 4-argument forms this formula handles.
@@ -157,7 +157,7 @@ class Manifest:
     @classmethod
     def load(cls, layout: Layout) -> "Optional[Manifest]":
         """The manifest, None when absent; SnapshotError when it or the backup is damaged."""
-        data = reliant_store.read_or_none(layout.manifest)
+        data = store.read_or_none(layout.manifest)
         if data is None:
             return None
         try:
@@ -165,7 +165,7 @@ class Manifest:
         except (ValueError, TypeError) as exc:
             raise SnapshotError(f"{layout.manifest}: not a manifest of reliant.snapshots: {exc}")\
                 from exc
-        original = reliant_store.read_or_none(layout.original)
+        original = store.read_or_none(layout.original)
         if original is None or sha256_bytes(original) != manifest.original_sha256:
             raise SnapshotError(
                 f"{layout.original}: backup of the original create-snapshot is missing or does "
@@ -205,7 +205,7 @@ class Plan:
 
 def check_qubes_version(layout: Layout, extra_known: frozenset[str]) -> list[str]:
     """Problems with the Qubes files the component relies on (file.py)."""
-    data = reliant_store.read_or_none(layout.file_py)
+    data = store.read_or_none(layout.file_py)
     if data is None:
         return [f"{layout.file_py} not found: is qubes-core-dom0 installed?"]
     digest = sha256_bytes(data)
@@ -229,7 +229,7 @@ def plan_install(layout: Layout, script: bytes, extension: bytes,
         plan.problems.append(str(exc))
         return plan
     wanted = desired_files(layout, script, extension)
-    current = reliant_store.read_or_none(layout.script)
+    current = store.read_or_none(layout.script)
     ours = sha256_bytes(script)
     if current is None:
         plan.problems.append(f"{layout.script} not found: is qubes-core-dom0 installed?")
@@ -250,7 +250,7 @@ def plan_install(layout: Layout, script: bytes, extension: bytes,
             "nothing was changed")
     if plan.problems:
         return plan
-    plan.write = {path: data for path, data in wanted.items() if reliant_store.read_or_none(path) != data}
+    plan.write = {path: data for path, data in wanted.items() if store.read_or_none(path) != data}
     # Files of an earlier installation that are no longer wanted (site-packages moved).
     stale = [path for path in (manifest.installed if manifest else {}) if path not in wanted]
     plan.remove = [path for path in with_bytecode(stale) if os.path.lexists(path)]
@@ -279,7 +279,7 @@ def plan_remove(layout: Layout) -> Plan:
     if manifest is None:
         return plan
     # Only reliant's script is replaced: one that a qubes-core-dom0 update wrote since stays.
-    current = reliant_store.read_or_none(layout.script)
+    current = store.read_or_none(layout.script)
     plan.restore = current is not None and \
         sha256_bytes(current) == manifest.installed.get(layout.script)
     plan.drop_backup = True
@@ -297,16 +297,16 @@ def apply_install(layout: Layout, plan: Plan) -> None:
         if sha256_bytes(original) != plan.backup.original_sha256:
             raise SnapshotError(f"{layout.script} changed while installing; nothing was changed")
         os.makedirs(layout.backup_dir, mode=0o700, exist_ok=True)
-        reliant_store.replace(layout.original, original, 0o600)
+        store.replace(layout.original, original, 0o600)
     if plan.manifest:
         os.makedirs(layout.backup_dir, mode=0o700, exist_ok=True)
-        reliant_store.replace(layout.manifest, plan.manifest.dump(), 0o600)
+        store.replace(layout.manifest, plan.manifest.dump(), 0o600)
     manifest = plan.manifest or Manifest.load(layout)
     for path, data in plan.write.items():
         if path == layout.script:
-            reliant_store.replace(path, data, manifest.mode, manifest.uid, manifest.gid)
+            store.replace(path, data, manifest.mode, manifest.uid, manifest.gid)
         else:
-            reliant_store.replace(path, data, 0o644)
+            store.replace(path, data, 0o644)
     remove_files(plan.remove)
 
 
@@ -331,7 +331,7 @@ def apply_remove(layout: Layout, plan: Plan) -> None:
         manifest = plan.manifest
         with open(layout.original, "rb") as handle:
             original = handle.read()
-        reliant_store.replace(layout.script, original, manifest.mode, manifest.uid, manifest.gid,
+        store.replace(layout.script, original, manifest.mode, manifest.uid, manifest.gid,
                      manifest.mtime_ns)
     remove_files(plan.remove, (layout.marker_dir,))
     if plan.drop_backup:
@@ -351,7 +351,7 @@ def verify(layout: Layout, script: bytes, extension: bytes) -> list[str]:
     if manifest is None:
         problems.append(f"{layout.manifest} missing: the original create-snapshot is not saved")
     for path, data in desired_files(layout, script, extension).items():
-        current = reliant_store.read_or_none(path)
+        current = store.read_or_none(path)
         if current is None:
             problems.append(f"{path} missing")
         elif current != data:

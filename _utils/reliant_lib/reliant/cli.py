@@ -1,4 +1,4 @@
-"""reliant-shard: the runtime command line over reliant_shards (installed in dom0).
+"""reliant-shard: the runtime command line over the shard engine (installed in dom0).
 
 ``main(argv, host=None) -> int``: 0 done, 1 refused (a message on stderr says why),
 2 bad usage or configuration. Defaults come from the JSON file named by
@@ -26,8 +26,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import reliant_shards
-import reliant_store
+from reliant import audit, operations, store
+from reliant.shards.dom0dirs import QUBES_DIR
+from reliant.shards.files import FIRST_SHARD_QID, RANGE_SIZE, Shard, discover, init_shard, parse_range
+from reliant.shards.records import qube_name
+from reliant.shards.runtime import default_detached_path, read_detached, write_detached
+from reliant.shards.suture import MISSING_REFERENCE_MODES
+from reliant.vocab import Problem, ShardError, shard_tag
 
 CONFIG_PATH = "/etc/reliant/reliant.json"
 DEFAULTS: dict[str, Any] = {
@@ -39,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "policy_dir": "/run/qubes/policy.d",
     "services": None,
     "libdir": "/usr/lib/reliant",
-    "qubes_dir": reliant_shards.QUBES_DIR,
+    "qubes_dir": QUBES_DIR,
 }
 
 
@@ -55,7 +60,7 @@ class Host:
             return subprocess.run(["systemctl", "is-active", "--quiet", "qubesd"],
                                   check=False).returncode == 0
         except OSError as exc:
-            raise reliant_shards.ShardError(f"cannot tell whether qubesd runs: systemctl: "
+            raise ShardError(f"cannot tell whether qubesd runs: systemctl: "
                                             f"{exc.strerror}") from None
 
     def running_qubes(self) -> set[str]:
@@ -67,7 +72,7 @@ class Host:
         if shutil.which("qvm-ls"):
             out = self._output(["qvm-ls", "--running", "--raw-list"])
             return {line.strip() for line in out.splitlines() if line.strip()} - {"dom0"}
-        raise reliant_shards.ShardError("cannot tell which qubes run (neither xl nor qvm-ls "
+        raise ShardError("cannot tell which qubes run (neither xl nor qvm-ls "
                                         "found); refusing to detach")
 
     def qubesd(self, action: str) -> None:
@@ -75,10 +80,10 @@ class Host:
             result = subprocess.run(["systemctl", action, "qubesd"], check=False,
                                     capture_output=True, text=True)
         except OSError as exc:
-            raise reliant_shards.ShardError(f"systemctl {action} qubesd: {exc.strerror}") \
+            raise ShardError(f"systemctl {action} qubesd: {exc.strerror}") \
                 from None
         if result.returncode:
-            raise reliant_shards.ShardError(f"systemctl {action} qubesd failed: "
+            raise ShardError(f"systemctl {action} qubesd failed: "
                                             f"{result.stderr.strip() or result.returncode}")
 
     @staticmethod
@@ -86,9 +91,9 @@ class Host:
         try:
             result = subprocess.run(argv, check=False, capture_output=True, text=True)
         except OSError as exc:
-            raise reliant_shards.ShardError(f"{argv[0]}: {exc.strerror}") from None
+            raise ShardError(f"{argv[0]}: {exc.strerror}") from None
         if result.returncode:
-            raise reliant_shards.ShardError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+            raise ShardError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
         return result.stdout
 
 
@@ -122,8 +127,8 @@ def _roots(text: str) -> list[str]:
 
 def _qid_range(text: str) -> tuple[int, int]:
     try:
-        return reliant_shards.parse_range(text)
-    except reliant_shards.ShardError as exc:
+        return parse_range(text)
+    except ShardError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -157,14 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("directory", metavar="DIR")
     init.add_argument("--qid-range", type=_qid_range, metavar="A-B",
                       help="QIDs of this shard's qubes (default: the first free block of "
-                      f"{reliant_shards.RANGE_SIZE} from {reliant_shards.FIRST_SHARD_QID})")
+                      f"{RANGE_SIZE} from {FIRST_SHARD_QID})")
     init.add_argument("--depends-on", action="append", default=[], metavar="DIR",
                       help="a shard whose qubes this one may use (repeatable)")
     init.add_argument("--id", dest="shard_id", help="shard id (default: the directory name)")
 
     suture = command("suture", "write the merged store from core and the visible shards",
                      core=True, roots=True, merged="out", policy=True)
-    suture.add_argument("--missing-reference", choices=reliant_shards.MISSING_REFERENCE_MODES)
+    suture.add_argument("--missing-reference", choices=MISSING_REFERENCE_MODES)
     suture.add_argument("--qubes-dir", metavar="DIR", help="dom0's qubes directory")
 
     dissect = command("dissect", "write core and each shard back from the merged store",
@@ -175,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command("check", "report what suture would refuse, recover or renumber",
                     core=True, roots=True, merged="merged")
-    check.add_argument("--missing-reference", choices=reliant_shards.MISSING_REFERENCE_MODES)
+    check.add_argument("--missing-reference", choices=MISSING_REFERENCE_MODES)
 
     status = command("status", "visible and merged shards, conflicts, recovered qubes",
                      core=True, roots=True, merged="merged")
@@ -222,66 +227,66 @@ def _settings(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any
 
 def _refuse_if_qubesd_runs(host: Host, what: str) -> None:
     if host.qubesd_active():
-        raise reliant_shards.ShardError(f"qubesd is running: {what} needs it stopped "
+        raise ShardError(f"qubesd is running: {what} needs it stopped "
                                         "(systemctl stop qubesd), else qubesd would overwrite "
                                         "or be confused by the change")
 
 
-def _print_problems(problems: Sequence[reliant_shards.Problem], quiet_info: bool = False) -> None:
+def _print_problems(problems: Sequence[Problem], quiet_info: bool = False) -> None:
     for problem in problems:
         if not (quiet_info and problem.severity == "info"):
             print(f"reliant-shard: {problem}", file=sys.stderr)
 
 
-def _shard_ids(selected: Sequence[str], shards: Sequence[reliant_shards.Shard]) -> set[str]:
+def _shard_ids(selected: Sequence[str], shards: Sequence[Shard]) -> set[str]:
     ids = set()
     for item in selected:
         match = [s.id for s in shards if item in (s.id, s.path)
                  or os.path.realpath(item) == os.path.realpath(s.path)]
         if not match:
-            raise reliant_shards.ShardError(f"no visible shard {item!r}")
+            raise ShardError(f"no visible shard {item!r}")
         ids.update(match)
     return ids
 
 
 def _detach(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> int:
-    shards = reliant_shards.discover(settings["roots"], settings["max_depth"], problems=[])
+    shards = discover(settings["roots"], settings["max_depth"], problems=[])
     ids = _shard_ids(args.shards, shards) if args.shards else {s.id for s in shards}
     if not ids:
-        raise reliant_shards.ShardError("no visible shard to detach")
+        raise ShardError("no visible shard to detach")
     running = host.running_qubes()
     busy = []
     if os.path.exists(settings["merged"]):
-        merged = reliant_store.load(settings["merged"])
-        tags = {reliant_shards.shard_tag(i) for i in ids}
+        merged = store.load(settings["merged"])
+        tags = {shard_tag(i) for i in ids}
         for domain in merged.iterfind("domains/domain"):
-            name = reliant_shards.qube_name(domain)
+            name = qube_name(domain)
             if name in running and any(t.get("name") in tags
                                        for t in domain.iterfind("tags/tag")):
                 busy.append(name)
     for shard in shards:
         if shard.id in ids:
-            busy += [reliant_shards.qube_name(d) for d in shard.domains
-                     if reliant_shards.qube_name(d) in running]
+            busy += [qube_name(d) for d in shard.domains
+                     if qube_name(d) in running]
     if busy:
-        raise reliant_shards.ShardError(f"qubes of the shards to detach are running: "
+        raise ShardError(f"qubes of the shards to detach are running: "
                                         f"{', '.join(sorted(set(busy)))}; shut them down first")
-    path = reliant_shards.default_detached_path(settings["merged"])
-    reliant_shards.write_detached(path, reliant_shards.read_detached(path) | ids)
+    path = default_detached_path(settings["merged"])
+    write_detached(path, read_detached(path) | ids)
     _restart(host)
     print(f"detached: {', '.join(sorted(ids))}")
     return 0
 
 
 def _attach(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> int:
-    path = reliant_shards.default_detached_path(settings["merged"])
-    detached = reliant_shards.read_detached(path)
+    path = default_detached_path(settings["merged"])
+    detached = read_detached(path)
     if args.shards:
-        shards = reliant_shards.discover(settings["roots"], settings["max_depth"], problems=[])
+        shards = discover(settings["roots"], settings["max_depth"], problems=[])
         detached -= _shard_ids(args.shards, shards)
     else:
         detached = set()
-    reliant_shards.write_detached(path, detached)
+    write_detached(path, detached)
     _restart(host)
     return 0
 
@@ -316,16 +321,16 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
     """Carry out one parsed command; ShardError/StoreError mean refused."""
     roots, depth = settings["roots"], settings["max_depth"]
     if args.command == "init":
-        shard = reliant_shards.init_shard(args.directory, args.qid_range, args.depends_on,
+        shard = init_shard(args.directory, args.qid_range, args.depends_on,
                                           args.shard_id, roots, depth)
         print(f"shard {shard.id} created in {shard.path} with qids "
               f"{shard.qid_range[0]}-{shard.qid_range[1]}")
         return 0
     if args.command == "suture":
         _refuse_if_qubesd_runs(host, "suture")
-        detached = reliant_shards.read_detached(
-            reliant_shards.default_detached_path(settings["merged"]))
-        result = reliant_shards.suture(
+        detached = read_detached(
+            default_detached_path(settings["merged"]))
+        result = operations.suture(
             settings["core"], roots, settings["merged"], max_depth=depth,
             missing_reference=settings["missing_reference"],
             policy_dir=settings["policy_dir"] or None, services=settings["services"],
@@ -335,15 +340,15 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
     if args.command == "dissect":
         if args.final:
             _refuse_if_qubesd_runs(host, "dissect --final")
-        result = reliant_shards.dissect(settings["merged"], settings["core"], roots,
+        result = operations.dissect(settings["merged"], settings["core"], roots,
                                         max_depth=depth, qubes_dir=settings["qubes_dir"],
                                         final=args.final)
         _print_problems(result.problems)
         return 1 if result.errors else 0
     if args.command == "check":
-        detached = reliant_shards.read_detached(
-            reliant_shards.default_detached_path(settings["merged"]))
-        result = reliant_shards.check(settings["core"], roots, max_depth=depth,
+        detached = read_detached(
+            default_detached_path(settings["merged"]))
+        result = operations.check(settings["core"], roots, max_depth=depth,
                                       missing_reference=settings["missing_reference"],
                                       detached=detached)
         _print_problems(result.problems)
@@ -351,20 +356,20 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
         print(f"{len(result.shards)} shard(s) can be merged; {len(bad)} problem(s)")
         return 1 if bad else 0
     if args.command == "status":
-        report = reliant_shards.status(settings["core"], settings["merged"], roots,
+        report = operations.status(settings["core"], settings["merged"], roots,
                                        max_depth=depth)
         print(json.dumps(report, indent=1, sort_keys=True) if args.json
               else _status_text(report))
         return 0
     if args.command == "rename":
         _refuse_if_qubesd_runs(host, "rename")
-        reliant_shards.rename_qube(roots, args.qube, args.new, core=settings["core"],
+        operations.rename_qube(roots, args.qube, args.new, core=settings["core"],
                                    shard_id=args.shard, max_depth=depth)
         print(f"renamed {args.qube} to {args.new}")
         return 0
     if args.command == "review":
         _refuse_if_qubesd_runs(host, "review")
-        reliant_shards.review_qube(roots, args.qube, shard_id=args.shard, max_depth=depth)
+        operations.review_qube(roots, args.qube, shard_id=args.shard, max_depth=depth)
         print(f"{args.qube}: start allowed again")
         return 0
     if args.command == "attach":
@@ -375,13 +380,11 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
 
 
 def _audit(settings: dict[str, Any], args: argparse.Namespace) -> int:
-    import reliant_audit  # written by the audit component
-
-    shards = reliant_shards.discover(settings["roots"], settings["max_depth"], problems=[])
+    shards = discover(settings["roots"], settings["max_depth"], problems=[])
     try:
-        findings = reliant_audit.audit(shards, settings["core"], args.fs_root)
-    except reliant_audit.AuditError as exc:
-        raise reliant_shards.ShardError(str(exc)) from None
+        findings = audit.audit(shards, settings["core"], args.fs_root)
+    except audit.AuditError as exc:
+        raise ShardError(str(exc)) from None
     if args.json:
         print(json.dumps([{"path": f.path, "reason": f.reason} for f in findings], indent=1))
     else:
@@ -406,6 +409,6 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         return 2
     try:
         return run(args, settings, host or Host())
-    except (reliant_shards.ShardError, reliant_store.StoreError) as exc:
+    except (ShardError, store.StoreError) as exc:
         print(f"reliant-shard: refused: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,22 @@
+"""reliant: the formula's library (pure Python and lxml; no Salt import).
+
+Imports point one way, from the vocabulary up to the commands:
+
+    vocab            shared names: group tags, reference properties, data volumes,
+                     which groups may reference which, qube names, Problem, ShardError
+    store, chunks    qubesd stores read and written safely; a store cut at its domains
+    config           the `reliant` pillar checked against the defaults; dom0 detection
+    shards/          the shard engine: records, files, runtime, suture, dissect,
+                     stubs (reading in chunks), dom0dirs
+    isolation/       guard (groups and references) and policy (qrexec rules); the
+                     qubesd extension imports only these
+    operations       suture, dissect, check, status, rename, review on the files
+    declare          shard declarations converged by Salt
+    audit            traces of open shards in dom0's storage
+    snapshot         read-only loop snapshots (create-snapshot and its extension)
+    volatile/        volatile dom0: settings, files, boot plan, running mode
+    cli              the reliant-shard command line
+
+The execution and state modules (`_modules/`, `_states/`) and `bin/reliant-shard` sit on
+top; nothing here imports them.
+"""

@@ -1,0 +1,348 @@
+"""Operations on the files: `suture`, `dissect`, `check`, `status`, `rename_qube` and
+`review_qube`, each reading and writing core, the shards under the roots, the merged
+store and the runtime files beside it (the plans are in `reliant.shards`).
+
+suture writes the runtime qrexec policy (`reliant.isolation.policy`) before the merged
+store; check and suture report the qubes whose default disposable is in another group
+(`isolation_problems`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from lxml import etree
+
+from reliant import chunks as chunking
+from reliant import store
+from reliant.isolation import guard, policy
+from reliant.shards.dissect import plan_dissect
+from reliant.shards.dom0dirs import (
+    QUBES_DIR,
+    entries,
+    real_dir,
+    recover_swaps,
+    release_dom0_dirs,
+    restore_dom0_dirs,
+    save_dom0_dirs,
+)
+from reliant.shards.files import (
+    DOM0_DIR,
+    SHARD_ELEMENT,
+    Shard,
+    deps_closure,
+    discover,
+)
+from reliant.shards.records import (
+    QubeRecord,
+    dom0_subdir,
+    properties,
+    qube_name,
+    strip_reliant_tags,
+)
+from reliant.shards.runtime import default_state_path, operation_lock, read_state, write_state
+from reliant.shards.stubs import (
+    Stubs,
+    load_core,
+    memo_group,
+    memo_group_of,
+    memo_version,
+    merged_chunks,
+    read_in_chunks,
+    read_merged,
+)
+from reliant.shards.suture import (
+    PROHIBIT_START,
+    RATIONALE_PREFIX,
+    RECOVERED_PREFIX,
+    plan_suture,
+)
+from reliant.vocab import CORE, DOMAIN_REFERENCES, Problem, ShardError, shard_tag, valid_qube_name
+
+
+@dataclass
+class Result:
+    """Outcome of an operation: files written, problems, the shards involved."""
+
+    problems: list[Problem]
+    written: list[str] = field(default_factory=list)
+    shards: list[Shard] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+@contextlib.contextmanager
+def _without_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: suture and dissect allocate records for
+    every qube, which reference counting frees; collection passes over them while they
+    are alive cost time for nothing (about 10% of a suture)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
+           missing_reference: str = "recover", policy_dir: Optional[str] = None,
+           services: Optional[list[str]] = None, qubes_dir: str = QUBES_DIR,
+           state_path: Optional[str] = None, detached: Iterable[str] = ()) -> Result:
+    """Write the merged store `out` from `core` and the shards under `roots`.
+
+    Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`;
+    then the `isolation_problems` of the merged store are reported too),
+    dom0 directories back into `qubes_dir`, old runtime state removed, merged store,
+    new state. ShardError (nothing merged) if core is unusable or the policy
+    cannot be written.
+    """
+    state_path = state_path or default_state_path(out)
+    with operation_lock(state_path), _without_gc():
+        return _suture(core, roots, out, max_depth, missing_reference, policy_dir, services,
+                       qubes_dir, state_path, detached)
+
+
+def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
+            missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
+            qubes_dir: str, state_path: str, detached: Iterable[str]) -> Result:
+    problems: list[Problem] = []
+    known = merged_chunks(chunking.Memo(chunking.memo_dir(state_path),
+                                               memo_version()))
+    stubs = Stubs()
+    core_root = load_core(core, known, stubs)
+    shards = discover(roots, max_depth, problems)
+    for shard in shards:
+        root = read_in_chunks(shard.data, SHARD_ELEMENT, [(shard_tag(shard.id),)], known,
+                               stubs, shard.file)
+        if root is not None:
+            with contextlib.suppress(store.StoreError):  # reported when parsed
+                shard.use_root(root)
+    plan = plan_suture(core_root, shards, core_source=core,
+                       missing_reference=missing_reference, detached=detached, stubs=stubs)
+    problems += plan.problems
+    if policy_dir is not None:
+        try:
+            policy.write_runtime_policy(policy_dir, plan.merged, services,
+                                                record=plan.facts)
+        except Exception as exc:  # any failure: do not start qubesd without isolation
+            raise ShardError(f"runtime qrexec policy in {policy_dir} not written ({exc}); "
+                             "merged store not written") from None
+        problems += isolation_problems(plan.merged, plan.facts)  # the calls policy denies
+    wanted = [qube for shard in plan.sutured for qube in plan.dirs[shard.id]]
+    present = entries(qubes_dir)
+    try:
+        for shard in plan.sutured:
+            restore_dom0_dirs(shard, plan.dirs[shard.id], qubes_dir, problems)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state_path)
+        os.makedirs(os.path.dirname(os.path.abspath(out)), mode=0o755, exist_ok=True)
+        try:  # the memo of dissect keeps only what is merged now
+            chunking.keep_groups(chunking.memo_dir(state_path), [memo_group(CORE)]
+                                       + [memo_group(shard.id) for shard in plan.sutured])
+        except OSError as exc:
+            problems.append(Problem("error", "state", f"dissect memo beside {state_path} not "
+                                    f"pruned ({exc}): remove it"))
+        written = []
+        if store.write(out, plan.facts.expand(store.serialize(plan.merged)),
+                               mode=0o660):
+            written.append(out)
+        plan.state["problems"] = [asdict(p) for p in problems]
+        write_state(state_path, plan.state)
+    except BaseException:
+        # qubesd will not start: take back the shard qubes' directories copied out
+        with contextlib.suppress(OSError):
+            for subdir in ("appvms", "vm-templates"):
+                recover_swaps(os.path.join(qubes_dir, subdir))
+            release_dom0_dirs([q for q in wanted if q not in present], qubes_dir)
+        raise
+    return Result(problems, written, plan.sutured)
+
+
+def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
+            qubes_dir: str = QUBES_DIR, state_path: Optional[str] = None,
+            final: bool = False) -> Result:
+    """Write core and every merged shard back from the merged store (only files whose
+    content changed). With `final` (qubesd stopped), the dom0 directories of shard
+    qubes leave `qubes_dir` once saved in their shard.
+
+    Order: dom0 directories into shards, runtime state, shard files gaining qubes,
+    those losing qubes, core, then (final) removal of saved directories.
+    """
+    state_path = state_path or default_state_path(merged)
+    with operation_lock(state_path), _without_gc():
+        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final)
+
+
+def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes_dir: str,
+             state_path: str, final: bool) -> Result:
+    problems: list[Problem] = []
+    memo = chunking.Memo(chunking.memo_dir(state_path), memo_version())
+    stubs = Stubs()
+    merged_root, chunks = read_merged(merged, memo, stubs)
+    core_root = load_core(core) if os.path.lexists(core) else None
+    shards = discover(roots, max_depth, problems)
+    plan = plan_dissect(merged_root, core_root, shards, read_state(state_path),
+                        core_path=core, roots=roots, stubs=stubs)
+    problems += plan.problems
+    saved = [sid for sid, shard in plan.shards.items()
+             if save_dom0_dirs(shard, plan.dirs[sid], plan.keep_dirs[sid], qubes_dir, problems)]
+    write_state(state_path, plan.state)
+    written = [path for path, content, mode in plan.outputs
+               if store.write(path, content, mode=mode)]
+    try:  # the memo only saves time: not saving it fails nothing
+        if chunks is not None:
+            memo.save(chunks, memo_group_of)
+        else:
+            chunking.clear(memo.directory)
+    except OSError as exc:
+        problems.append(Problem("warning", "state", f"dissect memo in {memo.directory} not "
+                                f"saved ({exc}); the next dissect reads the whole store"))
+        with contextlib.suppress(OSError):
+            chunking.clear(memo.directory)
+    if final:
+        for sid in saved:
+            release_dom0_dirs(plan.dirs[sid], qubes_dir)
+    return Result(problems, written, list(plan.shards.values()))
+
+
+def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
+          missing_reference: str = "recover", detached: Iterable[str] = ()) -> Result:
+    """What suture would report, and the isolation problems of the merged store it
+    would write (`isolation_problems`), writing nothing."""
+    problems: list[Problem] = []
+    shards = discover(roots, max_depth, problems)
+    plan = plan_suture(load_core(core), shards, core_source=core,
+                       missing_reference=missing_reference, detached=detached)
+    return Result(problems + plan.problems + isolation_problems(plan.merged, plan.facts), [],
+                  plan.sutured)
+
+
+def isolation_problems(merged_root: etree._Element,
+                       record: Optional[Callable[[etree._Element], QubeRecord]] = None
+                       ) -> list[Problem]:
+    """A warning (kind ``isolation``) for each qube of a merged store whose default
+    disposable is in another group: the runtime policy denies its @dispvm calls
+    (`record`: the plan's records of its domains)."""
+    try:
+        found = guard.cross_group_dispvm_qubes(merged_root, record)
+    except guard.GuardError as exc:
+        return [Problem("error", "isolation", f"merged store: {exc}")]
+    prefix = shard_tag("")
+    return [Problem("warning", "isolation", str(cross),  # guard.cross_group_dispvms
+                    cross.group[len(prefix):] if (cross.group or "").startswith(prefix) else None,
+                    cross.qube)
+            for cross in found]
+
+
+def status(core: str, merged: str, roots: Sequence[str], *, max_depth: int = 3,
+           state_path: Optional[str] = None) -> dict[str, Any]:
+    """What is visible and merged, and what needs attention (JSON-serialisable)."""
+    problems: list[Problem] = []
+    shards = discover(roots, max_depth, problems)
+    state = read_state(state_path or default_state_path(merged)) or {"shards": {}}
+    report: dict[str, Any] = {"core": core, "merged": merged,
+                              "merged_exists": os.path.exists(merged), "shards": [],
+                              "recovered": [], "detached": state.get("detached", []),
+                              "problems": [asdict(p) for p in problems]
+                              + list(state.get("problems", []))}
+    for shard in shards:
+        entry = {"id": shard.id, "path": shard.path, "qid_range": list(shard.qid_range),
+                 "depends_on": list(shard.depends_on), "merged": shard.id in state["shards"]}
+        try:
+            entry["qubes"] = sorted(qube_name(d) for d in shard.domains)
+            entry["pools"] = shard.pools
+        except (store.StoreError, ShardError) as exc:
+            entry["error"] = str(exc)
+            report["shards"].append(entry)
+            continue
+        for domain in shard.domains:
+            features = domain.find("features")
+            recovered = {f.get("name"): f.text or "" for f in (features if features is not None
+                                                                else ())
+                         if (f.get("name") or "").startswith(RECOVERED_PREFIX)}
+            if recovered:
+                report["recovered"].append({"shard": shard.id, "qube": qube_name(domain),
+                                            "features": recovered})
+        report["shards"].append(entry)
+    return report
+
+
+def _find_qube(roots: Sequence[str], name: str, shard_id: Optional[str],
+               max_depth: int) -> tuple[Shard, etree._Element, list[Shard]]:
+    shards = discover(roots, max_depth, problems=[])
+    hits = [(s, d) for s in shards if shard_id in (None, s.id)
+            for d in s.domains if qube_name(d) == name]
+    if not hits:
+        raise ShardError(f"no qube named {name!r} in any visible shard"
+                         + (f" with id {shard_id}" if shard_id else ""))
+    if len(hits) > 1:
+        raise ShardError(f"qube {name!r} is in shards {', '.join(s.id for s, _ in hits)}; "
+                         "say which with --shard")
+    return hits[0][0], hits[0][1], shards
+
+
+def _rewrite(shard: Shard) -> bool:
+    for domain in shard.domains:
+        strip_reliant_tags(domain)
+    data = store.serialize(shard.root)
+    written = store.write(shard.file, data, mode=0o600)
+    shard.data = data
+    return written
+
+
+def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
+                shard_id: Optional[str] = None, max_depth: int = 3) -> Result:
+    """Rename a shard qube (e.g. to resolve a name conflict with core), with the
+    references to it in its shard and the shards depending on it, and its saved dom0
+    directory. Offline: qubesd must not be running on these files."""
+    shard, domain, shards = _find_qube(roots, name, shard_id, max_depth)
+    if not valid_qube_name(new):
+        raise ShardError(f"{new!r} is not a valid qube name")
+    taken = {qube_name(d) for d in load_core(core).iterfind("domains/domain")}
+    for other in shards:
+        taken |= {qube_name(d) for d in other.domains}
+    if new in taken:
+        raise ShardError(f"a qube named {new!r} already exists in core or a visible shard")
+    by_id = {s.id: s for s in shards}
+    affected = [shard] + [s for s in shards if shard.id in deps_closure(s.id, by_id)]
+    properties(domain)["name"].text = new
+    for other in affected:
+        for qube in other.domains:
+            for prop in properties(qube).values():
+                if prop.get("name") in DOMAIN_REFERENCES and prop.text == name:
+                    prop.text = new
+            for device in qube.iterfind("devices/device"):
+                if device.get("backend-domain") == name:
+                    device.set("backend-domain", new)
+    subdir = dom0_subdir(QubeRecord(domain))
+    saved = os.path.join(shard.path, DOM0_DIR, subdir, name)
+    written = [s.file for s in affected if _rewrite(s)]
+    if real_dir(saved):
+        os.rename(saved, os.path.join(shard.path, DOM0_DIR, subdir, new))
+        store.fsync_dir(os.path.dirname(saved))
+        written.append(saved)
+    return Result([], written, [shard])
+
+
+def review_qube(roots: Sequence[str], name: str, *, shard_id: Optional[str] = None,
+                max_depth: int = 3) -> Result:
+    """Accept a recovered qube: drop the prohibit-start set by suture and the
+    reliant-recovered-* records. Offline: qubesd must not be running on these files."""
+    shard, domain, _ = _find_qube(roots, name, shard_id, max_depth)
+    features = domain.find("features")
+    ours = [f for f in (features if features is not None else ())
+            if (f.get("name") or "").startswith(RECOVERED_PREFIX)
+            or (f.get("name") == PROHIBIT_START and (f.text or "").startswith(RATIONALE_PREFIX))]
+    if not ours:
+        raise ShardError(f"qube {name!r} of shard {shard.id} has nothing to review")
+    for feature in ours:
+        features.remove(feature)
+    return Result([], [shard.file] if _rewrite(shard) else [], [shard])

@@ -1,0 +1,408 @@
+"""The suture plan: core plus the visible shards -> the merged store qubesd runs on.
+
+Rules (DESIGN.md 3), each failure a `Problem` naming shard and qube: a shard is refused
+as a whole (unreadable, overlapping QID range, pools that redefine others or lie outside
+it); a qube is left out (class, name, uuid, label, pools, volumes of another qube) and
+stays intact in its shard; a reference to a qube that is not visible is reset to its
+default and the qube may not start until it is reviewed (or the qube is skipped); qids
+outside the shard's range get the lowest free one of it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from lxml import etree
+
+from reliant import store
+from reliant.shards.files import Shard, deps_closure, within
+from reliant.shards.records import (
+    QubeRecord,
+    dom0_subdir,
+    feature_value,
+    properties,
+    property_value,
+    remove_device,
+    set_feature,
+)
+from reliant.shards.stubs import Facts, Stubs
+from reliant.vocab import (
+    CORE,
+    CORE_TAG,
+    GLOBAL_REFERENCES,
+    MAX_QID,
+    Problem,
+    ShardError,
+    referable_groups,
+    shard_tag,
+    valid_qube_name,
+)
+
+QUBE_CLASSES = frozenset({"AppVM", "TemplateVM", "StandaloneVM", "DispVM"})
+RECOVERED_PREFIX = "reliant-recovered-"
+PROHIBIT_START = "prohibit-start"
+RATIONALE_PREFIX = "reliant: "
+MISSING_REFERENCE_MODES = ("recover", "skip")
+
+
+@dataclass
+class SuturePlan:
+    merged: etree._Element
+    facts: Facts  # records of the merged domains (stubs among them: serialize with .expand)
+    state: dict[str, Any]
+    problems: list[Problem]
+    sutured: list[Shard]
+    dirs: dict[str, list[tuple[str, str]]]  # shard id -> dom0 dirs of its merged qubes
+
+
+def core_sections(root: etree._Element, source: str) -> dict[str, etree._Element]:
+    if root.tag != "qubes":
+        raise ShardError(f"{source}: root element is <{root.tag}>, not <qubes>")
+    sections = {}
+    for name in ("labels", "pools", "properties", "domains"):
+        section = root.find(name)
+        if section is None:
+            raise ShardError(f"{source}: no <{name}> section")
+        sections[name] = section
+    return sections
+
+
+def _order_shards(shards: Sequence[Shard], problems: list[Problem]) -> list[Shard]:
+    """Dependencies first; shards in a dependency cycle are refused."""
+    by_id = {shard.id: shard for shard in shards}
+    ordered: list[Shard] = []
+    done: set[str] = set()
+    for shard in shards:
+        if not _visit(shard, (), by_id, done, ordered):
+            problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}) is "
+                                    "part of a dependency cycle; not merged", shard.id))
+    return ordered
+
+
+def _visit(shard: Shard, path: tuple[str, ...], by_id: dict[str, Shard], done: set[str],
+           ordered: list[Shard]) -> bool:
+    """Put `shard` after its dependencies into `ordered`; False if it is in a cycle (a
+    plain function: a closure calling itself would keep the shards alive until a
+    garbage collection)."""
+    if shard.id in done:
+        return True
+    if shard.id in path:
+        return False
+    ok = True
+    for dep in shard.depends_on:
+        if dep in by_id and not _visit(by_id[dep], (*path, shard.id), by_id, done, ordered):
+            ok = False
+    if ok:
+        done.add(shard.id)
+        ordered.append(shard)
+    return ok
+
+
+def _recover(facts: Facts, domain: etree._Element, what: str, target: str, shard: Shard) -> None:
+    """Reset a missing reference to its default, keep the old value, prohibit start."""
+    name = facts.name(domain)
+    facts.materialize(domain)
+    if what.startswith("device "):
+        device = remove_device(domain, what)
+        key = RECOVERED_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", what.replace(" ", "-"))
+        set_feature(domain, key, etree.tostring(device, encoding="unicode", with_tail=False))
+    else:
+        prop = properties(domain)[what]
+        prop.getparent().remove(prop)
+        set_feature(domain, RECOVERED_PREFIX + what, target)
+    facts.forget(domain)
+    current = feature_value(domain, PROHIBIT_START)
+    if current is None or current.startswith(RATIONALE_PREFIX):
+        set_feature(domain, PROHIBIT_START,
+                     f"{RATIONALE_PREFIX}{what} {target!r} was missing when shard {shard.id} was "
+                     f"opened and was reset to its default; check the qube, then run "
+                     f"'reliant-shard review {name}'")
+
+
+def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
+                core_source: str = "core", missing_reference: str = "recover",
+                detached: Iterable[str] = (), stubs: Optional[Stubs] = None) -> SuturePlan:
+    """Merge `shards` into `core_root` (modified in place: it becomes the merged store);
+    `stubs`: those of their domains read in chunks (`read_in_chunks`).
+
+    Raises ShardError only when the core itself is unusable; everything about a shard
+    or a qube is reported in `problems` and the culprit is left out of the merge,
+    untouched in its shard.
+    """
+    if missing_reference not in MISSING_REFERENCE_MODES:
+        raise ShardError(f"missing_reference must be one of {MISSING_REFERENCE_MODES}, "
+                         f"not {missing_reference!r}")
+    problems: list[Problem] = []
+    facts = Facts(stubs)
+    sections = core_sections(core_root, core_source)
+    labels = {label.text for label in sections["labels"]} | {
+        label.get("id") for label in sections["labels"]}
+    pool_owner = {pool.get("name"): CORE for pool in sections["pools"]}
+    owner: dict[str, str] = {}  # qube name -> group
+    uuids: set[str] = set()
+    qids: set[int] = set()
+    core_refs: set[str] = set()
+    kernel_pools = {p.get("name") for p in sections["pools"]
+                    if p.get("driver") == "linux-kernel"}
+    merged_by_name: dict[str, QubeRecord] = {}
+    used_vids: dict[tuple[str, str], str] = {}
+    for domain in sections["domains"]:
+        qube = facts(domain)
+        name = qube.name
+        owner[name] = CORE
+        merged_by_name[name] = qube
+        _note_volumes(qube, used_vids, kernel_pools)
+        uuids.add(qube.uuid)
+        qid = qube.qid
+        if qid is not None:
+            qids.add(qid)
+        core_refs.update(target for _, target in qube.refs)
+        if qube.cls != "AdminVM":
+            facts.strip_tags(domain)
+            facts.add_tag(domain, CORE_TAG)
+    for prop in sections["properties"]:
+        if prop.get("name") in GLOBAL_REFERENCES and prop.text:
+            core_refs.add(prop.text)
+    owner.setdefault("dom0", CORE)
+    detached = set(detached)
+    state: dict[str, Any] = {"version": 1, "shards": {}, "detached": sorted(detached)}
+    sutured: list[Shard] = []
+    dirs: dict[str, list[tuple[str, str]]] = {}
+    ranges: list[tuple[tuple[int, int], str]] = []
+    by_id = {shard.id: shard for shard in shards}
+
+    for shard in _order_shards(shards, problems):
+        if shard.id in detached:
+            problems.append(Problem("info", "detached", f"shard {shard.id} ({shard.path}) is "
+                                    "detached; not merged", shard.id))
+            continue
+        refusal = _refusal(shard, pool_owner, ranges)
+        if refusal:
+            problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}): "
+                                    f"{refusal}; not merged", shard.id))
+            continue
+        allowed = referable_groups(shard.id, deps_closure(shard.id, by_id)
+                                   & {s.id for s in sutured})
+        visible_pools = {p for p, g in pool_owner.items() if g in allowed} | set(shard.pools)
+        candidates = _admissible(facts, shard, owner, uuids, labels, visible_pools, core_refs,
+                                 problems)
+        candidates = _own_volumes(facts, shard, candidates, merged_by_name, used_vids,
+                                  kernel_pools, problems)
+        candidates = _resolve_references(facts, shard, candidates, owner, allowed,
+                                         missing_reference, problems)
+        candidates = _assign_qids(facts, shard, candidates, qids, problems)
+        merged_uuids = []
+        dirs[shard.id] = []
+        tag = shard_tag(shard.id)
+        for domain in candidates:
+            qube = facts(domain)
+            _note_volumes(qube, used_vids, kernel_pools)
+            merged_by_name[qube.name] = qube
+            dirs[shard.id].append((dom0_subdir(qube), qube.name))
+            facts.strip_tags(domain)
+            facts.add_tag(domain, tag)
+            owner[qube.name] = shard.id
+            uuids.add(qube.uuid)
+            qids.add(qube.qid)
+            merged_uuids.append(qube.uuid)
+        sections["domains"].extend(candidates)
+        pool_names = shard.pools
+        for pool in shard.pool_elements:
+            pool_owner[pool.get("name")] = shard.id
+            sections["pools"].append(pool)
+        ranges.append((shard.qid_range, shard.id))
+        sutured.append(shard)
+        state["shards"][shard.id] = {"path": shard.path, "pools": pool_names,
+                                     "merged": merged_uuids}
+    state["problems"] = [asdict(p) for p in problems]
+    state["refused"] = sorted({p.shard for p in problems if p.kind == "refused" and p.shard})
+    return SuturePlan(core_root, facts, state, problems, sutured, dirs)
+
+
+def _refusal(shard: Shard, pool_owner: dict[str, str],
+             ranges: list[tuple[tuple[int, int], str]]) -> Optional[str]:
+    """Why `shard` as a whole cannot be merged, None if it can."""
+    try:
+        pools = shard.pool_elements
+        shard.domains  # noqa: B018 - parse now so that a broken file refuses the shard
+    except (store.StoreError, ShardError) as exc:
+        return str(exc)
+    for (first, last), other in ranges:
+        if shard.qid_range[0] <= last and first <= shard.qid_range[1]:
+            return (f"QID range {shard.qid_range[0]}-{shard.qid_range[1]} overlaps "
+                    f"{first}-{last} of shard {other}")
+    names = set()
+    for pool in pools:
+        name = pool.get("name") or ""
+        if not name or name in names:
+            return f"pool name {name!r} is empty or repeated"
+        names.add(name)
+        if name in pool_owner:
+            holder = "core" if pool_owner[name] == CORE else f"shard {pool_owner[name]}"
+            return f"pool {name!r} redefines a pool of {holder}"
+        dir_path = pool.get("dir_path")
+        if dir_path is not None and not within(dir_path, shard.path):
+            return f"pool {name!r} has dir_path {dir_path} outside the shard directory"
+    return None
+
+
+def _admissible(facts: Facts, shard: Shard, owner: dict[str, str], uuids: set[str],
+                labels: set[str],
+                pools: set[str], core_refs: set[str],
+                problems: list[Problem]) -> list[etree._Element]:
+    """The shard's qubes that may be merged at all (class, qid, name, uuid, label, pools)."""
+    kept: list[etree._Element] = []
+    names: set[str] = set()
+    own_uuids: set[str] = set()
+    for domain in shard.domains:
+        qube = facts(domain)
+        name, uuid, qid, label = qube.name, qube.uuid, qube.qid, qube.label
+        reason, kind = None, "invalid"
+        if domain.tag != "domain":
+            reason = f"<{domain.tag}> is not a <domain>"
+        elif qube.cls not in QUBE_CLASSES:
+            reason = f"class {qube.cls!r} is not allowed in a shard"
+        elif not valid_qube_name(name):
+            reason = f"name {name!r} is not a valid qube name"
+        elif qid is None or not 0 < qid < MAX_QID:
+            facts.materialize(domain)  # a stub: read the text of its qid
+            reason = f"qid {property_value(domain, 'qid')!r} is not between 1 and {MAX_QID - 1}"
+        elif not uuid:
+            reason = "it has no uuid"
+        elif name in names or uuid in own_uuids:
+            reason = "its name or uuid appears twice in the shard"
+        elif name in owner:
+            holder = "core" if owner[name] == CORE else f"shard {owner[name]}"
+            reason, kind = f"a qube named {name!r} exists in {holder}", "conflict"
+        elif uuid in uuids:
+            reason, kind = f"its uuid {uuid} is used by another visible qube", "conflict"
+        elif name in core_refs:
+            reason, kind = (f"core references a qube named {name!r}; a core qube may not "
+                            "reference a shard qube", "conflict")
+        elif not label or label not in labels:
+            reason = f"label {label!r} is not defined in core"
+        else:
+            missing = sorted(qube.pools - pools)
+            if missing:
+                reason = f"its volumes use pools {', '.join(missing)} that are not visible"
+        if reason:
+            hint = " Rename it with 'reliant-shard rename'." if kind == "conflict" else ""
+            problems.append(Problem("warning", kind, f"qube {name or '?'} of shard {shard.id} "
+                                    f"not merged: {reason}; it stays intact in "
+                                    f"{shard.file}.{hint}", shard.id, name or None))
+            continue
+        names.add(name)
+        own_uuids.add(uuid)
+        kept.append(domain)
+    return kept
+
+
+def _note_volumes(qube: QubeRecord, used: dict[tuple[str, str], str], kernel_pools: set[str]) -> None:
+    for _, pool, vid, _ in qube.volumes:
+        if vid and pool not in kernel_pools:
+            used.setdefault((pool, vid), qube.name)
+
+
+def _own_volumes(facts: Facts, shard: Shard, candidates: list[etree._Element],
+                 merged: dict[str, QubeRecord], used: dict[tuple[str, str], str],
+                 kernel_pools: set[str], problems: list[Problem]) -> list[etree._Element]:
+    """Leave out shard qubes whose volumes would open another qube's data: a volume
+    (pool, vid) already used by another qube, or a snapshot source that is not a
+    volume of the qube's template (checked when the template is visible)."""
+    local = {qube.name: qube for qube in map(facts, candidates)}
+    claimed: dict[tuple[str, str], str] = {}
+    sources_of: dict[str, set[str]] = {}  # template name -> its vids and sources
+    kept = []
+    for domain in candidates:
+        qube = facts(domain)
+        template_name = dict(qube.refs).get("template", "")
+        template = local.get(template_name) or merged.get(template_name)
+        sources = sources_of.get(template_name)
+        if sources is None:
+            sources = sources_of[template_name] = set() if template is None else {
+                v for _, _, vid, source in template.volumes for v in (vid, source) if v}
+        reason = None
+        for volume, pool, vid, source in qube.volumes:
+            key = (pool, vid) if vid and pool not in kernel_pools else None
+            holder = None if key is None else used.get(key) or claimed.get(key)
+            if holder is not None and holder != qube.name:
+                reason = f"volume {volume} is {pool}:{vid}, a volume of qube {holder}"
+            elif source and template is not None and source not in sources:
+                reason = (f"volume {volume} takes its data from {source}, which is not a "
+                          f"volume of its template {template.name}")
+            if reason:
+                break
+            if key is not None:
+                claimed.setdefault(key, qube.name)
+        if reason:
+            problems.append(Problem("warning", "invalid", f"qube {qube.name} of shard "
+                                    f"{shard.id} not merged: {reason}; it stays intact in "
+                                    f"{shard.file}", shard.id, qube.name))
+            continue
+        kept.append(domain)
+    return kept
+
+
+def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Element],
+                        owner: dict[str, str],
+                        allowed: set[str], mode: str,
+                        problems: list[Problem]) -> list[etree._Element]:
+    """Recover (or skip) qubes whose references do not resolve to an allowed qube."""
+    while True:
+        local = {facts(d).name for d in candidates}
+        dropped = False
+        for domain in list(candidates):
+            qube = facts(domain)
+            name = qube.name
+            for what, target in qube.refs:
+                if target in local or owner.get(target) in allowed:
+                    continue
+                where = ("is not visible" if target not in owner
+                         else "belongs to a shard this one does not depend on")
+                if mode == "skip":
+                    candidates.remove(domain)
+                    dropped = True
+                    problems.append(Problem("warning", "skipped", f"qube {name} of shard "
+                                            f"{shard.id} not merged: {what} {target!r} {where}; "
+                                            f"it stays intact in {shard.file}", shard.id, name))
+                    break
+                _recover(facts, domain, what, target, shard)
+                problems.append(Problem("warning", "recovered", f"qube {name} of shard "
+                                        f"{shard.id}: {what} {target!r} {where}; reset to its "
+                                        f"default, start prohibited until 'reliant-shard "
+                                        f"review {name}'", shard.id, name))
+        if not dropped:
+            return candidates
+
+
+def _assign_qids(facts: Facts, shard: Shard, candidates: list[etree._Element], qids: set[int],
+                 problems: list[Problem]) -> list[etree._Element]:
+    """Keep qids inside the shard's range and free; give the others the lowest free one."""
+    taken = set(qids)
+    keep, move = [], []
+    for domain in candidates:
+        qid = facts.qid(domain)
+        if shard.contains_qid(qid) and qid not in taken:
+            taken.add(qid)
+            keep.append(domain)
+        else:
+            move.append(domain)
+    free = shard.free_qids(taken)
+    for domain in move:
+        qid = next(free, None)
+        name = facts.name(domain)
+        if qid is None:
+            problems.append(Problem("warning", "invalid", f"qube {name} of shard {shard.id} not "
+                                    f"merged: QID range {shard.qid_range[0]}-"
+                                    f"{shard.qid_range[1]} is full", shard.id, name))
+            continue
+        problems.append(Problem("info", "renumbered", f"qube {name} of shard {shard.id}: qid "
+                                f"{facts.qid(domain)} -> {qid} (the shard's range)", shard.id,
+                                name))
+        facts.set_qid(domain, qid)
+        taken.add(qid)
+        keep.append(domain)
+    return keep
