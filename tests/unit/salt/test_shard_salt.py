@@ -11,11 +11,11 @@ import salt_modules
 from reliant import cli, declare
 from reliant.shards.files import init_shard, load_shard
 from reliant.vocab import ShardError
+from repo_paths import FIXTURES
 from salt.exceptions import CommandExecutionError
 
 module = salt_modules.load("modules", "reliant_shard")
 state = salt_modules.load("states", "reliant_shard")
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture

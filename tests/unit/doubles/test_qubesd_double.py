@@ -15,9 +15,9 @@ import pytest
 from lock_holder import assert_waits_for_lockf
 from qubesd import qubesd_double
 from qubesd.qubesd_double import Refused, Store
+from repo_paths import FIXTURES
 
 DOUBLE = Path(qubesd_double.__file__)
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 @pytest.fixture

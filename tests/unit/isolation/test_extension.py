@@ -12,8 +12,8 @@ from pathlib import Path
 import isolation_helpers as helpers
 import pytest
 from reliant.isolation import policy
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "salt" / "reliant" / "files" / "isolation"
 S1, S2, CORE = "reliant-shard-sflc_0_1", "reliant-shard-sflc_0_2", "reliant-core"
 REFERENCES = ("template", "netvm", "default_dispvm", "management_dispvm", "guivm", "audiovm")

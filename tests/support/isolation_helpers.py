@@ -1,5 +1,5 @@
 """Test helpers of the isolation tests: the merged fixture with its group tags, and
-qrexec's view of its domains (built here, independently of reliant_guard)."""
+qrexec's view of its domains (built here, independently of reliant.isolation.guard)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import qrexec_policy_oracle as oracle
 from lxml import etree
+from repo_paths import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MERGED = FIXTURES / "qubes-r4.3-merged.xml"
 CORE = FIXTURES / "qubes-r4.3-core.xml"
 SHARD_ROOT = "/run/shufflecake/"
