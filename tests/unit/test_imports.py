@@ -23,7 +23,8 @@ LAYERS = (
     ("reliant.store", "reliant.chunks", "reliant.snapshot", "reliant.volatile."),
     ("reliant.shards.",),
     ("reliant.isolation.",),
-    ("reliant.operations", "reliant.declare", "reliant.audit"),
+    ("reliant.operations", "reliant.declare", "reliant.audit", "reliant.adopt",
+     "reliant.menus"),
     ("reliant.cli",),
 )
 #: What the qubesd extension may load (qubesd runs it: the rest of the engine stays out).

@@ -7,9 +7,9 @@ merged, roots, max_depth, missing_reference, policy_dir, services, libdir,
 qubes_dir), then from flags. `host` is how the CLI sees qubesd and running qubes
 (`Host`); tests pass their own.
 
-Commands: init, suture, dissect, check, status, rename, review, attach, detach, audit.
-Offline commands (suture, rename, review, dissect --final) refuse while qubesd is
-active: they would race the store qubesd holds.
+Commands: init, suture, dissect, check, status, rename, review, adopt, release, attach,
+detach, audit. Offline commands (suture, rename, review, adopt, release, dissect --final)
+refuse while qubesd is active: they would race the store qubesd holds.
 
 Output and messages name hidden qubes and shards: callers must not log them to
 persistent storage.
@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from reliant import audit, operations, store
+from reliant import adopt, audit, operations, store
 from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import FIRST_SHARD_QID, RANGE_SIZE, Shard, discover, init_shard, parse_range
 from reliant.shards.records import qube_name
@@ -196,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "suture", roots=True)
     review.add_argument("qube", metavar="QUBE")
     review.add_argument("--shard", help="id of the shard holding it, if several do")
+
+    for name, text in (("adopt", "move core qubes whose data lives in a shard's directory "
+                                 "into that shard"),
+                       ("release", "move shard qubes back into core")):
+        cmd = command(name, text, core=True, roots=True, merged="merged")
+        cmd.add_argument("qubes", nargs="+", metavar="QUBE")
+        cmd.add_argument("--shard", required=name == "adopt", help="shard id or directory"
+                         + ("" if name == "adopt" else " (default: the one holding the qubes)"))
+        cmd.add_argument("--qubes-dir", metavar="DIR", help="dom0's qubes directory")
 
     for name, text in (("attach", "merge newly visible (or detached) shards: restart qubesd"),
                        ("detach", "leave shards out (all by default) so that their volumes "
@@ -372,11 +381,26 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
         operations.review_qube(roots, args.qube, shard_id=args.shard, max_depth=depth)
         print(f"{args.qube}: start allowed again")
         return 0
+    if args.command in ("adopt", "release"):
+        return _move(settings, args, host)
     if args.command == "attach":
         return _attach(settings, args, host)
     if args.command == "detach":
         return _detach(settings, args, host)
     return _audit(settings, args)
+
+
+def _move(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> int:
+    """adopt or release: offline, like rename."""
+    _refuse_if_qubesd_runs(host, args.command)
+    move = adopt.adopt if args.command == "adopt" else adopt.release
+    result = move(settings["core"], settings["roots"], args.qubes, args.shard,
+                  merged=settings["merged"], qubes_dir=settings["qubes_dir"],
+                  max_depth=settings["max_depth"])
+    _print_problems(result.problems)
+    where = "into" if args.command == "adopt" else "out of"
+    print(f"{args.command}: {', '.join(args.qubes)} {where} shard {result.shards[0].id}")
+    return 0
 
 
 def _audit(settings: dict[str, Any], args: argparse.Namespace) -> int:
