@@ -427,6 +427,11 @@ def _released_pools(scope: _Scope, movers: dict[str, tuple[etree._Element, QubeR
                 scope.reasons.append(f"pool {pool}: core defines another pool of that name")
             elif pool not in pools:
                 pools.append(pool)
+    for pool, element in scope.shard_pools.items():  # moved to core by an interrupted run
+        if pool not in pools and pool in scope.core_pools and dict(element.attrib) == dict(
+                scope.core_pools[pool].attrib) and not any(
+                pool in r.pools for n, (_, r) in scope.own.items() if n not in leaving):
+            pools.append(pool)
     return pools
 
 
@@ -519,8 +524,17 @@ def _move(plan_move: Callable[..., MovePlan], core: str, roots: Sequence[str],
     with operation_lock(default_state_path(merged)):
         problems: list[Problem] = []
         shards = discover(roots, max_depth, problems)
-        plan = plan_move(store.load(core), shards, shard_id or _holder(shards, names), names,
-                         core)
+        core_root = store.load(core)
+        shard_id = shard_id or _holder(shards, names)
+        if shard_id is None:  # a release that finished but for its last fsync, rerun
+            missing = set(names) - {QubeRecord(d).name
+                                    for d in core_root.iterfind("domains/domain")}
+            if missing:
+                raise ShardError(f"no visible shard holds {', '.join(sorted(missing))}")
+            problems.append(Problem("info", "state", f"{', '.join(names)}: in core already, "
+                                    "nothing to release"))
+            return Result(problems)
+        plan = plan_move(core_root, shards, shard_id, names, core)
         shard = plan.shard
         problems += plan.problems
         saved = os.path.join(shard.path, DOM0_DIR)
@@ -553,9 +567,15 @@ def release(core: str, roots: Sequence[str], names: Sequence[str],
     return _move(plan_release, core, roots, names, shard_id, merged, qubes_dir, max_depth)
 
 
-def _holder(shards: Sequence[Shard], names: Sequence[str]) -> str:
+def _holder(shards: Sequence[Shard], names: Sequence[str]) -> Optional[str]:
+    """The one shard holding `names`, or else the saved dom0 directories of some of them
+    (a release interrupted before it removed those, or while it did)."""
     holders = {s.id for s in shards for d in s.domains if QubeRecord(d).name in names}
-    if len(holders) != 1:
-        found = ", ".join(sorted(holders)) or "none"
-        raise ShardError(f"say which shard with --shard (shards holding these qubes: {found})")
-    return holders.pop()
+    if not holders:
+        left = set(names) | {f".{name}{DISCARDED_SUFFIX}" for name in names}
+        holders = {s.id for s in shards for _, name in entries(os.path.join(s.path, DOM0_DIR))
+                   if name in left}
+    if len(holders) > 1:
+        raise ShardError(f"say which shard with --shard (shards holding these qubes: "
+                         f"{', '.join(sorted(holders))})")
+    return holders.pop() if holders else None

@@ -398,8 +398,9 @@ def _move(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> int
                   merged=settings["merged"], qubes_dir=settings["qubes_dir"],
                   max_depth=settings["max_depth"])
     _print_problems(result.problems)
-    where = "into" if args.command == "adopt" else "out of"
-    print(f"{args.command}: {', '.join(args.qubes)} {where} shard {result.shards[0].id}")
+    if result.shards:
+        where = "into" if args.command == "adopt" else "out of"
+        print(f"{args.command}: {', '.join(args.qubes)} {where} shard {result.shards[0].id}")
     return 0
 
 
