@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from reliant import adopt, audit, operations, store
+from reliant import adopt, audit, menus, operations, store
 from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import FIRST_SHARD_QID, RANGE_SIZE, Shard, discover, init_shard, parse_range
 from reliant.shards.records import qube_name
@@ -85,6 +85,10 @@ class Host:
         if result.returncode:
             raise ShardError(f"systemctl {action} qubesd failed: "
                                             f"{result.stderr.strip() or result.returncode}")
+
+    def desktop(self) -> menus.Desktop | None:
+        """Whose application menus attach makes and detach removes."""
+        return menus.Desktop.find()
 
     @staticmethod
     def _output(argv: list[str]) -> str:
@@ -282,6 +286,8 @@ def _detach(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> i
                                         f"{', '.join(sorted(set(busy)))}; shut them down first")
     path = default_detached_path(settings["merged"])
     write_detached(path, read_detached(path) | ids)
+    if os.path.exists(settings["merged"]):
+        _warn(menus.remove_menus(host.desktop(), menus.merged_qubes(merged, ids)))
     _restart(host)
     print(f"detached: {', '.join(sorted(ids))}")
     return 0
@@ -290,14 +296,30 @@ def _detach(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> i
 def _attach(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> int:
     path = default_detached_path(settings["merged"])
     detached = read_detached(path)
+    named: set[str] = set()
     if args.shards:
         shards = discover(settings["roots"], settings["max_depth"], problems=[])
-        detached -= _shard_ids(args.shards, shards)
+        named = _shard_ids(args.shards, shards)
+        detached -= named
     else:
         detached = set()
     write_detached(path, detached)
+    merged = settings["merged"]
+    before = set(menus.merged_qubes(store.load(merged))) if os.path.exists(merged) else set()
     _restart(host)
+    if not os.path.exists(merged):
+        return 0
+    # menus for the shard qubes merged by this attach, and again for the shards named
+    after = store.load(merged)
+    again = set(menus.merged_qubes(after, named))
+    _warn(menus.make_menus(host.desktop(), [name for name in menus.merged_qubes(
+        after, gui_in_dom0=True) if name not in before or name in again]))
     return 0
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"reliant-shard: warning: {warning}", file=sys.stderr)
 
 
 def _restart(host: Host) -> None:
