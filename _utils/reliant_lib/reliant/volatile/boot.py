@@ -156,7 +156,8 @@ class Plan:
                     or self.reload_systemd)
 
     def changes(self, settings: Settings) -> dict[str, Any]:
-        """The changes as a state reports them (same with test=True and without)."""
+        """The changes as a state reports them (same with test=True and without; empty
+        exactly when the plan is)."""
         out: dict[str, Any] = {}
         if self.write:
             out["written"] = sorted(self.write)
@@ -172,6 +173,8 @@ class Plan:
             out["initramfs"] = f"{settings.dracut} --force --regenerate-all"
         if self.regenerate_grub:
             out["grub.cfg"] = f"{settings.mkconfig} -o {settings.grub_cfg}"
+        if self.state is not None and not out:
+            out["state"] = settings.state_file
         return out
 
 

@@ -1,0 +1,74 @@
+"""What the formula's execution and state modules share on Salt's side.
+
+- `salt_errors(*errors)`: the one place where a refusal of the library becomes Salt's
+  CommandExecutionError (salt-call exits 1), with the library's message;
+- `converge(...)`: the run of a state: the difference first, nothing to do when there is
+  none, an exact prediction with test=True, then the change and its verification.
+
+The modules import it at module level, like `reliant_lib_path` (Salt puts its utils
+directories on sys.path while it loads them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
+
+from salt.exceptions import CommandExecutionError
+
+
+@contextlib.contextmanager
+def salt_errors(*errors: type[BaseException]) -> Iterator[None]:
+    """Raise CommandExecutionError with the message of any of `errors` raised inside."""
+    try:
+        yield
+    except errors as exc:
+        raise CommandExecutionError(str(exc)) from None
+
+
+def converge(name: str, test: bool, *, pending: Callable[[], dict],
+             apply: Callable[[], Optional[dict]], left: Callable[[], list[str]],
+             errors: tuple[type[BaseException], ...], done: str,
+             would: Callable[[dict], str], changed: Callable[[dict], str],
+             failed: str = "{}", alarm: Callable[[], list[str]] = list,
+             refuse: Callable[[dict], Optional[str]] = lambda changes: None,
+             changes_on_failure: bool = False) -> dict[str, Any]:
+    """A state's return: difference -> test -> apply -> verify.
+
+    pending: the changes to make ({}: none; one of `errors`: refused, nothing done);
+    refuse: why these changes must not be made now (None: they may);
+    apply: make them (returns the changes made, or None for those predicted);
+    left: what still differs afterwards, each a message ([]: converged);
+    alarm: problems that fail the state even when nothing is to change;
+    done / would / changed: comments when converged, predicted, changed; failed: the
+    comment when applying raised one of `errors` (``{}``: its message), with the
+    predicted changes if `changes_on_failure` (some may be made), else none.
+    """
+    ret: dict[str, Any] = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        changes = pending()
+    except errors as exc:
+        return {**ret, "comment": str(exc)}
+    if not changes:
+        problems = alarm()
+        return {**ret, "result": not problems, "comment": "; ".join([done, *problems])}
+    why = refuse(changes)
+    if why:
+        return {**ret, "comment": why}
+    if test:
+        problems = alarm()
+        return {**ret, "result": None if not problems else False, "changes": changes,
+                "comment": "; ".join([would(changes), *problems])}
+    try:
+        made = apply()
+        remaining = left()
+    except errors as exc:
+        return {**ret, "changes": changes if changes_on_failure else {},
+                "comment": failed.format(exc)}
+    changes = changes if made is None else made
+    if remaining:
+        return {**ret, "changes": changes, "comment": "; ".join(remaining)}
+    problems = alarm()
+    return {**ret, "result": not problems, "changes": changes,
+            "comment": "; ".join([changed(changes), *problems])}
