@@ -3,7 +3,9 @@
 - `salt_errors(*errors)`: the one place where a refusal of the library becomes Salt's
   CommandExecutionError (salt-call exits 1), with the library's message;
 - `converge(...)`: the run of a state: the difference first, nothing to do when there is
-  none, an exact prediction with test=True, then the change and its verification.
+  none, an exact prediction with test=True, then the change and its verification;
+- `formula_settings(...)`: the formula's defaults (parameters/defaults.yaml, the one
+  source of every default) merged with pillar `reliant`.
 
 The modules import it at module level, like `reliant_lib_path` (Salt puts its utils
 directories on sys.path while it loads them).
@@ -15,7 +17,10 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
+import yaml
 from salt.exceptions import CommandExecutionError
+
+DEFAULTS_FILE = "salt://reliant/parameters/defaults.yaml"
 
 
 @contextlib.contextmanager
@@ -72,3 +77,22 @@ def converge(name: str, test: bool, *, pending: Callable[[], dict],
     problems = alarm()
     return {**ret, "result": not problems, "changes": changes,
             "comment": "; ".join([changed(changes), *problems])}
+
+
+def formula_settings(salt: Any, pillar: Any) -> dict[str, Any]:
+    """parameters/defaults.yaml merged with pillar `reliant` (as map.jinja merges them);
+    `salt` and `pillar` are the module's ``__salt__`` and ``__pillar__``."""
+    defaults = (yaml.safe_load(salt["cp.get_file_str"](DEFAULTS_FILE) or "") or {}).get(
+        "reliant", {})
+    # __pillar__, not pillar.get: Salt 3008 masks what pillar.get returns to modules
+    return salt["slsutil.merge"](defaults, _plain(pillar.get("reliant", {})),
+                                 strategy="recurse", merge_lists=False)
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists (Salt 3008 wraps pillar in masking subclasses)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value

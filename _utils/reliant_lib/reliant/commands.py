@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 from reliant import audit, operations, store
+from reliant.isolation import policy
 from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import Shard, discover, init_shard
 from reliant.shards.records import qube_name
@@ -28,13 +29,16 @@ from reliant.shards.runtime import default_detached_path, read_detached, write_d
 from reliant.vocab import ShardError, shard_tag
 
 CONFIG_PATH = "/etc/reliant/reliant.json"
+#: The settings and their defaults: those of pillar reliant:shards and reliant:isolation
+#: (parameters/defaults.yaml; tests/unit/test_defaults.py holds them equal), for a dom0
+#: whose configuration file is missing.
 DEFAULTS: dict[str, Any] = {
     "core": "/var/lib/qubes/qubes.xml",
     "merged": "/run/reliant/qubes.xml",
     "roots": ["/run/shufflecake"],
     "max_depth": 3,
     "missing_reference": "recover",
-    "policy_dir": "/run/qubes/policy.d",
+    "policy_dir": policy.RUNTIME_DIR,
     "services": None,
     "libdir": "/usr/lib/reliant",
     "qubes_dir": QUBES_DIR,
