@@ -51,11 +51,7 @@ def _layout(settings: dict, removing: bool = False) -> reliant.snapshot.Layout:
 
 
 def _source(name: str) -> bytes:
-    cached = __salt__["cp.cache_file"](SOURCES + name)
-    if not cached:
-        raise reliant.snapshot.SnapshotError(f"{SOURCES}{name} not found on the fileserver")
-    with open(cached, "rb") as handle:
-        return handle.read()
+    return reliant_salt.formula_file(__salt__, SOURCES + name)
 
 
 def _sources() -> tuple[bytes, bytes]:

@@ -73,7 +73,12 @@ def configured(name: str, settings: dict | None = None) -> dict:
     settings: pillar `reliant:volatile` (map.jinja merges the defaults).
     """
     default = (settings or {}).get("default_entry", "volatile")
-    return _converge(name, settings, reliant.volatile.boot.plan_configured,
+
+    def planner(resolved):
+        body = __salt__["reliant_volatile.grub_body"]()  # the grub.d script's, from the files
+        return reliant.volatile.boot.plan_configured(resolved, body)
+
+    return _converge(name, settings, planner,
                      f"volatile boot setup in place (default entry: {default})",
                      boot_must_work=True)
 

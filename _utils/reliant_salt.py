@@ -5,7 +5,8 @@
 - `converge(...)`: the run of a state: the difference first, nothing to do when there is
   none, an exact prediction with test=True, then the change and its verification;
 - `formula_settings(...)`: the formula's defaults (parameters/defaults.yaml, the one
-  source of every default) merged with pillar `reliant`.
+  source of every default) merged with pillar `reliant`;
+- `formula_file(...)`: a file the formula installs, from Salt's fileserver.
 
 The modules import it at module level, like `reliant_lib_path` (Salt puts its utils
 directories on sys.path while it loads them).
@@ -96,3 +97,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(item) for item in value]
     return value
+
+
+def formula_file(salt: Any, url: str) -> bytes:
+    """The bytes of `url` (salt://...) from the fileserver; FileNotFoundError if absent.
+    `salt` is the module's ``__salt__``."""
+    cached = salt["cp.cache_file"](url)
+    if not cached:
+        raise FileNotFoundError(f"{url} not found on the fileserver")
+    with open(cached, "rb") as handle:
+        return handle.read()
