@@ -141,12 +141,12 @@ def refuse_if_qubesd_runs(host: Host, what: str) -> None:
                          "qubesd), else qubesd would overwrite or be confused by the change")
 
 
-def detached(found: Mapping[str, Any]) -> set[str]:
+def _detached(found: Mapping[str, Any]) -> set[str]:
     """Ids of the shards suture leaves out (the list beside the merged store)."""
     return read_detached(default_detached_path(found["merged"]))
 
 
-def visible(found: Mapping[str, Any]) -> list[Shard]:
+def _visible(found: Mapping[str, Any]) -> list[Shard]:
     """The shards under the roots (unreadable ones left out)."""
     return discover(found["roots"], found["max_depth"], problems=[])
 
@@ -163,7 +163,7 @@ def suture(found: Mapping[str, Any], host: Host) -> operations.Result:
     return operations.suture(
         found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
         missing_reference=found["missing_reference"], policy_dir=found["policy_dir"] or None,
-        services=found["services"], qubes_dir=found["qubes_dir"], detached=detached(found))
+        services=found["services"], qubes_dir=found["qubes_dir"], detached=_detached(found))
 
 
 def dissect(found: Mapping[str, Any], host: Host, final: bool = False) -> operations.Result:
@@ -179,7 +179,7 @@ def check(found: Mapping[str, Any]) -> operations.Result:
     """What suture would report, writing nothing."""
     return operations.check(found["core"], found["roots"], max_depth=found["max_depth"],
                             missing_reference=found["missing_reference"],
-                            detached=detached(found))
+                            detached=_detached(found))
 
 
 def status(found: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def review(found: Mapping[str, Any], host: Host, qube: str,
                                   max_depth=found["max_depth"])
 
 
-def shard_ids(selected: Iterable[str], shards: Sequence[Shard]) -> set[str]:
+def _shard_ids(selected: Iterable[str], shards: Sequence[Shard]) -> set[str]:
     """Ids of the shards named in `selected` (by id or directory); ShardError for one
     that is not visible."""
     ids = set()
@@ -217,8 +217,8 @@ def shard_ids(selected: Iterable[str], shards: Sequence[Shard]) -> set[str]:
 def detach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -> set[str]:
     """Leave the `selected` shards (all visible ones by default) out of the merge and
     restart qubesd without them; refused while a qube of theirs runs."""
-    shards = visible(found)
-    ids = shard_ids(selected, shards) if selected else {s.id for s in shards}
+    shards = _visible(found)
+    ids = _shard_ids(selected, shards) if selected else {s.id for s in shards}
     if not ids:
         raise ShardError("no visible shard to detach")
     running = host.running_qubes()
@@ -239,7 +239,7 @@ def detach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -
                          f"{', '.join(sorted(set(busy)))}; shut them down first")
     path = default_detached_path(found["merged"])
     write_detached(path, read_detached(path) | ids)
-    restart_qubesd(host)
+    _restart_qubesd(host)
     return ids
 
 
@@ -247,12 +247,12 @@ def attach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -
     """Merge the `selected` detached shards again (all by default): restart qubesd."""
     path = default_detached_path(found["merged"])
     left_out = read_detached(path)
-    left_out = left_out - shard_ids(selected, visible(found)) if selected else set()
+    left_out = left_out - _shard_ids(selected, _visible(found)) if selected else set()
     write_detached(path, left_out)
-    restart_qubesd(host)
+    _restart_qubesd(host)
 
 
-def restart_qubesd(host: Host) -> None:
+def _restart_qubesd(host: Host) -> None:
     """Stop qubesd (its unit dissects), then start it (its unit sutures)."""
     if host.qubesd_active():
         host.qubesd("stop")
@@ -262,7 +262,7 @@ def restart_qubesd(host: Host) -> None:
 def audit_visible(found: Mapping[str, Any], fs_root: str = "/"
                   ) -> tuple[list[audit.Finding], list[Shard]]:
     """Traces of the visible shards under `fs_root`, and those shards."""
-    shards = visible(found)
+    shards = _visible(found)
     try:
         return audit.audit(shards, found["core"], fs_root), shards
     except audit.AuditError as exc:
