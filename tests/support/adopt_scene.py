@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reliant import cli
+from reliant import cli, commands
 from reliant.shards.records import qube_uuid
 from shards_helpers import SHARD_QUBES, Scene, fixture_bytes, load
 
@@ -15,7 +15,7 @@ from shards_helpers import SHARD_QUBES, Scene, fixture_bytes, load
 WITH_DIRS = ("secret-vpn", "deep-notes", "work")
 
 
-class OfflineHost(cli.Host):
+class OfflineHost(commands.Host):
     """Test double of systemctl: qubesd is stopped (or running, if asked)."""
 
     def __init__(self, active: bool = False) -> None:
@@ -50,7 +50,7 @@ def adopt_scene(tmp_path: Path, monkeypatch) -> Scene:
     return scene
 
 
-def shard_cli(*argv: str, host: cli.Host | None = None) -> int:
+def shard_cli(*argv: str, host: commands.Host | None = None) -> int:
     return cli.main(list(argv), host=host or OfflineHost())
 
 

@@ -7,14 +7,14 @@ import sys
 from collections import namedtuple
 
 import pytest
-from reliant import cli, menus
+from reliant import cli, commands, menus
 from repo_paths import ROOT
 from shards_helpers import SHARD_QUBES, domains_by_name, load, set_prop, split_scene
 
 DOUBLES = ROOT / "tests" / "doubles"
 
 
-class DesktopHost(cli.Host):
+class DesktopHost(commands.Host):
     """Test double of systemctl and xl whose qubesd unit sutures and dissects, and of the
     desktop user (the current one, with `home`)."""
 

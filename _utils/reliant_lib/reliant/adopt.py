@@ -5,7 +5,8 @@ made with stock Qubes on a hidden volume, so named in qubes.xml) into that shard
 that pool when only they use it and with their dom0 directories. `release` gives shard
 qubes back to core, with the shard's pools only they use. Both refuse, before writing
 anything, whatever would leave core naming a shard qube or pool (a reference, a volume, a
-pool, a global property, a ``created-by-`` tag; rules-and-qids.md) and say how to fix it.
+pool, a global property, a ``created-by-`` tag; rules-and-qids.md) or that qubesd would
+not load (`reliant.qubesd_load`), and say how to fix it.
 
 QIDs follow the group a qube joins, like a new qube's there: an adopted qube takes the
 lowest free qid of the shard's range (it keeps its qid when it already lies there, free);
@@ -35,7 +36,7 @@ from typing import Optional
 
 from lxml import etree
 
-from reliant import store
+from reliant import qubesd_load, store
 from reliant.audit import Needles
 from reliant.operations import Result
 from reliant.shards.dom0dirs import QUBES_DIR, entries, restore_dom0_dirs, save_dom0_dirs
@@ -143,6 +144,19 @@ def _insert_sorted(domains: etree._Element, new: Iterable[etree._Element]) -> No
 def _sorted_domains(domains: Iterable[etree._Element]) -> list[etree._Element]:
     """Shard files hold their qubes by name, as dissect writes them."""
     return sorted(domains, key=lambda d: (QubeRecord(d).name == "", QubeRecord(d).name))
+
+
+def _loading_releases(core_root: etree._Element) -> list[str]:
+    """The Qubes releases whose qubesd would load `core_root` (`reliant.qubesd_load`)."""
+    return [release for release in qubesd_load.RELEASES
+            if qubesd_load.loads(core_root, release)]
+
+
+def _refuse_unloadable(core_root: etree._Element, releases: list[str], what: str) -> None:
+    """Refuse a new core that qubesd would not load where the old one loaded."""
+    _refuse([f"qubesd (R{release}) would not load the new core: {problem}"
+             for release in releases for problem in qubesd_load.problems(core_root, release)
+             if problem.fatal], what)
 
 
 # --- adopt ------------------------------------------------------------------------------
@@ -313,6 +327,7 @@ def plan_adopt(core_root: etree._Element, shards: Sequence[Shard], shard_id: str
     move; nothing is changed then."""
     scope = _Scope(core_root, shards, shard_id, core_source)
     shard, sections = scope.shard, scope.sections
+    loaded = _loading_releases(core_root)
     movers, done = _adopted(scope, names)
     pools = _adopted_pools(scope, movers)
     _adoption_references(scope, movers, pools)
@@ -338,6 +353,7 @@ def plan_adopt(core_root: etree._Element, shards: Sequence[Shard], shard_id: str
         sections["pools"].remove(element)
     for domain in domains:
         sections["domains"].remove(domain)
+    _refuse_unloadable(core_root, loaded, "adopt")
     new_shard = shard_bytes(shard, kept_pools + moved_pools, _sorted_domains(kept + domains))
     dirs = [(dom0_subdir(r), r.name) for r in records + done]
     return MovePlan(shard, sorted(movers), pools, store.serialize(core_root), new_shard, dirs,
@@ -458,6 +474,7 @@ def plan_release(core_root: etree._Element, shards: Sequence[Shard], shard_id: s
     when they cannot move; nothing is changed then."""
     scope = _Scope(core_root, shards, shard_id, core_source)
     shard, sections = scope.shard, scope.sections
+    loaded = _loading_releases(core_root)
     movers, settled = _released(scope, names)
     leaving = set(movers) | {r.name for r in settled if r.name in scope.own}
     pools = _released_pools(scope, movers, leaving)
@@ -481,6 +498,7 @@ def plan_release(core_root: etree._Element, shards: Sequence[Shard], shard_id: s
     problems = scope.problems + _qid_notes(records, chosen, "core")
     sections["pools"].extend(scope.shard_pools[p] for p in pools if p not in scope.core_pools)
     _insert_sorted(sections["domains"], [domain for domain, _ in movers.values()])
+    _refuse_unloadable(core_root, loaded, "release")
     kept_pools = [p for p in shard.pool_elements if p.get("name") not in pools]
     kept = [d for n, (d, _) in scope.own.items() if n not in leaving]
     new_shard = shard_bytes(shard, kept_pools, _sorted_domains(kept))

@@ -2,12 +2,10 @@
 their shards and back, core keeps no trace of them, and what cannot move is refused with
 a reason naming the qube."""
 
-import importlib.util
-
 import pytest
 from adopt_scene import OfflineHost, adopt_scene, scene_files, shard_cli
 from lxml import etree
-from reliant import adopt, operations, store
+from reliant import adopt, operations, qubesd_load, store
 from reliant.shards.files import discover
 from reliant.shards.records import qube_name, qube_qid
 from reliant.shards.stubs import load_core
@@ -28,20 +26,12 @@ def adopt_all(scene):
     assert shard_cli("adopt", *sorted(SHARD_QUBES["sflc_0_1"]), "--shard", "sflc_0_1") == 0
 
 
-def loads_in_qubesd(root):
-    """The qubesd load model's verdict, where the library has it (None otherwise)."""
-    if importlib.util.find_spec("reliant.qubesd_load") is None:
-        return None
-    from reliant import qubesd_load
-    return qubesd_load.loads(root, "4.3")
-
-
 def test_adopt_and_release_the_hidden_qubes_of_a_stock_store(tmp_path, monkeypatch, capsys):
     scene = adopt_scene(tmp_path, monkeypatch)
     original = scene.core.read_bytes()
     merged_fixture = domains_by_name(load(scene.core))
     core_fixture = etree.fromstring((FIXTURES / "qubes-r4.3-core.xml").read_bytes())
-    assert loads_in_qubesd(load(scene.core)) in (None, True)
+    assert qubesd_load.loads(load(scene.core), "4.3")
 
     # shard 1's qubes first: deep-mail, still in core, uses secret-vpn as its netvm
     before = scene_files(scene)
@@ -72,13 +62,14 @@ def test_adopt_and_release_the_hidden_qubes_of_a_stock_store(tmp_path, monkeypat
     for sid, name in (("sflc_0_1", "secret-vpn"), ("sflc_0_2", "deep-notes")):
         saved = scene.shard_dir(sid) / "dom0" / "appvms" / name / "firewall.xml"
         assert saved.read_text() == f"<firewall qube='{name}'/>"
-    assert loads_in_qubesd(load(scene.core)) in (None, True)
+    assert qubesd_load.loads(load(scene.core), "4.3")
 
     # suture merges everything as it is, and dissect writes the files back unchanged
     adopted = scene_files(scene)
     result = scene.suture(policy_dir=None)
     assert not [p for p in result.problems if p.severity != "info"], result.problems
     assert domains_by_name(load(scene.merged)).keys() == merged_fixture.keys()
+    assert qubesd_load.loads(load(scene.merged), "4.3")
     assert not scene.dissect(final=True).errors
     after = scene_files(scene)
     assert {k: v for k, v in after.items() if not k.startswith("run/")} == adopted
@@ -95,7 +86,7 @@ def test_adopt_and_release_the_hidden_qubes_of_a_stock_store(tmp_path, monkeypat
         assert not list((scene.shard_dir(sid) / "dom0" / "appvms").iterdir())
     assert sorted(p.name for p in (scene.qubes_dir / "appvms").iterdir()) == sorted(
         ["work", "secret-vpn", "deep-notes"])
-    assert loads_in_qubesd(load(scene.core)) in (None, True)
+    assert qubesd_load.loads(load(scene.core), "4.3")
 
 
 def test_adopt_and_release_refuse_while_qubesd_runs(tmp_path, monkeypatch, capsys):
@@ -270,3 +261,16 @@ def test_an_interrupted_adopt_is_finished_by_a_rerun_from_cores_copy(tmp_path, m
     assert not domains_by_name(load(scene.core)).keys() & SHARD_QUBES["sflc_0_2"]
     result = operations.check(str(scene.core), scene.roots)
     assert not [p for p in result.problems if p.kind in ("refused", "conflict")]
+
+
+def test_a_release_qubesd_would_not_load_is_refused(tmp_path, monkeypatch):
+    scene = adopt_scene(tmp_path, monkeypatch)
+    adopt_all(scene)
+    assert shard_cli("release", *sorted(SHARD_QUBES["sflc_0_1"])) == 0
+    path = scene.shard_dir("sflc_0_2") / "domains.xml"
+    shard = load(path)
+    set_property(domains_by_name(shard)["deep-notes"], "vcpus", "0")
+    path.write_bytes(store.serialize(shard))
+    message = refusal(scene, ["deep-notes", "deep-mail"], shard="sflc_0_2", release=True)
+    assert "qubesd (R4.3) would not load the new core: qube 'deep-notes': property vcpus" \
+        in message
