@@ -28,7 +28,6 @@ command finishes, taking core's copy as the live one.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -39,7 +38,14 @@ from lxml import etree
 from reliant import qubesd_load, store
 from reliant.audit import Needles
 from reliant.operations import Result
-from reliant.shards.dom0dirs import QUBES_DIR, entries, restore_dom0_dirs, save_dom0_dirs
+from reliant.shards.dom0dirs import (
+    ASIDE,
+    QUBES_DIR,
+    entries,
+    release_dom0_dirs,
+    restore_dom0_dirs,
+    save_dom0_dirs,
+)
 from reliant.shards.files import DOM0_DIR, Shard, deps_closure, discover, shard_bytes, within
 from reliant.shards.records import QubeRecord, dom0_subdir, set_qid, strip_reliant_tags
 from reliant.shards.runtime import default_state_path, operation_lock
@@ -53,24 +59,21 @@ NAMING_TAG_PREFIXES = ("created-by-", "disp-created-by-", "guivm-", "audiovm-")
 #: Global properties naming a pool (qubes-core-admin ``qubes/app.py``).
 POOL_PROPERTIES = ("default_pool", "default_pool_kernel", "default_pool_private",
                    "default_pool_root", "default_pool_volatile")
-DISCARDED_SUFFIX = ".gone"
 
 
 @dataclass
 class MovePlan:
-    """What adopt or release writes: the new core and shard files, the qubes and pools
-    that move, their dom0 directories, and what the user must know."""
+    """What adopt or release writes: the new core and shard files, the dom0 directories
+    of the moving qubes, and what the user must know."""
 
     shard: Shard
-    qubes: list[str]
-    pools: list[str]
     core: bytes
     shard_file: bytes
     dirs: list[tuple[str, str]]
     problems: list[Problem] = field(default_factory=list)
 
 
-def ipv4(qid: int) -> str:
+def _ipv4(qid: int) -> str:
     """The default IPv4 address of a qube with `qid` (qubes/vm/mix/net.py vmid_to_ipv4)."""
     return f"10.137.{qid >> 8}.{qid & 0xff}"
 
@@ -80,7 +83,7 @@ def _by_name(domains: Iterable[etree._Element]) -> dict[str, tuple[etree._Elemen
             for domain, record in ((d, QubeRecord(d)) for d in domains)}
 
 
-def find_shard(shards: Sequence[Shard], which: str) -> Shard:
+def _find_shard(shards: Sequence[Shard], which: str) -> Shard:
     """The visible shard whose id or directory is `which`."""
     for shard in shards:
         if which == shard.id or os.path.realpath(which) == os.path.realpath(shard.path):
@@ -120,7 +123,7 @@ def _qid_notes(records: list[QubeRecord], chosen: dict[str, int], where: str) ->
         if new is None or new == record.qid:
             continue
         ip = "" if record.cls == "DispVM" else (
-            f"; its IP address changes from {ipv4(record.qid or 0)} to {ipv4(new)} unless set "
+            f"; its IP address changes from {_ipv4(record.qid or 0)} to {_ipv4(new)} unless set "
             "explicitly: update firewall rules that name it")
         notes.append(Problem("info", "renumbered", f"qube {record.name}: qid {record.qid} -> "
                              f"{new} ({where}){ip}", qube=record.name))
@@ -143,7 +146,10 @@ def _insert_sorted(domains: etree._Element, new: Iterable[etree._Element]) -> No
 
 def _sorted_domains(domains: Iterable[etree._Element]) -> list[etree._Element]:
     """Shard files hold their qubes by name, as dissect writes them."""
-    return sorted(domains, key=lambda d: (QubeRecord(d).name == "", QubeRecord(d).name))
+    def order(domain: etree._Element) -> tuple[bool, str]:
+        name = QubeRecord(domain).name
+        return name == "", name
+    return sorted(domains, key=order)
 
 
 def _loading_releases(core_root: etree._Element) -> list[str]:
@@ -182,16 +188,26 @@ class _Scope:
     def __init__(self, core_root: etree._Element, shards: Sequence[Shard], which: str,
                  core_source: str) -> None:
         self.sections = core_sections(core_root, core_source)
-        self.shard = find_shard(shards, which)
-        self.others = [s for s in shards if s is not self.shard]
+        self.shard = _find_shard(shards, which)
         self.by_id = {s.id: s for s in shards}
         self.core = _by_name(self.sections["domains"])
         self.own = _by_name(self.shard.domains)
-        self.foreign = {s.id: [QubeRecord(d) for d in s.domains] for s in self.others}
         self.core_pools = {p.get("name"): p for p in self.sections["pools"]}
         self.shard_pools = {p.get("name"): p for p in self.shard.pool_elements}
         self.reasons: list[str] = []
         self.problems: list[Problem] = []
+        self.others: list[Shard] = []
+        self.foreign: dict[str, list[QubeRecord]] = {}
+        for other in shards:
+            if other is self.shard:
+                continue
+            try:
+                self.foreign[other.id] = [QubeRecord(d) for d in other.domains]
+            except (store.StoreError, ShardError) as exc:
+                self.problems.append(Problem("warning", "refused", f"{exc}; not checked for "
+                                             "references to the moving qubes", other.id))
+                continue
+            self.others.append(other)
 
     def refuse(self, what: str) -> None:
         _refuse(self.reasons, what)
@@ -356,8 +372,7 @@ def plan_adopt(core_root: etree._Element, shards: Sequence[Shard], shard_id: str
     _refuse_unloadable(core_root, loaded, "adopt")
     new_shard = shard_bytes(shard, kept_pools + moved_pools, _sorted_domains(kept + domains))
     dirs = [(dom0_subdir(r), r.name) for r in records + done]
-    return MovePlan(shard, sorted(movers), pools, store.serialize(core_root), new_shard, dirs,
-                    problems)
+    return MovePlan(shard, store.serialize(core_root), new_shard, dirs, problems)
 
 
 def _mentions(sections: dict[str, etree._Element], shard: Shard,
@@ -503,35 +518,10 @@ def plan_release(core_root: etree._Element, shards: Sequence[Shard], shard_id: s
     kept = [d for n, (d, _) in scope.own.items() if n not in leaving]
     new_shard = shard_bytes(shard, kept_pools, _sorted_domains(kept))
     dirs = [(dom0_subdir(r), r.name) for r in records + settled]
-    return MovePlan(shard, sorted(movers), pools, store.serialize(core_root), new_shard, dirs,
-                    problems)
+    return MovePlan(shard, store.serialize(core_root), new_shard, dirs, problems)
 
 
 # --- writing ----------------------------------------------------------------------------
-
-def _discard_dirs(base: str, dirs: Iterable[tuple[str, str]]) -> None:
-    """Remove `base/SUBDIR/NAME` of each of `dirs`: renamed aside first, so that a crash
-    leaves the directory whole or only the aside copy (removed by the next run)."""
-    for subdir, name in dirs:
-        parent = os.path.join(base, subdir)
-        path = os.path.join(parent, name)
-        aside = os.path.join(parent, f".{name}{DISCARDED_SUFFIX}")
-        if os.path.lexists(path):
-            if os.path.lexists(aside):
-                _remove(aside)
-            os.rename(path, aside)
-            store.fsync_dir(parent)
-        if os.path.lexists(aside):
-            _remove(aside)
-            store.fsync_dir(parent)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
 
 def _move(plan_move: Callable[..., MovePlan], core: str, roots: Sequence[str],
           names: Sequence[str], shard_id: Optional[str], merged: str, qubes_dir: str,
@@ -566,7 +556,7 @@ def _move(plan_move: Callable[..., MovePlan], core: str, roots: Sequence[str],
         _refuse([p.message for p in problems if p.severity == "error" and p.shard == shard.id],
                 what)
         written = [path for path, data, mode in order if store.write(path, data, mode=mode)]
-        _discard_dirs(qubes_dir if adopting else saved, plan.dirs)
+        release_dom0_dirs(plan.dirs, qubes_dir if adopting else saved)
     return Result(problems, written, [shard])
 
 
@@ -590,7 +580,7 @@ def _holder(shards: Sequence[Shard], names: Sequence[str]) -> Optional[str]:
     (a release interrupted before it removed those, or while it did)."""
     holders = {s.id for s in shards for d in s.domains if QubeRecord(d).name in names}
     if not holders:
-        left = set(names) | {f".{name}{DISCARDED_SUFFIX}" for name in names}
+        left = set(names) | {f".{name}{ASIDE}" for name in names}
         holders = {s.id for s in shards for _, name in entries(os.path.join(s.path, DOM0_DIR))
                    if name in left}
     if len(holders) > 1:
