@@ -175,7 +175,9 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
                 and file_uuids <= merged_uuids | known and not file_uuids & hold):
             kept = []
         else:
-            kept = [d for d in previous(sid).values() if facts.uuid(d) not in merged_uuids and
+            # every <domain> of the file, not one per uuid: qubes without a uuid or sharing
+            # one were left out at suture and stay, each of them
+            kept = [d for d in shard.domains if facts.uuid(d) not in merged_uuids and
                     (known is None or facts.uuid(d) not in known or facts.uuid(d) in hold)]
         _fix_qids(facts, shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
         for domain in members + kept:

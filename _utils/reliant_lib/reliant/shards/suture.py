@@ -11,6 +11,7 @@ outside the shard's range get the lowest free one of it.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
@@ -256,7 +257,8 @@ def _admissible(facts: Facts, shard: Shard, owner: dict[str, str], uuids: set[st
     """The shard's qubes that may be merged at all (class, qid, name, uuid, label, pools)."""
     kept: list[etree._Element] = []
     names: set[str] = set()
-    own_uuids: set[str] = set()
+    # a uuid twice in the file leaves out both qubes: neither is the qube (dissect keeps both)
+    uuid_count = Counter(facts.uuid(domain) for domain in shard.domains)
     for domain in shard.domains:
         qube = facts(domain)
         name, uuid, qid, label = qube.name, qube.uuid, qube.qid, qube.label
@@ -272,8 +274,10 @@ def _admissible(facts: Facts, shard: Shard, owner: dict[str, str], uuids: set[st
             reason = f"qid {property_value(domain, 'qid')!r} is not between 1 and {MAX_QID - 1}"
         elif not uuid:
             reason = "it has no uuid"
-        elif name in names or uuid in own_uuids:
-            reason = "its name or uuid appears twice in the shard"
+        elif uuid_count[uuid] > 1:
+            reason = f"its uuid {uuid} appears more than once in the shard"
+        elif name in names:
+            reason = "its name appears twice in the shard"
         elif name in owner:
             holder = "core" if owner[name] == CORE else f"shard {owner[name]}"
             reason, kind = f"a qube named {name!r} exists in {holder}", "conflict"
@@ -295,7 +299,6 @@ def _admissible(facts: Facts, shard: Shard, owner: dict[str, str], uuids: set[st
                                     f"{shard.file}.{hint}", shard.id, name or None))
             continue
         names.add(name)
-        own_uuids.add(uuid)
         kept.append(domain)
     return kept
 
