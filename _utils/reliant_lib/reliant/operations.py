@@ -302,10 +302,12 @@ def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
                 shard_id: Optional[str] = None, max_depth: int = 3) -> Result:
     """Rename a shard qube (e.g. to resolve a name conflict with core), with the
     references to it in its shard and the shards depending on it, and its saved dom0
-    directory. Offline: qubesd must not be running on these files."""
+    directory. Offline: qubesd must not be running on these files. Both names are
+    checked first: the old one comes from a shard file and names a directory."""
+    for candidate in (name, new):
+        if not valid_qube_name(candidate):
+            raise ShardError(f"{candidate!r} is not a valid qube name")
     shard, domain, shards = _find_qube(roots, name, shard_id, max_depth)
-    if not valid_qube_name(new):
-        raise ShardError(f"{new!r} is not a valid qube name")
     taken = {qube_name(d) for d in load_core(core).iterfind("domains/domain")}
     for other in shards:
         taken |= {qube_name(d) for d in other.domains}
