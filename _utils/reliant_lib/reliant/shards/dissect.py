@@ -153,6 +153,10 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         merged_names = {p.get("name") for p in pools_of[sid]}
         pools_of[sid] = [p for p in writable[sid].pool_elements
                          if p.get("name") not in merged_names] + pools_of[sid]
+    held_of = {sid: set(sutured[sid].get("held_pools", ())) for sid in writable if sid in sutured}
+    for sid, held in held_of.items():
+        if held:
+            pools_of[sid] = _with_held_pools(writable[sid], held, pools_of[sid])
     new_state: dict[str, Any] = {"version": 1, "shards": {},
                                  "detached": (state or {}).get("detached", []),
                                  "refused": (state or {}).get("refused", [])}
@@ -184,9 +188,11 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
             facts.strip_tags(domain)
         dirs[sid] = [(dom0_subdir(q), q.name) for q in member_qubes]
         keep_dirs[sid] = {(dom0_subdir(q), q.name) for q in map(facts, kept)}
+        held = held_of.get(sid, set())
         new_state["shards"][sid] = {
-            "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
-            "merged": sorted((known or set()) | merged_uuids)}
+            "path": shard.path,
+            "pools": [p.get("name") for p in pools_of[sid] if p.get("name") not in held],
+            "held_pools": sorted(held), "merged": sorted((known or set()) | merged_uuids)}
         lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
             - {facts.uuid(d) for d in kept}
         ordered = sorted(members + kept, key=lambda d: _order(facts(d)))
@@ -210,6 +216,17 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     core_out.extend([child for child in merged_root if child is not scratch])
     outputs = [*gaining, *losing, (core_path, facts.expand(store.serialize(core_out)), 0o660)]
     return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
+
+
+def _with_held_pools(shard: Shard, held: set[str],
+                     merged: list[etree._Element]) -> list[etree._Element]:
+    """The shard's pools: those of the merged store and those suture left in its file
+    (`held`, unsafe to merge), in the file's order (pools new since then last)."""
+    in_file = shard.pool_elements
+    order = {p.get("name"): index for index, p in enumerate(in_file)}
+    names = {p.get("name") for p in merged}
+    kept = [p for p in in_file if p.get("name") in held and p.get("name") not in names]
+    return sorted(kept + merged, key=lambda p: order.get(p.get("name"), len(order)))
 
 
 def _order(qube: QubeRecord) -> tuple[bool, str]:
