@@ -48,7 +48,8 @@ def build_app(qubes, root):
 
     app = qubes.Qubes()
     for pool in root.iterfind("pools/pool"):
-        app.pools[pool.get("name")] = vm_module.Pool(pool.get("name"), pool.get("dir_path"))
+        app.pools[pool.get("name")] = vm_module.Pool(pool.get("name"), pool.get("dir_path"),
+                                                     pool.get("driver"), pool.get("volume_group"))
     refs = {}
     for domain in root.iterfind("domains/domain"):
         props = {p.get("name"): p.text or "" for p in domain.iterfind("properties/property")}
@@ -64,7 +65,7 @@ def build_app(qubes, root):
             vm.volumes[volume.get("name")] = vm_module.Volume(
                 volume.get("name"), app.pools[volume.get("pool")],
                 volume.get("snap_on_start") == "True", volume.get("source"),
-                volume.get("rw") == "True")
+                volume.get("rw") == "True", volume.get("vid"))
         refs[name] = {p: props[p] for p in REFERENCES if p in props}
         app.domains.add(vm, _enable_events=False)
     for name, props in refs.items():
@@ -94,9 +95,13 @@ def new_appvm(qubes, app, name, template="debian-13-xfce", pool="vm-pool"):
 
     vm = vm_module.AppVM(app, name, template=template)
     vm.volumes = {
-        "root": vm_module.Volume("root", app.pools["vm-pool"], True, "tpl-root"),
-        "private": vm_module.Volume("private", app.pools[pool]),
-        "volatile": vm_module.Volume("volatile", app.pools[pool]),
+        "root": vm_module.Volume("root", app.pools["vm-pool"], True,
+                                 app.domains[template].volumes["root"].vid,
+                                 vid=f"qubes_dom0/vm-{name}-root"),
+        "private": vm_module.Volume("private", app.pools[pool],
+                                    vid=app.pools[pool].new_vid(vm, "private")),
+        "volatile": vm_module.Volume("volatile", app.pools[pool],
+                                     vid=app.pools[pool].new_vid(vm, "volatile")),
     }
     return app.domains.add(vm)
 
@@ -148,7 +153,7 @@ def test_disposables_take_their_templates_group(qubes, app):
 def test_a_qube_in_an_unknown_shard_pool_is_refused(qubes, app):
     import qubes.vm as vm_module
 
-    app.pools["sflc_0_3"] = vm_module.Pool("sflc_0_3", "/run/shufflecake/sflc_0_3/pool")
+    app.pools["sflc_0_3"] = vm_module.Pool("sflc_0_3", "/run/shufflecake/sflc_0_3/pool", "file")
     vm = new_appvm(qubes, app, "orphan")
     with pytest.raises(qubes.exc.QubesException, match="shard cannot be decided"):
         vm.create_on_disk(pool=app.pools["sflc_0_3"])
