@@ -18,7 +18,8 @@ from typing import Any, Optional
 from lxml import etree
 
 from reliant import store
-from reliant.shards.files import Shard, deps_closure, shard_bytes, within
+from reliant.shards.confine import within
+from reliant.shards.files import Shard, deps_closure, shard_bytes
 from reliant.shards.records import QubeRecord, dom0_subdir, properties, property_value, remove_device
 from reliant.shards.stubs import Facts, Stubs
 from reliant.shards.suture import core_sections

@@ -26,6 +26,7 @@ from typing import Optional
 from lxml import etree
 
 from reliant import store
+from reliant.shards.confine import within
 from reliant.shards.records import qube_name, qube_uuid
 from reliant.vocab import MAX_QID, Problem, ShardError, shard_tag
 
@@ -157,11 +158,6 @@ def load_shard(path: str, max_bytes: int = store.MAX_BYTES) -> Shard:
     data = store.read(file, max_bytes)
     shard_id, qid_range, depends = read_metadata(data, file)
     return Shard(path=path, id=shard_id, qid_range=qid_range, depends_on=depends, data=data)
-
-
-def within(path: str, directory: str) -> bool:
-    path, directory = os.path.realpath(path), os.path.realpath(directory)
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def discover(roots: Sequence[str], max_depth: int = 3,

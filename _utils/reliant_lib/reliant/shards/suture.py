@@ -1,9 +1,10 @@
 """The suture plan: core plus the visible shards -> the merged store qubesd runs on.
 
 Rules (DESIGN.md 3), each failure a `Problem` naming shard and qube: a shard is refused
-as a whole (unreadable, overlapping QID range, pools that redefine others or lie outside
-it); a qube is left out (class, name, uuid, label, pools, volumes of another qube) and
-stays intact in its shard; a reference to a qube that is not visible is reset to its
+as a whole (unreadable, overlapping QID range, pools that redefine others); a pool that
+may not hold its data (`reliant.shards.confine`) is held back in its file; a qube is left
+out (class, name, uuid, label, pools, volumes of another qube or not confined) and stays
+intact in its shard; a reference to a qube that is not visible is reset to its
 default and the qube may not start until it is reviewed (or the qube is skipped); qids
 outside the shard's range get the lowest free one of it.
 """
