@@ -42,7 +42,7 @@ import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from reliant.vocab import DATA_VOLUMES
 
@@ -69,10 +69,9 @@ class PoolFacts:
                      ("name", "driver", "dir_path", "volume_group")))
 
 
-@dataclass(frozen=True)
-class VolumeFacts:
+class VolumeFacts(NamedTuple):
     """One volume of a qube: `pool` is "" when it names none; `source` is the vid of the
-    volume it is a snapshot of, in the same pool."""
+    volume it is a snapshot of, in the same pool (a tuple: suture makes one per volume)."""
 
     name: str
     pool: str
@@ -145,33 +144,80 @@ def renamed_vid(pool: PoolFacts, klass: str, volume: str, vid: str, old: str,
                 if v.split("/")[0] == head)
 
 
-def _files_problem(volume: str, pool: PoolFacts, directory: str, vid: str) -> Optional[str]:
+class PathView:
+    """Directories resolved and listed once (realpath is a chain of lstat calls, and the
+    volumes of a shard share their directories): use one view per check of a store, a
+    new one when the files may have changed."""
+
+    def __init__(self) -> None:
+        self._resolved: dict[str, str] = {}
+        self._missing: set[str] = set()  # resolved paths that do not exist
+        self._listed: dict[str, list[tuple[str, bool, bool]]] = {}
+        #: (pool directory, vid) found fine (the source of many snapshots is one volume)
+        self.fine: set[tuple[str, str]] = set()
+
+    def resolve(self, path: str) -> str:
+        """os.path.realpath of an absolute path without ``.`` or ``..`` parts."""
+        found = self._resolved.get(path)
+        if found is None:
+            parent, name = os.path.split(path)
+            if not name or parent == path:
+                found = os.path.realpath(path)
+            else:
+                base = self.resolve(parent)
+                found = os.path.join(base, name)
+                if base in self._missing:
+                    self._missing.add(found)
+                else:
+                    try:
+                        if stat.S_ISLNK(os.lstat(found).st_mode):
+                            found = os.path.realpath(found)
+                    except OSError:
+                        self._missing.add(found)
+            self._resolved[path] = found
+        return found
+
+    def entries(self, directory: str) -> list[tuple[str, bool, bool]]:
+        """(name, regular file, directory) of each entry of `directory` (resolved),
+        symlinks not followed; none if it cannot be listed."""
+        found = [] if directory in self._missing else self._listed.get(directory)
+        if found is None:
+            try:
+                with os.scandir(directory) as listing:
+                    found = [(e.name, e.is_file(follow_symlinks=False),
+                              e.is_dir(follow_symlinks=False)) for e in listing]
+            except OSError:
+                found = []
+            self._listed[directory] = found
+        return found
+
+
+def _files_problem(volume: str, pool: PoolFacts, directory: str, vid: str,
+                   paths: PathView) -> Optional[str]:
     """Why the files of `vid` in the pool directory `directory` (resolved) would leave it or
     are not plain files; None if they are fine (or do not exist yet)."""
+    if (directory, vid) in paths.fine:
+        return None
     if not plain_relative(vid):
         return f"volume {volume}: vid {vid!r} in pool {pool.name} is not a plain relative name"
-    base = os.path.join(directory, vid)
-    parent = os.path.dirname(base)
-    if not within(parent, directory):
+    head, stem = os.path.split(vid)
+    parent = paths.resolve(os.path.join(directory, head)) if head else directory
+    if not (parent == directory or parent.startswith(directory.rstrip("/") + "/")):
         return (f"volume {volume}: vid {vid!r} leads out of the directory of pool {pool.name} "
-                f"(to {os.path.realpath(parent)})")
-    stem = os.path.basename(base)
-    try:
-        entries = list(os.scandir(os.path.realpath(parent)))
-    except OSError:
-        return None  # nothing there yet: qubesd creates plain files
-    for entry in entries:
-        if entry.name == stem or entry.name.startswith((stem + ".", stem + "-")):
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if not stat.S_ISREG(mode) and not (entry.name == stem and stat.S_ISDIR(mode)):
-                return (f"volume {volume}: {entry.path} in pool {pool.name} is not a regular "
-                        "file (a symlink or device could reach outside the shard)")
+                f"(to {parent})")
+    for name, regular, is_dir in paths.entries(parent):
+        if (name == stem or name.startswith((stem + ".", stem + "-"))) and not regular \
+                and not (name == stem and is_dir):
+            return (f"volume {volume}: {os.path.join(parent, name)} in pool {pool.name} is not "
+                    "a regular file (a symlink or device could reach outside the shard)")
+    paths.fine.add((directory, vid))
     return None
 
 
 def _snapshot_problem(qube: str, klass: str, volume: VolumeFacts, pool: PoolFacts,
                       own_dirs: Mapping[str, str], template: str,
-                      template_volumes: Optional[Sequence[VolumeFacts]]) -> Optional[str]:
+                      template_volumes: Optional[Sequence[VolumeFacts]],
+                      paths: PathView) -> Optional[str]:
     name = volume.name
     if not volume.source:
         return f"volume {name} is a snapshot without a source"
@@ -189,8 +235,8 @@ def _snapshot_problem(qube: str, klass: str, volume: VolumeFacts, pool: PoolFact
             return (f"volume {name} is a snapshot of {where}, which is not a volume of its "
                     f"template {template}")
     if volume.pool in own_dirs:
-        return (_files_problem(name, pool, own_dirs[volume.pool], volume.vid)
-                or _files_problem(name, pool, own_dirs[volume.pool], volume.source))
+        return (_files_problem(name, pool, own_dirs[volume.pool], volume.vid, paths)
+                or _files_problem(name, pool, own_dirs[volume.pool], volume.source, paths))
     if pool.driver not in SNAPSHOT_POOL_DRIVERS:
         return (f"volume {name} is a snapshot in pool {pool.name} (driver {pool.driver!r}); "
                 f"outside its shard a snapshot may only be in a "
@@ -205,15 +251,18 @@ def _snapshot_problem(qube: str, klass: str, volume: VolumeFacts, pool: PoolFact
 
 def volume_problem(qube: str, klass: str, volume: VolumeFacts, pools: Mapping[str, PoolFacts],
                    own_dirs: Mapping[str, str], template: str = "",
-                   template_volumes: Optional[Sequence[VolumeFacts]] = None) -> Optional[str]:
+                   template_volumes: Optional[Sequence[VolumeFacts]] = None,
+                   paths: Optional[PathView] = None) -> Optional[str]:
     """Why `volume` of shard qube `qube` (class `klass`) breaks confinement; None if it
     does not.
 
     `pools`: the pools it may use (its shard's and those of the groups it may reference);
     `own_dirs`: its shard's pools that passed `shard_pool_problem`, with their resolved
     directory; `template`: its template's name ("" if none); `template_volumes`: the
-    template's volumes, None when the template is not visible."""
+    template's volumes, None when the template is not visible; `paths`: the view of the
+    files to use (default: a new one)."""
     name = volume.name
+    paths = paths or PathView()
     if not volume.pool:
         return f"volume {name} names no pool (qubesd would put it in a default pool of core)"
     pool = pools.get(volume.pool)
@@ -223,11 +272,11 @@ def volume_problem(qube: str, klass: str, volume: VolumeFacts, pools: Mapping[st
         return None
     if volume.snap_on_start:
         return _snapshot_problem(qube, klass, volume, pool, own_dirs, template,
-                                 template_volumes)
+                                 template_volumes, paths)
     if volume.pool not in own_dirs:
         return (f"volume {name} is in pool {volume.pool} (driver {pool.driver or 'none'!r}), "
                 f"not a file pool of its shard: a shard qube's own data lives only there")
-    return _files_problem(name, pool, own_dirs[volume.pool], volume.vid)
+    return _files_problem(name, pool, own_dirs[volume.pool], volume.vid, paths)
 
 
 def data_volume_names(klass: str) -> tuple[str, ...]:

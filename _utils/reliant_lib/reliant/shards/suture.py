@@ -21,7 +21,13 @@ from typing import Any, Optional
 from lxml import etree
 
 from reliant import store
-from reliant.shards.confine import PoolFacts, VolumeFacts, shard_pool_problem, volume_problem
+from reliant.shards.confine import (
+    PathView,
+    PoolFacts,
+    VolumeFacts,
+    shard_pool_problem,
+    volume_problem,
+)
 from reliant.shards.files import DOM0_DIR, Shard, deps_closure
 from reliant.shards.records import (
     QubeRecord,
@@ -152,6 +158,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
     kernel_pools = {p.get("name") for p in sections["pools"]
                     if p.get("driver") == "linux-kernel"}
     pool_facts = {p.get("name"): PoolFacts.of(p.attrib) for p in sections["pools"]}
+    paths = PathView()  # the shards' files, resolved and listed once
     merged_by_name: dict[str, QubeRecord] = {}
     used_vids: dict[tuple[str, str], str] = {}
     for domain in sections["domains"]:
@@ -198,7 +205,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         candidates = _admissible(facts, shard, owner, uuids, labels,
                                  set(usable) | set(held), core_refs, problems)
         confinement = _Confinement(usable, own_dirs, held, owner, allowed, merged_by_name,
-                                   used_vids, kernel_pools)
+                                   used_vids, kernel_pools, paths)
         candidates = _confined(facts, shard, candidates, confinement, problems)
         candidates = _resolve_references(facts, shard, candidates, owner, allowed,
                                          missing_reference, problems)
@@ -351,6 +358,7 @@ class _Confinement:
     merged: dict[str, QubeRecord]
     used: dict[tuple[str, str], str]
     kernel_pools: set[str]
+    paths: PathView
 
 
 def _confined(facts: Facts, shard: Shard, candidates: list[etree._Element],
@@ -362,10 +370,11 @@ def _confined(facts: Facts, shard: Shard, candidates: list[etree._Element],
     while True:
         local = {qube.name: qube for qube in map(facts, kept)}
         claimed: dict[tuple[str, str], str] = {}
+        templates: dict[str, Optional[list[VolumeFacts]]] = {}
         refused = {}
         for domain in kept:
             qube = facts(domain)
-            reason = _volume_reason(qube, local, claimed, rules)
+            reason = _volume_reason(qube, local, claimed, templates, rules)
             if reason:
                 refused[domain] = reason
                 problems.append(Problem("warning", "invalid", f"qube {qube.name} of shard "
@@ -377,15 +386,21 @@ def _confined(facts: Facts, shard: Shard, candidates: list[etree._Element],
 
 
 def _volume_reason(qube: QubeRecord, local: dict[str, QubeRecord],
-                   claimed: dict[tuple[str, str], str], rules: _Confinement) -> Optional[str]:
-    """Why a volume of `qube` breaks confinement, None if none does."""
-    template_name = dict(qube.refs).get("template", "")
-    template = local.get(template_name)
-    if template is None and rules.owner.get(template_name) in rules.allowed:
-        template = rules.merged.get(template_name)
-    template_volumes = None if template is None else [VolumeFacts(*v) for v in template.volumes]
+                   claimed: dict[tuple[str, str], str],
+                   templates: dict[str, Optional[list[VolumeFacts]]],
+                   rules: _Confinement) -> Optional[str]:
+    """Why a volume of `qube` breaks confinement, None if none does (`templates`: the
+    volumes of each template looked up so far, None for one not visible)."""
+    template_name = next((target for what, target in qube.refs if what == "template"), "")
+    if template_name not in templates:
+        template = local.get(template_name)
+        if template is None and rules.owner.get(template_name) in rules.allowed:
+            template = rules.merged.get(template_name)
+        templates[template_name] = None if template is None else [
+            VolumeFacts._make(v) for v in template.volumes]
+    template_volumes = templates[template_name]
     mine = []
-    for volume in (VolumeFacts(*v) for v in qube.volumes):
+    for volume in map(VolumeFacts._make, qube.volumes):
         key = ((volume.pool, volume.vid) if volume.vid and volume.pool
                and volume.pool not in rules.kernel_pools else None)
         holder = None if key is None else rules.used.get(key) or claimed.get(key)
@@ -395,7 +410,7 @@ def _volume_reason(qube: QubeRecord, local: dict[str, QubeRecord],
             return (f"volume {volume.name} is in pool {volume.pool}, which is not merged "
                     f"({rules.held[volume.pool]})")
         reason = volume_problem(qube.name, qube.cls or "", volume, rules.pools, rules.own_dirs,
-                                template_name, template_volumes)
+                                template_name, template_volumes, rules.paths)
         if reason:
             return reason
         if key is not None:
