@@ -50,9 +50,9 @@ def test_a_shard_qube_created_in_its_pool_is_confined_there(qubes, app):
         "root": ("vm-pool", "qubes_dom0/vm-fresh-root"),
         "private": ("sflc_0_1", "appvms/fresh/private"),
         "volatile": ("sflc_0_1", "appvms/fresh/volatile")}
-    disposable = create(app, "disp7", template="secret-dvm", cls="DispVM",
-                        pool=app.pools["sflc_0_1"])
+    disposable = create(app, "disp7", template="secret-dvm", cls="DispVM")
     assert group(disposable) == S1  # its private: a snapshot of its template's
+    assert str(disposable.volumes["volatile"].pool) == "sflc_0_1"  # its template's pool
 
 
 @pytest.mark.parametrize("placement, words", [

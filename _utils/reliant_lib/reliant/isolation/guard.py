@@ -31,7 +31,7 @@ from reliant.shards.confine import (
     KERNEL_POOL_DRIVER,
     PoolFacts,
     VolumeFacts,
-    data_volume_names,
+    defaulted_volumes,
     shard_pool_problem,
     volume_problem,
 )
@@ -170,7 +170,7 @@ def placement_problem(klass: str, pool: Optional[str], pools: Mapping[str, str],
                       shard_roots: Iterable[str]) -> Optional[str]:
     """Why a new qube of `klass` created with `pool` (every writable volume that is no
     snapshot goes there) or `pools` (volume -> pool; the others stay in core's default
-    pools) would keep its own data outside its shard; None when it would not, or when it
+    pools, `defaulted_volumes`) would keep its own data outside its shard; None when it would not, or when it
     is no qube of a known shard (its volumes are checked once created).
     (qubes/vm/qubesvm.py create_on_disk, _patch_pool_config.)"""
     placed = [pool] if pool is not None else list(pools.values())
@@ -182,7 +182,7 @@ def placement_problem(klass: str, pool: Optional[str], pools: Mapping[str, str],
     roots = list(shard_roots)
     if pool is not None:
         return shard_pool_problem(facts[pool], roots)
-    for volume in data_volume_names(klass):
+    for volume in defaulted_volumes(klass):
         if volume not in pools:
             return (f"a new qube of {shards[0]} would keep volume {volume} in a default pool "
                     "of core")

@@ -279,11 +279,12 @@ def volume_problem(qube: str, klass: str, volume: VolumeFacts, pools: Mapping[st
     return _files_problem(name, pool, own_dirs[volume.pool], volume.vid, paths)
 
 
-def data_volume_names(klass: str) -> tuple[str, ...]:
-    """The volumes a new qube of `klass` keeps its own data in (the others are snapshots
-    of its template's: qubes/vm/appvm.py and dispvm.py default volume_config)."""
+def defaulted_volumes(klass: str) -> tuple[str, ...]:
+    """The volumes of a new qube of `klass` that go to core's default pools unless placed
+    elsewhere: the others are snapshots of its template's, and a disposable's own
+    volatile takes its template's pool (qubes/vm/appvm.py and dispvm.py volume_config)."""
     if klass == "DispVM":
-        return ("volatile",)
+        return ()
     if klass == "AppVM":
         return ("private", "volatile")
     return DATA_VOLUMES

@@ -7,6 +7,7 @@ import qubes.vm
 
 #: a new qube's volumes (qubes/vm/appvm.py, dispvm.py, templatevm.py, standalonevm.py
 #: default volume_config): snapshots of its template's volumes, or its own in `default`
+#: (a disposable's own in its template's pool: dispvm.py DispVM.__init__)
 _OWN = {"AppVM": ("private", "volatile"), "DispVM": ("volatile",)}
 
 
@@ -15,7 +16,8 @@ def _default_volumes(vm, default, kernels):
     for name in ("root", "private", "volatile"):
         own = name in _OWN.get(type(vm).__name__, ("root", "private", "volatile"))
         if own:
-            volumes[name] = qubes.vm.Volume(name, default, vid=default.new_vid(vm, name))
+            pool = vm.template.volumes[name].pool if type(vm).__name__ == "DispVM" else default
+            volumes[name] = qubes.vm.Volume(name, pool, vid=pool.new_vid(vm, name))
         else:  # the template's volume of that name, in its pool (storage/__init__.py)
             origin = vm.template.volumes[name]
             volumes[name] = qubes.vm.Volume(name, origin.pool, True, origin.source or origin,
