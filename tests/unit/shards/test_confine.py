@@ -19,6 +19,7 @@ from reliant.shards.confine import (
     shard_pool_problem,
     volume_problem,
 )
+from reliant.shards.runtime import default_state_path
 from shards_helpers import Scene, domains_by_name, load, split_scene
 
 S2 = "sflc_0_2"
@@ -169,6 +170,16 @@ def test_a_shard_pool_outside_its_directory_is_held_with_its_qubes(tmp_path):
     for final in (False, True):
         scene.dissect(final=final)
         assert (scene.shard_dir(S2) / "domains.xml").read_bytes() == before
+
+
+def test_a_held_pool_survives_a_dissect_that_lost_the_runtime_state(tmp_path):
+    scene = split_scene(tmp_path)
+    before = edit(scene, second_lvm_pool)
+    scene.suture()
+    os.unlink(default_state_path(str(scene.merged)))
+    result = scene.dissect(final=True)
+    assert [p.kind for p in result.problems] == ["state"], result.problems
+    assert (scene.shard_dir(S2) / "domains.xml").read_bytes() == before
 
 
 def test_a_template_left_out_cannot_vouch_for_its_disposables_snapshots(tmp_path):

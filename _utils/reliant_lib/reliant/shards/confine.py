@@ -50,7 +50,6 @@ SHARD_POOL_DRIVERS = ("file", "file-reflink")
 #: drivers whose vids `qubesd_vids` knows: where a snapshot may live outside its shard
 SNAPSHOT_POOL_DRIVERS = ("file", "file-reflink", "lvm_thin")
 KERNEL_POOL_DRIVER = "linux-kernel"
-DOM0_DIR = "dom0"  # a shard's saved dom0 directories (reliant.shards.files.DOM0_DIR)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from lxml import etree
 
 from reliant import store
 from reliant.shards.confine import within
-from reliant.shards.files import Shard, deps_closure, shard_bytes
+from reliant.shards.files import Shard, deps_closure, held_pools, shard_bytes
 from reliant.shards.records import QubeRecord, dom0_subdir, properties, property_value, remove_device
 from reliant.shards.stubs import Facts, Stubs
 from reliant.shards.suture import core_sections
@@ -105,7 +105,8 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     else:
         tagged = {tag[len(shard_tag("")):] for domain in sections["domains"]
                   for tag in facts(domain).group_tags if tag.startswith(shard_tag(""))}
-        sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools, "merged": None}
+        sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools,
+                         "held_pools": sorted(held_pools(visible[sid])), "merged": None}
                    for sid in sorted(tagged) if sid in visible}
         if sutured:
             problems.append(Problem("warning", "state", "no runtime state from suture: qubes "

@@ -21,14 +21,8 @@ from typing import Any, Optional
 from lxml import etree
 
 from reliant import store
-from reliant.shards.confine import (
-    PathView,
-    PoolFacts,
-    VolumeFacts,
-    shard_pool_problem,
-    volume_problem,
-)
-from reliant.shards.files import DOM0_DIR, Shard, deps_closure
+from reliant.shards.confine import PathView, PoolFacts, VolumeFacts, volume_problem
+from reliant.shards.files import Shard, deps_closure, held_pools
 from reliant.shards.records import (
     QubeRecord,
     dom0_subdir,
@@ -270,17 +264,13 @@ def _confined_pools(shard: Shard, problems: list[Problem]) -> tuple[dict[str, st
     """The shard's pools that may not hold its data (name -> why; they are not merged and
     stay in its file, with the qubes using them) and the others (name -> resolved
     directory)."""
-    held, own_dirs = {}, {}
-    dom0 = os.path.join(shard.path, DOM0_DIR)
-    for pool in (PoolFacts.of(p.attrib) for p in shard.pool_elements):
-        reason = shard_pool_problem(pool, (shard.path,), (dom0,))
-        if reason is None:
-            own_dirs[pool.name] = os.path.realpath(pool.dir_path)
-            continue
-        held[pool.name] = reason
-        problems.append(Problem("warning", "invalid", f"pool {pool.name} of shard {shard.id} "
+    held = held_pools(shard)
+    for name, reason in held.items():
+        problems.append(Problem("warning", "invalid", f"pool {name} of shard {shard.id} "
                                 f"not merged: {reason}; it stays in {shard.file} with the "
                                 "qubes using it", shard.id))
+    own_dirs = {p.get("name"): os.path.realpath(p.get("dir_path")) for p in shard.pool_elements
+                if p.get("name") not in held}
     return held, own_dirs
 
 
