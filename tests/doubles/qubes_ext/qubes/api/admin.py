@@ -5,25 +5,28 @@ Arguments come as Python values instead of a payload; `call` dispatches on the m
 import qubes.api
 import qubes.vm
 
-#: a new qube's volumes (qubes/vm/appvm.py, dispvm.py, templatevm.py, standalonevm.py
-#: default volume_config): snapshots of its template's volumes, or its own in `default`
-#: (a disposable's own in its template's pool: dispvm.py DispVM.__init__)
+#: a new qube's volume_config (qubes/vm/appvm.py, dispvm.py, templatevm.py,
+#: standalonevm.py): snapshots of its template's volumes, in their pool (storage/__init__.py
+#: _update_volume_config_source), or its own in core's default pool (a disposable's own in
+#: its template's pool: dispvm.py DispVM.__init__); vids come from the pools
 _OWN = {"AppVM": ("private", "volatile"), "DispVM": ("volatile",)}
 
 
-def _default_volumes(vm, default, kernels):
-    volumes = {}
+def _volume_config(klass, template, default):
+    config = {}
     for name in ("root", "private", "volatile"):
-        own = name in _OWN.get(type(vm).__name__, ("root", "private", "volatile"))
+        own = name in _OWN.get(klass, ("root", "private", "volatile"))
         if own:
-            pool = vm.template.volumes[name].pool if type(vm).__name__ == "DispVM" else default
-            volumes[name] = qubes.vm.Volume(name, pool, vid=pool.new_vid(vm, name))
-        else:  # the template's volume of that name, in its pool (storage/__init__.py)
-            origin = vm.template.volumes[name]
-            volumes[name] = qubes.vm.Volume(name, origin.pool, True, origin.source or origin,
-                                            vid=origin.pool.new_vid(vm, name))
-    volumes["kernel"] = qubes.vm.Volume("kernel", kernels, rw=False)
-    return volumes
+            pool = template.volumes[name].pool if klass == "DispVM" else default
+            config[name] = {"name": name, "pool": str(pool), "rw": True,
+                            "snap_on_start": False}
+        else:
+            origin = template.volumes[name]
+            config[name] = {"name": name, "pool": str(origin.pool), "rw": True,
+                            "snap_on_start": True, "source": str(origin.source or origin)}
+    config["kernel"] = {"name": "kernel", "pool": "linux-kernel", "rw": False,
+                        "snap_on_start": False}
+    return config
 
 
 class QubesAdminAPI(qubes.api.AbstractQubesAPI):
@@ -35,8 +38,8 @@ class QubesAdminAPI(qubes.api.AbstractQubesAPI):
         if self.arg:
             kwargs["template"] = self.app.domains[self.arg]
         self.fire_event_for_permission(pool=pool, pools=pools or {}, **kwargs)
-        vm = self.app.add_new_vm(cls, **kwargs)
-        vm.volumes = _default_volumes(vm, self.app.default_pool, self.app.pools["linux-kernel"])
+        vm = self.app.add_new_vm(cls, volume_config=_volume_config(
+            cls.__name__, kwargs.get("template"), self.app.default_pool), **kwargs)
         vm.tags.add("created-by-" + str(self.src))
         try:
             vm.create_on_disk(pool=pool, pools=pools)
