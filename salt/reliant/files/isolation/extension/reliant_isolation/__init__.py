@@ -23,9 +23,11 @@ The other volume calls (Resize, Revert, Clear, Set.rw, Set.revisions_to_keep,
 Set.ephemeral, Import) change neither where a volume lives nor whose data it holds;
 ``domain-add`` fires before the volumes are placed (qubes/app.py VMCollection.add); a new
 ``template`` (``property-pre-set:template``, checked by the reference guard) brings
-sources that are its own volumes. The decisions are ``reliant.isolation.guard``'s and ``.policy``'s (the
-formula's library, found in ``_paths.LIBDIR``); this module only turns qubesd objects into
-facts and events into decisions.
+sources that are its own volumes.
+
+The decisions are ``reliant.isolation.guard``'s and ``.policy``'s (the formula's library,
+found in ``_paths.LIBDIR``); this module only turns qubesd objects into facts and events
+into decisions.
 
 Nothing here logs a qube's name: qubesd's log may reach persistent storage.
 """
