@@ -1,28 +1,24 @@
 """Adopt and release: move existing qubes between core and a shard, offline.
 
-`adopt` takes core qubes whose data lives in a pool inside a shard's directory (qubes
-made with stock Qubes on a hidden volume, so named in qubes.xml) into that shard, with
-that pool when only they use it and with their dom0 directories. `release` gives shard
-qubes back to core, with the shard's pools only they use. Both refuse, before writing
-anything, whatever would leave core naming a shard qube or pool (a reference, a volume, a
-pool, a global property, a ``created-by-`` tag; rules-and-qids.md) or that qubesd would
-not load (`reliant.qubesd_load`), and say how to fix it.
+`adopt` takes core qubes whose data lives in a pool inside a shard's directory (made with
+stock Qubes on a hidden volume, so named in qubes.xml) into that shard, with that pool
+(which only they may use) and their dom0 directories; `release` gives shard qubes back to
+core, with the shard's pools only they use. Both refuse, before writing anything, what
+would leave core naming a shard qube or pool (a reference, volume, pool, global property,
+``created-by-`` tag), a core qubesd would not load (`reliant.qubesd_load`) or, for adopt,
+a qube suture would not merge; each reason says how to fix it.
 
-QIDs follow the group a qube joins, like a new qube's there: an adopted qube takes the
-lowest free qid of the shard's range (it keeps its qid when it already lies there, free);
-a released qube the lowest free qid outside every visible shard's range. A core-range
-qid in a shard would be renumbered by every suture and would collide with the next core
-qube qubesd creates; a shard-range qid in core would show a shard's range. IP addresses
-derive from the qid (qubes-core-admin ``qubes/vm/mix/net.py``: 10.137.x.y, IPv6
-``::a89:QID``): they change once, reported.
+QIDs follow the group a qube joins, like a new qube's there: the lowest free qid of the
+shard's range (kept when it lies there, free), or the lowest free one outside every
+visible shard's range. A core-range qid in a shard would be renumbered at each suture and
+collide with the next core qube; a shard-range qid in core would show the range. IP
+addresses derive from the qid (qubes-core-admin ``qubes/vm/mix/net.py``): they change
+once, reported.
 
-Writes go gaining side first, so that a qube is never in zero files: adopt saves the
-dom0 directories into the shard, writes the shard file, then core, then removes the
-directories from dom0's qubes directory; release copies the directories back, writes
-core, then the shard file, then removes the shard's copies. A crash between two writes
-leaves the qube in both files; suture then merges core's copy (the shard's conflicts by
-name, or the shard is refused for redefining core's pool) and a rerun of the same
-command finishes, taking core's copy as the live one.
+Writes go gaining side first (docs/design/writing-safely.md): the dom0 directories and
+the shard file before core for adopt, core before the shard file for release, the
+copies left behind removed last. A crash between two writes leaves the qube in both
+files: suture merges core's copy, and a rerun finishes from core's copy.
 """
 
 from __future__ import annotations
@@ -38,6 +34,7 @@ from lxml import etree
 from reliant import qubesd_load, store
 from reliant.audit import Needles
 from reliant.operations import Result
+from reliant.shards.confine import within
 from reliant.shards.dom0dirs import (
     ASIDE,
     QUBES_DIR,
@@ -46,10 +43,10 @@ from reliant.shards.dom0dirs import (
     restore_dom0_dirs,
     save_dom0_dirs,
 )
-from reliant.shards.files import DOM0_DIR, Shard, deps_closure, discover, shard_bytes, within
+from reliant.shards.files import DOM0_DIR, Shard, deps_closure, discover, shard_bytes
 from reliant.shards.records import QubeRecord, dom0_subdir, set_qid, strip_reliant_tags
 from reliant.shards.runtime import default_state_path, operation_lock
-from reliant.shards.suture import QUBE_CLASSES, core_sections
+from reliant.shards.suture import QUBE_CLASSES, core_sections, plan_suture
 from reliant.vocab import GLOBAL_REFERENCES, MAX_QID, Problem, ShardError, is_data_volume
 
 #: Tags qubesd sets that name another qube (qubes-core-admin ``qubes/api/admin.py``:
@@ -209,9 +206,6 @@ class _Scope:
                 continue
             self.others.append(other)
 
-    def refuse(self, what: str) -> None:
-        _refuse(self.reasons, what)
-
 
 def _adopted(scope: _Scope, names: Sequence[str]
              ) -> tuple[dict[str, tuple[etree._Element, QubeRecord]], list[QubeRecord]]:
@@ -272,14 +266,12 @@ def _adopted_pools(scope: _Scope, movers: dict[str, tuple[etree._Element, QubeRe
                     if _in_dir(core_pools[pool], other.path):
                         scope.reasons.append(f"qube {name}: volume {label} is in pool {pool}, "
                                              f"inside shard {other.id}'s directory")
-    for pool in list(pools):
+    for pool in pools:
         users = sorted(n for n, (_, r) in scope.core.items() if n not in movers and pool in r.pools)
-        if users:
-            pools.remove(pool)
-            scope.problems.append(Problem(
-                "warning", "partial", f"pool {pool} stays in core: core qubes "
-                f"{', '.join(users)} use it too (adopt them as well to move it)", shard.id))
-            continue
+        if users:  # the pool must move: a shard qube's data lives in its shard's pools
+            scope.reasons.append(f"pool {pool} moves into shard {shard.id} with the qubes "
+                                 f"whose data it holds, but core qubes {', '.join(users)} use "
+                                 "it too: adopt them in the same call")
         if pool in scope.shard_pools and dict(scope.shard_pools[pool].attrib) != dict(
                 core_pools[pool].attrib):
             scope.reasons.append(f"pool {pool}: shard {shard.id} defines another pool of "
@@ -354,7 +346,7 @@ def plan_adopt(core_root: etree._Element, shards: Sequence[Shard], shard_id: str
     where = f"shard {shard.id}'s range"
     chosen = _renumber(records, shard.contains_qid, taken, shard.free_qids(set()), where,
                        scope.reasons)
-    scope.refuse("adopt")
+    _refuse(scope.reasons, "adopt")
 
     for name, (domain, _) in movers.items():
         strip_reliant_tags(domain)
@@ -371,8 +363,22 @@ def plan_adopt(core_root: etree._Element, shards: Sequence[Shard], shard_id: str
         sections["domains"].remove(domain)
     _refuse_unloadable(core_root, loaded, "adopt")
     new_shard = shard_bytes(shard, kept_pools + moved_pools, _sorted_domains(kept + domains))
+    new_core = store.serialize(core_root)
+    _refuse(_left_out_by_suture(new_core, shards, shard, new_shard, set(movers)), "adopt")
     dirs = [(dom0_subdir(r), r.name) for r in records + done]
-    return MovePlan(shard, store.serialize(core_root), new_shard, dirs, problems)
+    return MovePlan(shard, new_core, new_shard, dirs, problems)
+
+
+def _left_out_by_suture(core: bytes, shards: Sequence[Shard], target: Shard, data: bytes,
+                        names: set[str]) -> list[str]:
+    """Why suture would not merge the adopted qubes `names` from the new shard file
+    `data` (all its rules, e.g. where a shard qube's volumes may live: one source)."""
+    trial = [Shard(s.path, s.id, s.qid_range, s.depends_on,
+                   data=data if s is target else s.data) for s in shards]
+    plan = plan_suture(store.parse(core, "the new core"), trial)
+    return [f"suture would not merge it: {p.message}" for p in plan.problems
+            if p.severity != "info" and (p.qube in names or (
+                p.shard == target.id and p.kind == "refused"))]
 
 
 def _mentions(sections: dict[str, etree._Element], shard: Shard,
@@ -505,7 +511,7 @@ def plan_release(core_root: etree._Element, shards: Sequence[Shard], shard_id: s
         r.qid for n, (_, r) in scope.own.items() if n not in movers}
     chosen = _renumber(records, outside, taken, filter(outside, range(1, MAX_QID)), "core",
                        scope.reasons)
-    scope.refuse("release")
+    _refuse(scope.reasons, "release")
 
     for name, (domain, _) in movers.items():
         strip_reliant_tags(domain)

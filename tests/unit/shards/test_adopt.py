@@ -168,24 +168,23 @@ def test_a_shard_that_does_not_depend_on_the_target_may_not_keep_its_references(
             "does not depend on shard sflc_0_1") in message
 
 
-def test_a_pool_other_core_qubes_use_stays_until_they_are_adopted(tmp_path, monkeypatch,
-                                                                   capsys):
+def test_a_pool_moves_with_every_core_qube_using_it(tmp_path, monkeypatch):
     scene = adopt_scene(tmp_path, monkeypatch)
     assert shard_cli("adopt", "deep-mail", "deep-notes", "--shard", "sflc_0_2") == 0
-    assert shard_cli("adopt", "secret", "--shard", "sflc_0_1") == 0
-    assert "pool sflc_0_1 stays in core: core qubes secret-dvm, secret-vpn use it" in \
-        capsys.readouterr().err
-    assert "sflc_0_1" in pool_names(load(scene.core))
-    shard = load(scene.shard_dir("sflc_0_1") / "domains.xml")
-    assert list(domains_by_name(shard)) == ["secret"] and not pool_names(shard)
-    merged = plan_suture(load_core(str(scene.core)), discover(scene.roots))
-    assert not [p for p in merged.problems if p.severity != "info"]
-    assert "secret" in domains_by_name(merged.merged)
-    assert shard_cli("adopt", "secret-dvm", "secret-vpn", "--shard", "sflc_0_1") == 0
-    assert "sflc_0_1" not in pool_names(load(scene.core))
-    shard = load(scene.shard_dir("sflc_0_1") / "domains.xml")
-    assert domains_by_name(shard).keys() == SHARD_QUBES["sflc_0_1"]
-    assert pool_names(shard) == ["sflc_0_1"]
+    message = refusal(scene, ["secret"])
+    assert ("pool sflc_0_1 moves into shard sflc_0_1 with the qubes whose data it holds, but "
+            "core qubes secret-dvm, secret-vpn use it too: adopt them in the same call") \
+        in message
+
+
+def test_a_qube_suture_would_not_merge_is_not_adopted(tmp_path, monkeypatch):
+    """Suture's own rules decide: here a data volume whose vid climbs out of its pool."""
+    scene = adopt_scene(tmp_path, monkeypatch)
+    edit_core(scene, lambda domains, root: domains["deep-notes"].find(
+        "volume-config/volume[@name='private']").set("vid", "../../escape/private"))
+    message = refusal(scene, ["deep-mail", "deep-notes"], shard="sflc_0_2")
+    assert "suture would not merge it: qube deep-notes of shard sflc_0_2 not merged" in message
+    assert "volume private" in message
 
 
 def test_core_mentions_beyond_references_are_reported(tmp_path, monkeypatch, capsys):
