@@ -31,8 +31,11 @@ import reliant.declare
 import reliant.operations
 import reliant.shards.files
 import reliant.shards.runtime
+import reliant.shards.traces
 import reliant.store
 import reliant.vocab
+import reliant.volatile.interlock
+import reliant.volatile.settings
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_shard"
@@ -71,6 +74,20 @@ def _result(result: reliant.operations.Result) -> dict:
             "problems": _problems(result.problems), "errors": len(result.errors)}
 
 
+def _root(found: dict) -> reliant.volatile.interlock.RootCheck:
+    """The shard interlock for this root (as the CLI's)."""
+    try:
+        volatile = reliant.volatile.interlock.volatile_settings(found)
+    except reliant.volatile.settings.VolatileError as exc:
+        raise CommandExecutionError(str(exc)) from None
+    return reliant.volatile.interlock.check_root(reliant.cli.Host().volatile_status(volatile),
+                                                 bool(found["require_volatile"]), volatile)
+
+
+def _traces(found: dict) -> reliant.shards.traces.Traces:
+    return reliant.shards.traces.Traces(found["systemd_dir"], found["libvirt_dir"])
+
+
 def _refuse_if_qubesd_runs(what: str) -> None:
     if reliant.cli.Host().qubesd_active():
         raise CommandExecutionError(f"qubesd is running: {what} needs it stopped")
@@ -83,10 +100,14 @@ def status(config: Optional[str] = None, **overrides: Any) -> dict:
     """
     found = settings(config, **overrides)
     try:
-        return reliant.operations.status(found["core"], found["merged"], found["roots"],
-                                     max_depth=found["max_depth"])
+        report = reliant.operations.status(found["core"], found["merged"], found["roots"],
+                                           max_depth=found["max_depth"])
     except REFUSALS as exc:
         raise CommandExecutionError(str(exc)) from None
+    check = _root(found)
+    report["mode"] = check.mode
+    report["problems"] += _problems(check.problems())
+    return report
 
 
 def check(config: Optional[str] = None, **overrides: Any) -> dict:
@@ -118,15 +139,19 @@ def suture(config: Optional[str] = None, **overrides: Any) -> dict:
     _refuse_if_qubesd_runs("suture")
     detached = reliant.shards.runtime.read_detached(
         reliant.shards.runtime.default_detached_path(found["merged"]))
+    check = _root(found)
     try:
         result = reliant.operations.suture(
             found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
             missing_reference=found["missing_reference"],
             policy_dir=found["policy_dir"] or None, services=found["services"],
-            qubes_dir=found["qubes_dir"], detached=detached)
+            qubes_dir=found["qubes_dir"], detached=detached, hold_shards=check.refusal,
+            traces=_traces(found))
     except REFUSALS as exc:
         raise CommandExecutionError(str(exc)) from None
-    return _result(result)
+    report = _result(result)
+    report["warnings"] = list(check.warnings)
+    return report
 
 
 def dissect(final: bool = False, config: Optional[str] = None, **overrides: Any) -> dict:
@@ -141,7 +166,8 @@ def dissect(final: bool = False, config: Optional[str] = None, **overrides: Any)
     try:
         result = reliant.operations.dissect(found["merged"], found["core"], found["roots"],
                                         max_depth=found["max_depth"],
-                                        qubes_dir=found["qubes_dir"], final=final)
+                                        qubes_dir=found["qubes_dir"], final=final,
+                                        traces=_traces(found))
     except REFUSALS as exc:
         raise CommandExecutionError(str(exc)) from None
     if result.errors:

@@ -4,12 +4,15 @@
 2 bad usage or configuration. Defaults come from the JSON file named by
 ``$RELIANT_CONFIG`` (default /etc/reliant/reliant.json, optional; keys: core,
 merged, roots, max_depth, missing_reference, policy_dir, services, libdir,
-qubes_dir), then from flags. `host` is how the CLI sees qubesd and running qubes
+qubes_dir, require_volatile, volatile_title, upper_warn_percent, systemd_dir,
+libvirt_dir), then from flags. `host` is how the CLI sees qubesd and running qubes
 (`Host`); tests pass their own.
 
 Commands: init, suture, dissect, check, status, rename, review, attach, detach, audit.
 Offline commands (suture, rename, review, dissect --final) refuse while qubesd is
-active: they would race the store qubesd holds.
+active: they would race the store qubesd holds. Off the volatile root, `attach` refuses
+and suture merges core alone (`reliant.volatile.interlock`), unless require_volatile is
+false.
 
 Output and messages name hidden qubes and shards: callers must not log them to
 persistent storage.
@@ -24,6 +27,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 from reliant import audit, operations, store
@@ -32,7 +36,11 @@ from reliant.shards.files import FIRST_SHARD_QID, RANGE_SIZE, Shard, discover, i
 from reliant.shards.records import qube_name
 from reliant.shards.runtime import default_detached_path, read_detached, write_detached
 from reliant.shards.suture import MISSING_REFERENCE_MODES
+from reliant.shards.traces import Traces
 from reliant.vocab import Problem, ShardError, shard_tag
+from reliant.volatile import interlock, running
+from reliant.volatile.settings import Settings as VolatileSettings
+from reliant.volatile.settings import VolatileError
 
 CONFIG_PATH = "/etc/reliant/reliant.json"
 DEFAULTS: dict[str, Any] = {
@@ -45,6 +53,11 @@ DEFAULTS: dict[str, Any] = {
     "services": None,
     "libdir": "/usr/lib/reliant",
     "qubes_dir": QUBES_DIR,
+    "require_volatile": True,
+    "volatile_title": VolatileSettings.volatile_title,
+    "upper_warn_percent": VolatileSettings.upper_warn_percent,
+    "systemd_dir": Traces.systemd_dir,
+    "libvirt_dir": Traces.libvirt_dir,
 }
 
 
@@ -74,6 +87,10 @@ class Host:
             return {line.strip() for line in out.splitlines() if line.strip()} - {"dom0"}
         raise ShardError("cannot tell which qubes run (neither xl nor qvm-ls "
                                         "found); refusing to detach")
+
+    def volatile_status(self, settings: VolatileSettings) -> dict[str, Any]:
+        """How dom0's root runs (`reliant.volatile.running.status`)."""
+        return running.status(settings)
 
     def qubesd(self, action: str) -> None:
         try:
@@ -222,7 +239,25 @@ def _settings(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any
         raise UsageError("roots must be a list of directories")
     if not isinstance(settings["max_depth"], int) or settings["max_depth"] < 0:
         raise UsageError("max_depth must be a non-negative integer")
+    if not isinstance(settings["require_volatile"], bool):
+        raise UsageError("require_volatile must be true or false")
+    try:
+        settings["volatile"] = interlock.volatile_settings(settings)
+    except VolatileError as exc:
+        raise UsageError(str(exc)) from None
+    settings["traces"] = Traces(settings["systemd_dir"], settings["libvirt_dir"])
     return settings
+
+
+def _root(settings: dict[str, Any], host: Host) -> interlock.RootCheck:
+    """May shards be merged on this root, and what to warn about (the interlock)."""
+    return interlock.check_root(host.volatile_status(settings["volatile"]),
+                                settings["require_volatile"], settings["volatile"])
+
+
+def _warn(check: interlock.RootCheck) -> None:
+    for warning in check.warnings:
+        print(f"reliant-shard: warning: {warning}", file=sys.stderr)
 
 
 def _refuse_if_qubesd_runs(host: Host, what: str) -> None:
@@ -279,6 +314,10 @@ def _detach(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> i
 
 
 def _attach(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> int:
+    check = _root(settings, host)
+    if check.refusal:
+        raise ShardError(check.refusal)
+    _warn(check)
     path = default_detached_path(settings["merged"])
     detached = read_detached(path)
     if args.shards:
@@ -330,11 +369,14 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
         _refuse_if_qubesd_runs(host, "suture")
         detached = read_detached(
             default_detached_path(settings["merged"]))
+        check = _root(settings, host)
+        _warn(check)
         result = operations.suture(
             settings["core"], roots, settings["merged"], max_depth=depth,
             missing_reference=settings["missing_reference"],
             policy_dir=settings["policy_dir"] or None, services=settings["services"],
-            qubes_dir=settings["qubes_dir"], detached=detached)
+            qubes_dir=settings["qubes_dir"], detached=detached, hold_shards=check.refusal,
+            traces=settings["traces"])
         _print_problems(result.problems)
         return 0
     if args.command == "dissect":
@@ -342,7 +384,7 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
             _refuse_if_qubesd_runs(host, "dissect --final")
         result = operations.dissect(settings["merged"], settings["core"], roots,
                                         max_depth=depth, qubes_dir=settings["qubes_dir"],
-                                        final=args.final)
+                                        final=args.final, traces=settings["traces"])
         _print_problems(result.problems)
         return 1 if result.errors else 0
     if args.command == "check":
@@ -358,6 +400,9 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
     if args.command == "status":
         report = operations.status(settings["core"], settings["merged"], roots,
                                        max_depth=depth)
+        check = _root(settings, host)
+        report["mode"] = check.mode
+        report["problems"] += [asdict(p) for p in check.problems()]
         print(json.dumps(report, indent=1, sort_keys=True) if args.json
               else _status_text(report))
         return 0
@@ -376,10 +421,11 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
         return _attach(settings, args, host)
     if args.command == "detach":
         return _detach(settings, args, host)
-    return _audit(settings, args)
+    return _audit(settings, args, host)
 
 
-def _audit(settings: dict[str, Any], args: argparse.Namespace) -> int:
+def _audit(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> int:
+    _warn(_root(settings, host))
     shards = discover(settings["roots"], settings["max_depth"], problems=[])
     try:
         findings = audit.audit(shards, settings["core"], args.fs_root)
