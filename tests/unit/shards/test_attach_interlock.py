@@ -23,12 +23,12 @@ class HostDouble(cli.Host):
     `dissect --final` when it stops and `suture` when it starts; no qube runs; the root is
     `mode` (running.status's answer for an ext4 root or a volatile overlay)."""
 
-    def __init__(self, mode: str):
-        self.mode, self.active, self.actions = mode, True, []
+    def __init__(self, mode: str, problems: tuple[str, ...] = ()):
+        self.mode, self.problems, self.active, self.actions = mode, list(problems), True, []
 
     def volatile_status(self, settings):
         fstype = "overlay" if self.mode == "volatile" else "ext4"
-        return {"mode": self.mode, "root_fstype": fstype, "problems": []}
+        return {"mode": self.mode, "root_fstype": fstype, "problems": self.problems}
 
     def qubesd_active(self):
         return self.active
@@ -122,6 +122,16 @@ def test_require_volatile_false_merges_and_warns(dom0, capsys):
     assert f"reliant-shard: warning: {warning}" in capsys.readouterr().err
     configure(dom0, require_volatile="no")
     assert cli.main(["status"], host=host) == 2
+
+
+def test_attach_says_when_the_ram_layer_is_nearly_full(dom0, capsys):
+    full = "the overlay's RAM layer is 93.0% full (950 of 1021 MiB; ...)"
+    host = HostDouble("volatile", problems=(full,))
+    assert cli.main(["attach"], host=host) == 0
+    assert f"reliant-shard: warning: {full}" in capsys.readouterr().err
+    assert cli.main(["status", "--json"], host=host) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["mode"], report["problems"][-1]["message"]) == ("volatile", full)
 
 
 def names_under(top: Path, names: set[str]) -> list[str]:
