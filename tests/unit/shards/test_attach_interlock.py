@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from reliant import cli
+from reliant import cli, commands
 from reliant.shards.files import SHARD_FILE
 from reliant.shards.traces import UNIT_TEMPLATE, Libvirt
 from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
@@ -18,7 +18,7 @@ TITLE = "Qubes, volatile dom0 (forgets every change at shutdown)"
 SHARD_NAMES = SHARD_QUBES["sflc_0_1"] | SHARD_QUBES["sflc_0_2"]
 
 
-class HostDouble(cli.Host):
+class HostDouble(commands.Host):
     """systemctl, xl and the root as reliant-shard sees them: qubesd's unit runs
     `dissect --final` when it stops and `suture` when it starts; no qube runs; the root is
     `mode` (running.status's answer for an ext4 root or a volatile overlay)."""

@@ -7,8 +7,7 @@ import os
 import pytest
 from reliant import store
 from reliant.shards.records import qube_name, qube_uuid
-from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
-from test_shards_rules import new_domain, set_prop
+from shards_helpers import SHARD_QUBES, domains_by_name, load, new_domain, set_prop, split_scene
 
 # os.sendfile is how shutil copies the files of dom0 directories
 INJECTED = ("write", "sendfile", "fsync", "replace", "rename")

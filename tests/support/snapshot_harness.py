@@ -16,7 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from repo_paths import ROOT
+
 SCRIPT = ROOT / "salt" / "reliant" / "files" / "snapshots" / "create-snapshot"
 DOUBLES = ROOT / "tests" / "doubles"
 SPY = """#!/bin/sh

@@ -117,3 +117,26 @@ def dispvms_in_own_group(scene: Scene) -> None:
                     prop = etree.SubElement(props, "property", name="default_dispvm")
                 prop.text = wanted[name]
         path.write_bytes(store.serialize(root))
+
+
+def set_prop(domain: etree._Element, name: str, value: str) -> None:
+    """Set property `name` of `domain` (added if missing)."""
+    props = domain.find("properties")
+    for prop in props:
+        if prop.get("name") == name:
+            prop.text = value
+            return
+    etree.SubElement(props, "property", name=name).text = value
+
+
+def new_domain(name: str, qid: int, pool: str, uuid: str) -> etree._Element:
+    """A <domain> of an AppVM keeping its private volume in `pool`."""
+    domain = etree.fromstring(
+        f'<domain id="domain-{qid}" class="AppVM"><properties>'
+        f'<property name="label">red</property><property name="name">{name}</property>'
+        f'<property name="qid">{qid}</property><property name="uuid">{uuid}</property>'
+        '<property name="template">debian-13-xfce</property></properties><features/><tags/>'
+        f'<volume-config><volume name="private" pool="{pool}" vid="appvms/{name}/private" '
+        'rw="True" save_on_stop="True" snap_on_start="False" size="2147483648"/>'
+        '</volume-config></domain>')
+    return domain

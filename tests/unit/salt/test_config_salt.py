@@ -1,13 +1,12 @@
 """Execution module reliant_config under Salt's loader mocks."""
 
-from pathlib import Path
 
 import pytest
 import salt_modules
 import yaml
+from repo_paths import ROOT
 
 reliant_config = salt_modules.load("modules", "reliant_config")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

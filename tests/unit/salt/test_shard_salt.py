@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import salt_modules
-from reliant import cli, declare
+from reliant import commands, declare
 from reliant.shards.files import init_shard, load_shard
 from reliant.vocab import ShardError
+from repo_paths import FIXTURES
 from salt.exceptions import CommandExecutionError
 
 module = salt_modules.load("modules", "reliant_shard")
 state = salt_modules.load("states", "reliant_shard")
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture
@@ -41,8 +41,8 @@ def dom0(tmp_path, monkeypatch) -> dict:
         "systemd_dir": str(tmp_path / "systemd"), "libvirt_dir": str(tmp_path / "libxl")}))
     (tmp_path / "varlibqubes").mkdir()
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
-    monkeypatch.setattr(cli.Host, "qubesd_active", lambda self: False)
-    monkeypatch.setattr(cli.Host, "volatile_status", lambda self, settings: {
+    monkeypatch.setattr(commands.Host, "qubesd_active", lambda self: False)
+    monkeypatch.setattr(commands.Host, "volatile_status", lambda self, settings: {
         "mode": "volatile", "root_fstype": "overlay", "problems": []})
     return {"core": core, "root": root, "config": str(config), "tmp": tmp_path}
 
@@ -87,7 +87,7 @@ def test_suture_dissect_status_check(dom0):
     lambda: module.suture(), lambda: module.dissect(final=True),
     lambda: module.rename("a", "b"), lambda: module.review("a")])
 def test_offline_operations_refuse_while_qubesd_runs(dom0, monkeypatch, call):
-    monkeypatch.setattr(cli.Host, "qubesd_active", lambda self: True)
+    monkeypatch.setattr(commands.Host, "qubesd_active", lambda self: True)
     with pytest.raises(CommandExecutionError, match="qubesd is running"):
         call()
     assert not (dom0["tmp"] / "run").exists()

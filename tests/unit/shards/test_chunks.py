@@ -13,8 +13,7 @@ from reliant.shards.records import QubeRecord, qube_name
 from reliant.shards.stubs import Facts
 from reliant.vocab import ShardError
 from repo_paths import FIXTURES
-from shards_helpers import SHARD_QUBES, domains_by_name, load, merged_scene
-from test_shards_rules import new_domain, set_prop
+from shards_helpers import SHARD_QUBES, domains_by_name, load, merged_scene, new_domain, set_prop
 
 
 def memo_dir(scene):

@@ -11,7 +11,15 @@ from reliant.shards.files import discover, init_shard
 from reliant.shards.records import feature_value, property_value, qube_name, qube_qid, qube_uuid
 from reliant.shards.runtime import default_state_path, read_state
 from reliant.vocab import CORE_TAG, ShardError, shard_tag
-from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
+from shards_helpers import (
+    SHARD_QUBES,
+    dispvms_in_own_group,
+    domains_by_name,
+    load,
+    new_domain,
+    set_prop,
+    split_scene,
+)
 
 
 def edit_shard(scene, sid, change):
@@ -25,15 +33,6 @@ def edit_shard(scene, sid, change):
 
 def domain_of(root, name):
     return domains_by_name(root)[name]
-
-
-def set_prop(domain, name, value):
-    props = domain.find("properties")
-    for prop in props:
-        if prop.get("name") == name:
-            prop.text = value
-            return
-    etree.SubElement(props, "property", name=name).text = value
 
 
 def kinds(result):
@@ -200,18 +199,6 @@ def test_skip_mode_leaves_the_qube_and_its_dependents_out(tmp_path):
 
 
 # --- qubes created or changed while shards are open -----------------------------------
-
-
-def new_domain(name, qid, pool, uuid):
-    domain = etree.fromstring(
-        f'<domain id="domain-{qid}" class="AppVM"><properties>'
-        f'<property name="label">red</property><property name="name">{name}</property>'
-        f'<property name="qid">{qid}</property><property name="uuid">{uuid}</property>'
-        '<property name="template">debian-13-xfce</property></properties><features/><tags/>'
-        f'<volume-config><volume name="private" pool="{pool}" vid="appvms/{name}/private" '
-        'rw="True" save_on_stop="True" snap_on_start="False" size="2147483648"/>'
-        '</volume-config></domain>')
-    return domain
 
 
 def test_a_qube_created_while_open_joins_the_shard_of_its_pools(tmp_path):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 from reliant import snapshot
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CHANGES = {"/usr/lib/qubes/create-snapshot": "installed"}
 
 
