@@ -40,7 +40,7 @@ def adopt_scene(tmp_path: Path, monkeypatch) -> Scene:
     config = tmp_path / "reliant.json"
     config.write_text(json.dumps({"core": str(scene.core), "merged": str(scene.merged),
                                   "roots": scene.roots, "qubes_dir": str(scene.qubes_dir),
-                                  "policy_dir": None}))
+                                  "policy_dir": None, **etc_dirs(tmp_path)}))
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
     first = str(scene.shard_dir("sflc_0_1"))
     assert shard_cli("init", first) == 0
@@ -48,6 +48,12 @@ def adopt_scene(tmp_path: Path, monkeypatch) -> Scene:
     for sid in SHARD_QUBES:
         (scene.shard_dir(sid) / "pool").mkdir()
     return scene
+
+
+def etc_dirs(tmp_path: Path) -> dict[str, str]:
+    """Where the scene's dom0 keeps autostart links and libvirt definitions."""
+    return {"systemd_dir": str(tmp_path / "etc/systemd/system"),
+            "libvirt_dir": str(tmp_path / "etc/libvirt/libxl")}
 
 
 def shard_cli(*argv: str, host: commands.Host | None = None) -> int:

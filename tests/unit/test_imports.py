@@ -24,7 +24,7 @@ LAYERS = (
     ("reliant.shards.",),
     ("reliant.isolation.",),
     ("reliant.operations", "reliant.declare", "reliant.audit", "reliant.adopt",
-     "reliant.menus"),
+     "reliant.adopt_plan", "reliant.menus"),
     ("reliant.commands", "reliant.cli"),
 )
 #: What the qubesd extension may load (qubesd runs it: the rest of the engine stays out).

@@ -7,6 +7,7 @@ import sys
 from collections import namedtuple
 
 import pytest
+from adopt_scene import etc_dirs
 from reliant import cli, commands, menus
 from repo_paths import ROOT
 from shards_helpers import SHARD_QUBES, domains_by_name, load, set_prop, split_scene
@@ -20,6 +21,9 @@ class DesktopHost(commands.Host):
 
     def __init__(self, home, active=True):
         self.home, self.active, self.actions = home, active, []
+
+    def volatile_status(self, settings):
+        return {"mode": "volatile", "root_fstype": "overlay", "problems": []}
 
     def qubesd_active(self):
         return self.active
@@ -45,7 +49,7 @@ def scene(tmp_path, monkeypatch):
     config = tmp_path / "reliant.json"
     config.write_text(json.dumps({"core": str(scene.core), "merged": str(scene.merged),
                                   "roots": scene.roots, "qubes_dir": str(scene.qubes_dir),
-                                  "policy_dir": None}))
+                                  "policy_dir": None, **etc_dirs(tmp_path)}))
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
     fast = tmp_path / "bin"  # the double's python3 without a version manager's shim
     fast.mkdir()

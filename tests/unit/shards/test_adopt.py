@@ -2,10 +2,12 @@
 their shards and back, core keeps no trace of them, and what cannot move is refused with
 a reason naming the qube."""
 
+import os
+
 import pytest
 from adopt_scene import OfflineHost, adopt_scene, scene_files, shard_cli
 from lxml import etree
-from reliant import adopt, operations, qubesd_load, store
+from reliant import adopt_plan, operations, qubesd_load, store
 from reliant.shards.files import discover
 from reliant.shards.records import qube_name, qube_qid
 from reliant.shards.stubs import load_core
@@ -99,7 +101,7 @@ def test_adopt_and_release_refuse_while_qubesd_runs(tmp_path, monkeypatch, capsy
 
 
 def plan(scene, names, shard="sflc_0_1", release=False):
-    make = adopt.plan_release if release else adopt.plan_adopt
+    make = adopt_plan.plan_release if release else adopt_plan.plan_adopt
     return make(store.load(str(scene.core)), discover(scene.roots), shard, names)
 
 
@@ -273,3 +275,25 @@ def test_a_release_qubesd_would_not_load_is_refused(tmp_path, monkeypatch):
     message = refusal(scene, ["deep-notes", "deep-mail"], shard="sflc_0_2", release=True)
     assert "qubesd (R4.3) would not load the new core: qube 'deep-notes': property vcpus" \
         in message
+
+
+def test_libvirt_definitions_and_autostart_links_travel_with_adopted_qubes(tmp_path,
+                                                                           monkeypatch):
+    """Stock Qubes left them in /etc; adopted qubes' go (suture links them again while
+    their shard is merged), released qubes' autostart link is made again."""
+    scene = adopt_scene(tmp_path, monkeypatch)
+    edit_core(scene, lambda domains, root: set_property(domains["secret-vpn"], "autostart",
+                                                         "True"))
+    etc = tmp_path / "etc"
+    definition = etc / "libvirt/libxl/secret-vpn.xml"
+    link = etc / "systemd/system/multi-user.target.wants/qubes-vm@secret-vpn.service"
+    definition.parent.mkdir(parents=True)
+    definition.write_text("<domain/>")
+    link.parent.mkdir(parents=True)
+    link.symlink_to("/usr/lib/systemd/system/qubes-vm@.service")
+    kept = etc / "libvirt/libxl/work.xml"
+    kept.write_text("<domain/>")
+    adopt_all(scene)
+    assert not definition.exists() and not os.path.lexists(link) and kept.exists()
+    assert shard_cli("release", *sorted(SHARD_QUBES["sflc_0_1"])) == 0
+    assert os.readlink(link) == "/usr/lib/systemd/system/qubes-vm@.service"
