@@ -94,4 +94,5 @@ def test_erase_disables_the_tops_before_removing_the_files(host):
         host.check_output(f"rm -rf {path}")
     rc, out = salt(host, "state.highstate")
     assert rc != 0
-    assert out == ["No Top file or master_tops data matches found. Please see master log for details."]
+    assert [ret["comment"] for ret in out.values()] == [
+        "No Top file or master_tops data matches found. Please see master log for details."]
