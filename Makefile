@@ -52,7 +52,7 @@ $(VENV)/.installed: $(REQUIREMENTS)
 	touch $@
 
 converge: deps $(VENV)/.installed
-	$(PY) tests/kitchen/run.py default --converge-only
+	$(PY) tests/kitchen/run.py default-dom0-r43 --converge-only
 
 test: lint unit functional salt-matrix kitchen
 
@@ -73,7 +73,7 @@ salt-matrix:
 	  $(MAKE) --no-print-directory unit functional SALT=$$salt || exit 1; \
 	done
 
-kitchen: deps $(VENV)/.installed rpm
+kitchen: deps $(VENV)/.installed
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/kitchen/test_runner.py
 	$(PY) tests/kitchen/run.py $(SUITES)
 
