@@ -224,10 +224,16 @@ class Instance:
         self.enable_tops()
 
     def install_rpm(self, rpm: Path) -> None:
-        """The RPM's files and its %post, as `dnf install` runs them, then enable the tops."""
+        """The RPM's files and its %post, as `dnf install` runs them, then enable the tops:
+        %post must have synced the formula's modules and enabled both tops already."""
         self.unpack(rpm_payload(rpm))
         self.scriptlet(rpm_scriptlets(rpm)["postinstall"], "1")  # $1 = 1: first install
-        self.enable_tops()
+        modules = json.loads(self.exec("salt-call", "--local", "--out", "json",
+                                       "sys.list_modules"))["local"]
+        if "reliant_config" not in modules:
+            raise SuiteFailed("%post did not sync the formula's modules")
+        if self.enable_tops() != ["unchanged", "unchanged"]:
+            raise SuiteFailed("%post did not enable the state and pillar tops")
 
     def unpack(self, tar: bytes) -> None:
         podman("exec", "-i", self.name, "tar", "-x", "-C", "/", stdin=tar)
@@ -236,13 +242,17 @@ class Instance:
         """Run a package scriptlet with /bin/sh, as rpm does (`$1`: `argument`)."""
         podman("exec", "-i", self.name, "/bin/sh", "-s", argument, stdin=script.encode())
 
-    def enable_tops(self) -> None:
-        """`qubesctl top.enable reliant` and its pillar twin; topd's refusal is no exit
-        status, so its `error` in the output fails the suite."""
+    def enable_tops(self) -> list[str]:
+        """`qubesctl top.enable reliant` and its pillar twin: topd's status for each.
+        topd's refusal is no exit status, so its `error` in the output fails the suite."""
+        statuses = []
         for extra in ((), ("pillar=true",)):
             out = self.exec("qubesctl", "--out", "json", "top.enable", "reliant", *extra)
-            if "error" in json.loads(out)["local"]:
+            result = json.loads(out)["local"]
+            if "error" in result:
                 raise SuiteFailed(f"qubesctl top.enable reliant {' '.join(extra)}: {out}")
+            statuses.append(result["reliant.top"]["status"])
+        return statuses
 
     def highstate(self, *extra: str) -> dict:
         """A highstate whose JSON return is parsed; a failed state fails the suite."""
