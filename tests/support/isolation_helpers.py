@@ -4,10 +4,13 @@ qrexec's view of its domains (built here, independently of reliant.isolation.gua
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Optional
 
 import qrexec_policy_oracle as oracle
 from lxml import etree
+from reliant.isolation import guard
 from repo_paths import FIXTURES
 
 MERGED = FIXTURES / "qubes-r4.3-merged.xml"
@@ -94,3 +97,37 @@ def add_disposable(root: etree._Element, name: str, qid: int, template: str) -> 
         etree.SubElement(props, "property", name=key).text = value
     etree.SubElement(domain, "features")
     domain.append(copy.deepcopy(source.find("tags")))
+
+
+def reference_problems(merged_root: etree._Element,
+                       dependencies: Mapping[str, Iterable[str]]) -> list[str]:
+    """What the guard says of a whole merged store: every qube without exactly one group
+    tag, and every reference that crosses groups the wrong way; `dependencies` maps a
+    shard tag to the shard tags it may reference."""
+    qubes, global_refs = guard.facts_from_store(merged_root)
+    problems = []
+    groups: dict[str, Optional[str]] = {}
+    for name, qube in sorted(qubes.items()):
+        try:
+            groups[name] = guard.group_of(qube)
+        except guard.GuardError as exc:
+            problems.append(str(exc))
+            groups[name] = None
+            continue
+        if groups[name] is None:
+            problems.append(f"qube {name!r} carries no group tag")
+    for prop, target in sorted(global_refs.items()):
+        problem = guard.reference_problem(None, CORE_TAG, prop, target, groups.get(target),
+                                          dependencies)
+        if problem:
+            problems.append(problem)
+    for name, qube in sorted(qubes.items()):
+        if groups[name] is None:
+            continue
+        for prop, target in sorted(qube.references.items()):
+            if target in groups:
+                problem = guard.reference_problem(name, groups[name], prop, target,
+                                                  groups[target], dependencies)
+                if problem:
+                    problems.append(problem)
+    return problems

@@ -21,6 +21,7 @@ from lxml import etree
 from reliant import chunks as chunking
 from reliant import store
 from reliant.isolation import guard, policy
+from reliant.shards.confine import PoolFacts, renamed_vid
 from reliant.shards.dissect import plan_dissect
 from reliant.shards.dom0dirs import (
     QUBES_DIR,
@@ -62,6 +63,7 @@ from reliant.shards.suture import (
     RECOVERED_PREFIX,
     plan_suture,
 )
+from reliant.shards.traces import Traces, autostart_qubes
 from reliant.vocab import CORE, DOMAIN_REFERENCES, Problem, ShardError, shard_tag, valid_qube_name
 
 
@@ -95,30 +97,41 @@ def _without_gc() -> Iterator[None]:
 def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
            missing_reference: str = "recover", policy_dir: Optional[str] = None,
            services: Optional[list[str]] = None, qubes_dir: str = QUBES_DIR,
-           state_path: Optional[str] = None, detached: Iterable[str] = ()) -> Result:
+           state_path: Optional[str] = None, detached: Iterable[str] = (),
+           hold_shards: Optional[str] = None, traces: Optional[Traces] = None) -> Result:
     """Write the merged store `out` from `core` and the shards under `roots`.
 
     Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`;
     then the `isolation_problems` of the merged store are reported too),
     dom0 directories back into `qubes_dir`, old runtime state removed, merged store,
-    new state. ShardError (nothing merged) if core is unusable or the policy
-    cannot be written.
+    autostart links of merged shard qubes (if `traces`), new state. ShardError (nothing
+    merged) if core is unusable or the policy cannot be written. `hold_shards`: why no
+    shard may be merged now (`reliant.volatile.interlock`): core alone is merged and each
+    visible shard is reported refused (dissect leaves it untouched).
     """
     state_path = state_path or default_state_path(out)
     with operation_lock(state_path), _without_gc():
         return _suture(core, roots, out, max_depth, missing_reference, policy_dir, services,
-                       qubes_dir, state_path, detached)
+                       qubes_dir, state_path, detached, hold_shards, traces)
 
 
 def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
-            qubes_dir: str, state_path: str, detached: Iterable[str]) -> Result:
+            qubes_dir: str, state_path: str, detached: Iterable[str],
+            hold_shards: Optional[str], traces: Optional[Traces]) -> Result:
     problems: list[Problem] = []
     known = merged_chunks(chunking.Memo(chunking.memo_dir(state_path),
                                                memo_version()))
     stubs = Stubs()
     core_root = load_core(core, known, stubs)
     shards = discover(roots, max_depth, problems)
+    held = [] if hold_shards is None else shards
+    if held:
+        problems.append(Problem("error", "volatile", hold_shards))
+        problems += [Problem("error", "refused", f"shard {shard.id} ({shard.path}) is not "
+                             "merged: dom0 does not run on the volatile root", shard.id)
+                     for shard in held]
+        shards = []
     for shard in shards:
         root = read_in_chunks(shard.data, SHARD_ELEMENT, [(shard_tag(shard.id),)], known,
                                stubs, shard.file)
@@ -154,7 +167,10 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
         if store.write(out, plan.facts.expand(store.serialize(plan.merged)),
                                mode=0o660):
             written.append(out)
+        if traces is not None:
+            _restore_autostart(plan.sutured, plan.dirs, traces, problems)
         plan.state["problems"] = [asdict(p) for p in problems]
+        plan.state["refused"] = sorted(set(plan.state["refused"]) | {s.id for s in held})
         write_state(state_path, plan.state)
     except BaseException:
         # qubesd will not start: take back the shard qubes' directories copied out
@@ -166,23 +182,37 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
     return Result(problems, written, plan.sutured)
 
 
+def _restore_autostart(sutured: Sequence[Shard], dirs: dict[str, list[tuple[str, str]]],
+                       traces: Traces, problems: list[Problem]) -> None:
+    for shard in sutured:
+        try:
+            names = autostart_qubes(shard.data, [name for _, name in dirs[shard.id]],
+                                    shard.file)
+        except store.StoreError as exc:
+            problems.append(Problem("warning", "traces", f"shard {shard.id}: autostart not "
+                                    f"read ({exc})", shard.id))
+            continue
+        traces.restore_autostart(names, problems)
+
+
 def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
             qubes_dir: str = QUBES_DIR, state_path: Optional[str] = None,
-            final: bool = False) -> Result:
+            final: bool = False, traces: Optional[Traces] = None) -> Result:
     """Write core and every merged shard back from the merged store (only files whose
     content changed). With `final` (qubesd stopped), the dom0 directories of shard
-    qubes leave `qubes_dir` once saved in their shard.
+    qubes leave `qubes_dir` once saved in their shard, and (with `traces`) shard qubes
+    are undefined in libvirt and lose their autostart links.
 
     Order: dom0 directories into shards, runtime state, shard files gaining qubes,
-    those losing qubes, core, then (final) removal of saved directories.
+    those losing qubes, core, then (final) removal of saved directories and traces.
     """
     state_path = state_path or default_state_path(merged)
     with operation_lock(state_path), _without_gc():
-        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final)
+        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final, traces)
 
 
 def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes_dir: str,
-             state_path: str, final: bool) -> Result:
+             state_path: str, final: bool, traces: Optional[Traces]) -> Result:
     problems: list[Problem] = []
     memo = chunking.Memo(chunking.memo_dir(state_path), memo_version())
     stubs = Stubs()
@@ -210,6 +240,9 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
     if final:
         for sid in saved:
             release_dom0_dirs(plan.dirs[sid], qubes_dir)
+        if traces is not None:
+            traces.remove(sorted({name for sid in plan.shards for _, name in plan.dirs[sid]}),
+                          problems)
     return Result(problems, written, list(plan.shards.values()))
 
 
@@ -236,7 +269,7 @@ def isolation_problems(merged_root: etree._Element,
     except guard.GuardError as exc:
         return [Problem("error", "isolation", f"merged store: {exc}")]
     prefix = shard_tag("")
-    return [Problem("warning", "isolation", str(cross),  # guard.cross_group_dispvms
+    return [Problem("warning", "isolation", str(cross),
                     cross.group[len(prefix):] if (cross.group or "").startswith(prefix) else None,
                     cross.qube)
             for cross in found]
@@ -298,15 +331,32 @@ def _rewrite(shard: Shard) -> bool:
     return written
 
 
+def _rename_snapshot_vids(domain: etree._Element, old: str, new: str, shard: Shard,
+                          pools: Iterable[etree._Element]) -> None:
+    """Snapshots of the renamed qube outside its shard take the vids qubesd gives the new
+    name (`reliant.shards.confine.volume_problem` wants them so); its own files keep theirs."""
+    facts = {p.get("name"): PoolFacts.of(p.attrib) for p in pools}
+    for volume in domain.iterfind("volume-config/volume"):
+        pool = facts.get(volume.get("pool"))
+        if (pool is None or pool.name in shard.pools or volume.get("snap_on_start") != "True"
+                or not volume.get("vid")):
+            continue
+        volume.set("vid", renamed_vid(pool, domain.get("class") or "", volume.get("name") or "",
+                                      volume.get("vid"), old, new))
+
+
 def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
                 shard_id: Optional[str] = None, max_depth: int = 3) -> Result:
     """Rename a shard qube (e.g. to resolve a name conflict with core), with the
     references to it in its shard and the shards depending on it, and its saved dom0
-    directory. Offline: qubesd must not be running on these files."""
+    directory. Offline: qubesd must not be running on these files. Both names are
+    checked first: the old one comes from a shard file and names a directory."""
+    for candidate in (name, new):
+        if not valid_qube_name(candidate):
+            raise ShardError(f"{candidate!r} is not a valid qube name")
     shard, domain, shards = _find_qube(roots, name, shard_id, max_depth)
-    if not valid_qube_name(new):
-        raise ShardError(f"{new!r} is not a valid qube name")
-    taken = {qube_name(d) for d in load_core(core).iterfind("domains/domain")}
+    core_root = load_core(core)
+    taken = {qube_name(d) for d in core_root.iterfind("domains/domain")}
     for other in shards:
         taken |= {qube_name(d) for d in other.domains}
     if new in taken:
@@ -314,6 +364,9 @@ def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
     by_id = {s.id: s for s in shards}
     affected = [shard] + [s for s in shards if shard.id in deps_closure(s.id, by_id)]
     properties(domain)["name"].text = new
+    _rename_snapshot_vids(domain, name, new, shard,
+                          [*core_root.iterfind("pools/pool"),
+                           *(p for s in shards for p in s.pool_elements)])
     for other in affected:
         for qube in other.domains:
             for prop in properties(qube).values():

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import isolation_helpers as helpers
 import pytest
+from reliant import store
 from reliant.isolation import policy
 from repo_paths import ROOT
+from shards_helpers import split_scene
 
-PACKAGE = ROOT / "salt" / "reliant" / "files" / "isolation"
+PACKAGE = ROOT / "salt" / "reliant" / "files" / "isolation" / "extension"
 S1, S2, CORE = "reliant-shard-sflc_0_1", "reliant-shard-sflc_0_2", "reliant-core"
 REFERENCES = ("template", "netvm", "default_dispvm", "management_dispvm", "guivm", "audiovm")
 
@@ -48,7 +50,8 @@ def build_app(qubes, root):
 
     app = qubes.Qubes()
     for pool in root.iterfind("pools/pool"):
-        app.pools[pool.get("name")] = vm_module.Pool(pool.get("name"), pool.get("dir_path"))
+        app.pools[pool.get("name")] = vm_module.Pool(pool.get("name"), pool.get("dir_path"),
+                                                     pool.get("driver"), pool.get("volume_group"))
     refs = {}
     for domain in root.iterfind("domains/domain"):
         props = {p.get("name"): p.text or "" for p in domain.iterfind("properties/property")}
@@ -57,14 +60,17 @@ def build_app(qubes, root):
         kwargs = {"name": name} if cls is not vm_module.AdminVM else {}
         if cls is vm_module.DispVM:
             continue
+        if cls is not vm_module.AdminVM:
+            # QubesVM.__init__ (qubes/vm/qubesvm.py): <volume-config> as read, "True" and
+            # "False" turned into bools; the volumes themselves come at domain-load
+            kwargs["loading"] = True
+            kwargs["volume_config"] = {
+                volume.get("name"): {key: {"True": True, "False": False}.get(value, value)
+                                     for key, value in volume.items()}
+                for volume in domain.iterfind("volume-config/volume")}
         vm = cls(app, tags={t.get("name") for t in domain.iterfind("tags/tag")}, **kwargs)
         if props.get("template_for_dispvms") == "True":
             vm.template_for_dispvms = True
-        for volume in domain.iterfind("volume-config/volume"):
-            vm.volumes[volume.get("name")] = vm_module.Volume(
-                volume.get("name"), app.pools[volume.get("pool")],
-                volume.get("snap_on_start") == "True", volume.get("source"),
-                volume.get("rw") == "True")
         refs[name] = {p: props[p] for p in REFERENCES if p in props}
         app.domains.add(vm, _enable_events=False)
     for name, props in refs.items():
@@ -90,14 +96,16 @@ def app(qubes):
 
 
 def new_appvm(qubes, app, name, template="debian-13-xfce", pool="vm-pool"):
+    """A new AppVM as qubesd creates it: its volumes are built at domain-init."""
     import qubes.vm as vm_module
 
-    vm = vm_module.AppVM(app, name, template=template)
-    vm.volumes = {
-        "root": vm_module.Volume("root", app.pools["vm-pool"], True, "tpl-root"),
-        "private": vm_module.Volume("private", app.pools[pool]),
-        "volatile": vm_module.Volume("volatile", app.pools[pool]),
-    }
+    vm = vm_module.AppVM(app, name, template=template, volume_config={
+        "root": {"name": "root", "pool": "vm-pool", "snap_on_start": True, "rw": True,
+                 "source": app.domains[template].volumes["root"].vid},
+        "private": {"name": "private", "pool": pool, "snap_on_start": False, "rw": True},
+        "volatile": {"name": "volatile", "pool": pool, "snap_on_start": False, "rw": True},
+    })
+    assert set(vm.volumes) == {"root", "private", "volatile"}
     return app.domains.add(vm)
 
 
@@ -148,7 +156,7 @@ def test_disposables_take_their_templates_group(qubes, app):
 def test_a_qube_in_an_unknown_shard_pool_is_refused(qubes, app):
     import qubes.vm as vm_module
 
-    app.pools["sflc_0_3"] = vm_module.Pool("sflc_0_3", "/run/shufflecake/sflc_0_3/pool")
+    app.pools["sflc_0_3"] = vm_module.Pool("sflc_0_3", "/run/shufflecake/sflc_0_3/pool", "file")
     vm = new_appvm(qubes, app, "orphan")
     with pytest.raises(qubes.exc.QubesException, match="shard cannot be decided"):
         vm.create_on_disk(pool=app.pools["sflc_0_3"])
@@ -258,3 +266,44 @@ def test_a_damaged_settings_file_falls_back_to_denying_every_direction(qubes, ap
         assert "settings file is unreadable" in caplog.text
     finally:
         settings_file.write_bytes(original)
+
+
+# --- backups (admin.backup.Execute / Info) while shards are merged ----------------------
+
+BACKUP_CALLS = ("admin.backup.Execute", "admin.backup.Info")
+
+
+@pytest.mark.parametrize("method", BACKUP_CALLS)
+@pytest.mark.parametrize("caller", ["dom0", "work"])
+def test_a_backup_is_refused_while_a_shard_is_merged(qubes, tmp_path, method, caller):
+    import qubes.api.admin
+
+    scene = split_scene(tmp_path)
+    assert not scene.suture(detached=["sflc_0_2"]).errors  # one shard merged is enough
+    app = build_app(qubes, store.load(str(scene.merged)))
+    with pytest.raises(qubes.exc.QubesException) as refused:
+        qubes.api.admin.call(app, method, arg="daily", src=caller)
+    message = str(refused.value)
+    assert message.startswith("reliant: backups are refused while shards are merged")
+    assert "reliant-shard detach" in message and "docs/shards.md" in message
+    assert not any(name in message for name in ("secret", "deep-", "sflc"))
+    assert getattr(app, "backups", []) == []
+
+
+@pytest.mark.parametrize("method", BACKUP_CALLS)
+def test_after_detach_backups_work_as_before(qubes, tmp_path, method):
+    import qubes.api.admin
+
+    scene = split_scene(tmp_path)
+    assert not scene.suture(detached=["sflc_0_1", "sflc_0_2"]).errors  # as after detach
+    app = build_app(qubes, store.load(str(scene.merged)))
+    assert qubes.api.admin.call(app, method, arg="daily") in ("execute", "info")
+    assert app.backups == [(method.rsplit(".", 1)[1].lower(), "daily")]
+    with pytest.raises(qubes.api.PermissionDenied):  # the API's own checks still apply
+        qubes.api.admin.call(app, method, arg="a/b")
+
+
+def test_other_admin_calls_are_not_refused_while_shards_are_merged(app):
+    dom0 = app.domains["dom0"]
+    assert dom0.fire_event("admin-permission:admin.vm.List", pre_event=True,
+                           dest=dom0, arg="") == []

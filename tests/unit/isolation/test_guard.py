@@ -1,4 +1,4 @@
-"""reliant_guard: group of a qube, references that cross groups, disposables of another group."""
+"""reliant.isolation.guard: group of a qube, references that cross groups, disposables of another group."""
 
 from __future__ import annotations
 
@@ -107,14 +107,14 @@ DEPS = {S2: [S1]}
 
 def test_reference_problems_of_a_merged_store():
     root = helpers.merged_tagged()
-    assert guard.reference_problems(root, DEPS) == []
-    assert guard.reference_problems(root, {}) == [
+    assert helpers.reference_problems(root, DEPS) == []
+    assert helpers.reference_problems(root, {}) == [
         "property 'netvm' of 'deep-mail' would name 'secret-vpn' of another shard, which "
         "the shard of 'deep-mail' does not depend on"]
     set_prop(root, "", "default_dispvm", "secret-dvm")
     set_prop(root, "work", "netvm", "secret-vpn")
     set_prop(root, "secret", "netvm", "deep-notes")
-    problems = guard.reference_problems(root, DEPS)
+    problems = helpers.reference_problems(root, DEPS)
     assert len(problems) == 3
     assert "global property 'default_dispvm' would name 'secret-dvm'" in problems[0]
     assert any("'netvm' of 'work'" in p for p in problems)
@@ -128,7 +128,7 @@ def test_device_backends_are_references():
                   if d.findtext("properties/property[@name='name']") == "work")
     devices = etree.SubElement(domain, "devices", **{"class": "pci"})
     etree.SubElement(devices, "device", id="00_1f.0", **{"backend-domain": "deep-notes"})
-    problems = guard.reference_problems(root, DEPS)
+    problems = helpers.reference_problems(root, DEPS)
     assert problems == ["property 'device pci:00_1f.0' of 'work' would name 'deep-notes', "
                         "a qube of a shard: core never references a shard"]
 
@@ -144,12 +144,12 @@ def test_cross_group_dispvms_matches_qrexec_resolution():
     group = {n: next(t for t in d.tags if t.startswith("reliant-")) for n, d in domains.items()}
     wanted = sorted(n for n, d in domains.items() if d.type != "AdminVM" and d.default_dispvm
                     and group[d.default_dispvm] != group[n])
-    problems = guard.cross_group_dispvms(root)
+    problems = [str(cross) for cross in guard.cross_group_dispvm_qubes(root)]
     assert wanted == ["deep-mail", "deep-notes", "secret-dvm", "secret-vpn"]
     assert [p.split("'")[1] for p in problems] == wanted
     assert "default_dispvm 'default-dvm' is in another group (reliant-core)" in problems[0]
     set_prop(root, "deep-mail", "default_dispvm", "")
-    assert "deep-mail" not in " ".join(guard.cross_group_dispvms(root))
+    assert "deep-mail" not in " ".join([str(cross) for cross in guard.cross_group_dispvm_qubes(root)])
 
 
 def test_effective_default_dispvm():

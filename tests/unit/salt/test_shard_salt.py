@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import salt_modules
-from reliant import cli, declare
+from reliant import commands, declare
 from reliant.shards.files import init_shard, load_shard
 from reliant.vocab import ShardError
 from repo_paths import FIXTURES
@@ -37,10 +37,13 @@ def dom0(tmp_path, monkeypatch) -> dict:
     config = tmp_path / "reliant.json"
     config.write_text(json.dumps({
         "core": str(core), "merged": str(tmp_path / "run" / "qubes.xml"),
-        "roots": [str(root)], "policy_dir": "", "qubes_dir": str(tmp_path / "varlibqubes")}))
+        "roots": [str(root)], "policy_dir": "", "qubes_dir": str(tmp_path / "varlibqubes"),
+        "systemd_dir": str(tmp_path / "systemd"), "libvirt_dir": str(tmp_path / "libxl")}))
     (tmp_path / "varlibqubes").mkdir()
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
-    monkeypatch.setattr(cli.Host, "qubesd_active", lambda self: False)
+    monkeypatch.setattr(commands.Host, "qubesd_active", lambda self: False)
+    monkeypatch.setattr(commands.Host, "volatile_status", lambda self, settings: {
+        "mode": "volatile", "root_fstype": "overlay", "problems": []})
     return {"core": core, "root": root, "config": str(config), "tmp": tmp_path}
 
 
@@ -84,7 +87,7 @@ def test_suture_dissect_status_check(dom0):
     lambda: module.suture(), lambda: module.dissect(final=True),
     lambda: module.rename("a", "b"), lambda: module.review("a")])
 def test_offline_operations_refuse_while_qubesd_runs(dom0, monkeypatch, call):
-    monkeypatch.setattr(cli.Host, "qubesd_active", lambda self: True)
+    monkeypatch.setattr(commands.Host, "qubesd_active", lambda self: True)
     with pytest.raises(CommandExecutionError, match="qubesd is running"):
         call()
     assert not (dom0["tmp"] / "run").exists()

@@ -23,7 +23,7 @@ from reliant.volatile.boot import (
     run_command,
     set_shell_var,
 )
-from reliant.volatile.files import managed_files
+from reliant.volatile.files import managed_paths
 from reliant.volatile.running import Mount, parse_mountinfo, status
 from reliant.volatile.settings import Settings, VolatileError
 
@@ -46,7 +46,7 @@ def runs(dom0, tool: str) -> int:
 
 
 def converge(settings: Settings) -> Plan:
-    plan = plan_configured(settings)
+    plan = plan_configured(settings, volatile_root.GRUB_BODY)
     apply(plan, settings, run_command)
     return plan
 
@@ -124,7 +124,7 @@ def test_a_file_of_someone_else_at_our_path_is_refused_and_kept(dom0):
     foreign = Path(dom0.settings.dracut_dropin_path)
     foreign.write_text('add_drivers+=" nvme "\n')
     with pytest.raises(VolatileError, match="exists and was not written by reliant-formula"):
-        plan_configured(dom0.settings)
+        plan_configured(dom0.settings, volatile_root.GRUB_BODY)
     assert plan_absent(dom0.settings).empty()
     assert foreign.read_text() == 'add_drivers+=" nvme "\n'
 
@@ -164,7 +164,7 @@ def test_entries_take_the_newest_kernel_that_has_an_initramfs(dom0):
     (boot / "initramfs-6.12.9-1.qubes.fc41.x86_64.img").write_text("older\n")
     (boot / "xen-4.19.10.gz").write_text("newer xen\n")
     settings = Settings(**{**vars(dom0.settings), "xen_options": "dom0_mem=max:6144M"})
-    apply(plan_configured(settings), settings, lambda argv: None)
+    apply(plan_configured(settings, volatile_root.GRUB_BODY), settings, lambda argv: None)
     script = Path(settings.grub_script_path)
     out = subprocess.run([str(script)], capture_output=True, text=True, check=True,
                          env={**os.environ, "pkgdatadir": str(dom0.root / "usr/share/grub"),
@@ -178,7 +178,8 @@ def test_no_kernel_means_no_entries_and_a_failed_verification(dom0):
         kernel.unlink()
     converge(dom0.settings)
     assert "reliant-volatile" not in entries(dom0.settings.grub_cfg)
-    assert plan_configured(dom0.settings).regenerate_grub  # never reported as converged
+    # never reported as converged
+    assert plan_configured(dom0.settings, volatile_root.GRUB_BODY).regenerate_grub
 
 
 # --- regeneration only when inputs changed ------------------------------------------------
@@ -189,7 +190,7 @@ def test_second_run_changes_nothing_and_regenerates_nothing(dom0):
     assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
     initramfs = (dom0.root / f"boot/initramfs-{KERNEL}.img").read_text()
     assert 'add_drivers+=" overlay "' in initramfs and "Storage=volatile" in initramfs
-    second = plan_configured(dom0.settings)
+    second = plan_configured(dom0.settings, volatile_root.GRUB_BODY)
     assert second.empty(), second.changes(dom0.settings)
     assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
 
@@ -201,11 +202,11 @@ def test_first_converge_relinquishes_the_journal_and_the_second_does_not(dom0):
         calls.append(argv[1:] if argv[0] == "true" else argv[:1])
         run_command(argv)
 
-    plan = plan_configured(dom0.settings)
+    plan = plan_configured(dom0.settings, volatile_root.GRUB_BODY)
     assert plan.relinquish_journal
     apply(plan, dom0.settings, run)
     assert ["--relinquish-var"] in calls
-    assert not plan_configured(dom0.settings).relinquish_journal
+    assert not plan_configured(dom0.settings, volatile_root.GRUB_BODY).relinquish_journal
 
 
 def test_switching_the_default_changes_only_the_default_entry(dom0):
@@ -221,7 +222,7 @@ def test_switching_the_default_changes_only_the_default_entry(dom0):
     assert changed == [('set default="reliant-volatile"', 'set default="reliant-maintenance"')]
     grub_after = Path(dom0.settings.default_grub).read_text()
     assert grub_after == grub_before.replace('"reliant-volatile"', '"reliant-maintenance"')
-    assert plan_configured(maintenance).empty()
+    assert plan_configured(maintenance, volatile_root.GRUB_BODY).empty()
 
 
 def test_a_failed_mkconfig_keeps_the_initramfs_stamp_and_retries_grub(dom0):
@@ -229,7 +230,7 @@ def test_a_failed_mkconfig_keeps_the_initramfs_stamp_and_retries_grub(dom0):
     with pytest.raises(VolatileError, match=r"/bin/false -o .* failed with exit code 1"):
         converge(failing)
     assert runs(dom0, "dracut") == 1
-    retry = plan_configured(dom0.settings)
+    retry = plan_configured(dom0.settings, volatile_root.GRUB_BODY)
     assert not retry.regenerate_initramfs and retry.regenerate_grub
     converge(dom0.settings)
     assert runs(dom0, "dracut") == 1 and runs(dom0, "grub2-mkconfig") == 1
@@ -239,7 +240,7 @@ def test_a_corrupt_state_file_is_named(dom0):
     Path(dom0.settings.state_file).parent.mkdir(parents=True)
     Path(dom0.settings.state_file).write_text("{oops")
     with pytest.raises(VolatileError, match=r"volatile\.json: not valid JSON"):
-        plan_configured(dom0.settings)
+        plan_configured(dom0.settings, volatile_root.GRUB_BODY)
 
 
 def test_absent_restores_grub_default_and_regenerates(dom0):
@@ -250,7 +251,7 @@ def test_absent_restores_grub_default_and_regenerates(dom0):
     plan = plan_absent(dom0.settings)
     apply(plan, dom0.settings, run_command)
     assert Path(dom0.settings.default_grub).read_text() == original  # byte for byte
-    for path in managed_files(dom0.settings):
+    for path in managed_paths(dom0.settings):
         assert not os.path.lexists(path)
     assert not os.path.exists(dom0.settings.state_file)
     assert "reliant-volatile" not in Path(dom0.settings.grub_cfg).read_text()
@@ -277,6 +278,8 @@ def fake_statvfs(path: str) -> os.statvfs_result:
      "volatile-failed"),
 ])
 def test_status_tells_the_mode(dom0, cmdline, mountinfo, mode):
+    Path(dom0.settings.volatile_root).parent.mkdir(parents=True)
+    Path(dom0.settings.volatile_root).symlink_to("/dev/dm-0")  # systemd-volatile-root's
     Path(dom0.settings.cmdline).write_text(cmdline + "\n")
     Path(dom0.settings.mountinfo).write_text(mountinfo)
     Path(dom0.settings.swaps).write_text(
@@ -315,4 +318,4 @@ def test_boot_is_made_read_only_only_in_volatile_mode(dom0):
     assert wants.parent.name == "local-fs.target.d"
     assert "Wants=reliant-volatile-boot-ro.service\n" in wants.read_text()
     # not an input of the initramfs or of grub.cfg
-    assert plan_configured(dom0.settings).empty()
+    assert plan_configured(dom0.settings, volatile_root.GRUB_BODY).empty()

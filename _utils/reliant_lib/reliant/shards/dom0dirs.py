@@ -18,6 +18,8 @@ from reliant.shards.files import DOM0_DIR, Shard
 from reliant.vocab import Problem
 
 QUBES_DIR = "/var/lib/qubes"
+#: The suffix of a directory being removed (`release_dom0_dirs`).
+ASIDE = ".gone"
 
 
 def _fsync_tree(path: str) -> None:
@@ -206,6 +208,15 @@ def save_dom0_dirs(shard: Shard, qubes: Sequence[tuple[str, str]], keep: set[tup
 
 
 def release_dom0_dirs(qubes: Iterable[tuple[str, str]], qubes_dir: str) -> None:
-    """Remove the (saved) dom0 directories of shard qubes from `qubes_dir`."""
+    """Remove the (saved) dom0 directories of `qubes` from `qubes_dir` (or from a shard's
+    ``dom0/``). Each is renamed aside (``.NAME.gone``) before it is removed, so that an
+    interruption leaves it whole or only the aside copy, which the next call removes."""
     for subdir, name in qubes:
-        _remove_tree(os.path.join(qubes_dir, subdir, name))
+        parent = os.path.join(qubes_dir, subdir)
+        path, aside = os.path.join(parent, name), os.path.join(parent, f".{name}{ASIDE}")
+        if os.path.lexists(path):
+            if os.path.lexists(aside):
+                _remove_tree(aside)
+            os.rename(path, aside)
+            store.fsync_dir(parent)
+        _remove_tree(aside)
