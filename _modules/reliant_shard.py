@@ -43,6 +43,11 @@ def __virtual__():
     return reliant.config.virtual(__virtualname__, __opts__)
 
 
+def _host() -> reliant.commands.Host:
+    """qubesd, the running qubes and the Qubes platform of the minion's dom0."""
+    return reliant.commands.Host(**reliant.config.platform_sources(__opts__))
+
+
 def _refusals():
     """Refusals of the library as Salt's CommandExecutionError."""
     return reliant_salt.salt_errors(*reliant.commands.REFUSALS)
@@ -70,7 +75,7 @@ def status(config: Optional[str] = None, **overrides: Any) -> dict:
     """
     found = settings(config, **overrides)
     with _refusals():
-        return reliant.commands.status(found, reliant.commands.Host())
+        return reliant.commands.status(found, _host())
 
 
 def check(config: Optional[str] = None, **overrides: Any) -> dict:
@@ -80,7 +85,7 @@ def check(config: Optional[str] = None, **overrides: Any) -> dict:
     """
     found = settings(config, **overrides)
     with _refusals():
-        result = reliant.commands.check(found)
+        result = reliant.commands.check(found, _host())
     report = _result(result)
     report["ok"] = all(problem.severity == "info" for problem in result.problems)
     return report
@@ -93,7 +98,7 @@ def suture(config: Optional[str] = None, **overrides: Any) -> dict:
     """
     found = settings(config, **overrides)
     with _refusals():
-        return _result(reliant.commands.suture(found, reliant.commands.Host()))
+        return _result(reliant.commands.suture(found, _host()))
 
 
 def dissect(final: bool = False, config: Optional[str] = None, **overrides: Any) -> dict:
@@ -104,7 +109,7 @@ def dissect(final: bool = False, config: Optional[str] = None, **overrides: Any)
     """
     found = settings(config, **overrides)
     with _refusals():
-        result = reliant.commands.dissect(found, reliant.commands.Host(), final=final)
+        result = reliant.commands.dissect(found, _host(), final=final)
     if result.errors:
         raise CommandExecutionError("; ".join(str(problem) for problem in result.errors))
     return _result(result)
@@ -137,7 +142,7 @@ def rename(qube: str, new: str, shard: Optional[str] = None, config: Optional[st
     """
     found = settings(config, **overrides)
     with _refusals():
-        return _result(reliant.commands.rename(found, reliant.commands.Host(), qube, new, shard))
+        return _result(reliant.commands.rename(found, _host(), qube, new, shard))
 
 
 def review(qube: str, shard: Optional[str] = None, config: Optional[str] = None,
@@ -148,7 +153,7 @@ def review(qube: str, shard: Optional[str] = None, config: Optional[str] = None,
     """
     found = settings(config, **overrides)
     with _refusals():
-        return _result(reliant.commands.review(found, reliant.commands.Host(), qube, shard))
+        return _result(reliant.commands.review(found, _host(), qube, shard))
 
 
 def declarations(config: Optional[str] = None, **overrides: Any) -> list:

@@ -11,9 +11,12 @@ CLI Examples::
     salt-call reliant_snapshot.verify
     salt-call reliant_snapshot.install
     salt-call reliant_snapshot.remove
+    salt-call reliant_snapshot.unprotected
 """
 
 from __future__ import annotations
+
+import os
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 import reliant_salt
@@ -21,10 +24,13 @@ import reliant_salt
 # isort: split
 import reliant.config
 import reliant.snapshot
+import reliant.store
 
 __virtualname__ = "reliant_snapshot"
 
 SCRIPT_SOURCE = "salt://reliant/files/snapshots/create-snapshot"
+#: The core store: with reliant.shards it names no shard qube (Salt's output must not).
+CORE_STORE = "/var/lib/qubes/qubes.xml"
 
 
 def __virtual__():
@@ -105,3 +111,17 @@ def remove(settings: dict | None = None) -> dict:
 def verify(settings: dict | None = None) -> list:
     """Problems that make the installed files not reliant's or not intact ([] = fine)."""
     return reliant.snapshot.verify(_layout(_settings(settings)), _script())
+
+
+def unprotected(qubes_xml: str = CORE_STORE) -> list:
+    """Volumes of the store `qubes_xml` that qubesd starts without create-snapshot, so that
+    none of them is attached read-only: file-pool volumes with revisions_to_keep=-1, from
+    qubes-core-admin 4.3.30 (`reliant.platform`). One message each; [] without the store.
+
+    CLI Example: ``qubesctl reliant_snapshot.unprotected``
+    """
+    if not os.path.exists(qubes_xml):
+        return []
+    with reliant_salt.salt_errors(reliant.store.StoreError):
+        root = reliant.store.load(qubes_xml)
+    return reliant.snapshot.unprotected_volumes(root, reliant.config.dom0_platform(__opts__))

@@ -2,8 +2,9 @@
 (`installed`), and their removal with the runtime policy (`absent`).
 
 Both compute the difference first, return early when there is none, predict it exactly
-with test=True, act, then verify. They never read a shard: the deny rules between shards
-are written at suture by ``reliant-shard``.
+with test=True, act, then verify. `installed` fails, changing nothing, on a qrexec without
+the runtime policy directory the deny rules need (`reliant.platform`: R4.2). They never read a
+shard: the deny rules between shards are written at suture by ``reliant-shard``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 import reliant_salt
 
 # isort: split
+import reliant.config
 import reliant.isolation.policy
 import reliant.store
 from salt.exceptions import CommandExecutionError
@@ -44,7 +46,13 @@ def installed(name: str, services: list | None = None, directions: list | None =
               notify: bool = True, policy_file: str = reliant.isolation.policy.POLICY_FILE_NAME,
               shard_roots: list | None = None,
               settings_path: str = reliant.isolation.policy.SETTINGS_PATH) -> dict:
-    """The persistent policy file in directory `name` and the settings file are in place."""
+    """The persistent policy file in directory `name` and the settings file are in place;
+    refused on a dom0 whose qrexec reads no runtime policy directory."""
+    refusal = reliant.isolation.policy.runtime_policy_refusal(
+        reliant.config.dom0_platform(__opts__))
+    if refusal:
+        return {"name": name, "result": False, "changes": {},
+                "comment": f"reliant:isolation: {refusal}"}
     try:
         values = __salt__["reliant_policy.settings"](
             services=services, directions=directions, notify=notify,

@@ -9,8 +9,10 @@ writes results to ``sls.p`` (state.sls/state.apply) and failures to its log:
 ``salt-call reliant_shard.declarations`` shows the details on the terminal.
 
 Both compute the difference first, return when there is none, predict it exactly
-with test=True, act, then verify. A shard file is rewritten atomically under lockf
-and only its metadata changes; qubes, pools and dom0 directories are kept.
+with test=True, act, then verify. `declared` also warns, in its comment, when
+``missing_reference: recover`` acts as skip (a qubesd without prohibit-start). A shard
+file is rewritten atomically under lockf and only its metadata changes; qubes, pools
+and dom0 directories are kept.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
 import reliant_salt
 
 # isort: split
+import reliant.config
 import reliant.declare
 import reliant.shards.runtime
+import reliant.shards.suture
 import reliant.store
 import reliant.vocab
 from salt.exceptions import CommandExecutionError
@@ -132,4 +136,7 @@ def declared(name: str, max_depth: Optional[int] = None, config: Optional[str] =
     if refused:
         ret["result"] = False
         ret["comment"] = f"{refused} declaration(s) refused; {ret['comment']}; {details}"
+    _, warnings = reliant.shards.suture.missing_reference_mode(
+        found["missing_reference"], reliant.config.dom0_platform(__opts__))
+    ret["comment"] = "; ".join([ret["comment"], *(str(w) for w in warnings)])
     return ret

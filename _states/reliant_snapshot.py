@@ -4,7 +4,8 @@ tree the ``reliant.snapshots`` sls installs once this state succeeded.
 
 Both compute the difference first, return early when there is none, predict it
 exactly with test=True, act, then verify. A Qubes version the formula does not
-know is refused before anything is changed.
+know is refused before anything is changed. `installed` warns, in its comment, about
+the volumes qubesd starts without create-snapshot (`reliant_snapshot.unprotected`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import reliant_salt
 # isort: split
 import reliant.config
 import reliant.snapshot
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_snapshot"
 
@@ -59,7 +61,13 @@ def installed(name: str, settings: dict | None = None) -> dict:
     settings
         the ``reliant:snapshots`` mapping (default: from pillar)
     """
-    return _converge(name, settings, remove=False)
+    ret = _converge(name, settings, remove=False)
+    try:
+        warnings = [f"warning: {text}" for text in __salt__["reliant_snapshot.unprotected"]()]
+    except CommandExecutionError as exc:
+        warnings = [f"warning: volumes not checked for create-snapshot bypass: {exc}"]
+    ret["comment"] = "; ".join([ret["comment"], *warnings])
+    return ret
 
 
 def removed(name: str, settings: dict | None = None) -> dict:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import qubes_platforms
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,8 @@ class SaltMinion:
             "states_dirs": [str(ROOT / "_states")],
             "utils_dirs": [str(ROOT / "_utils")],
             "reliant_dom0_marker": str(self.marker),
+            # rpm's answers in an R4.3 dom0 (the platform the formula's modules see)
+            "reliant_rpm": str(qubes_platforms.rpm_double(root / "rpm-double", "4.3")),
         }
         (self.conf / "minion").write_text(yaml.safe_dump(config))
         self.set_pillar({})

@@ -19,7 +19,7 @@ EXTENSION = ROOT / "salt/reliant/files/isolation/extension/reliant_isolation/__i
 MAX_LINES = 600
 #: Layers from the bottom up: a module imports modules of its own layer or below.
 LAYERS = (
-    ("reliant.vocab", "reliant.config", "reliant.qubesd_load"),
+    ("reliant.vocab", "reliant.platform", "reliant.config", "reliant.qubesd_load"),
     ("reliant.store", "reliant.chunks", "reliant.snapshot", "reliant.volatile."),
     ("reliant.shards.",),
     ("reliant.isolation.",),
@@ -28,7 +28,8 @@ LAYERS = (
     ("reliant.commands", "reliant.cli"),
 )
 #: What the qubesd extension may load (qubesd runs it: the rest of the engine stays out).
-EXTENSION_MAY_LOAD = {"reliant", "reliant.vocab", "reliant.store", "reliant.shards",
+EXTENSION_MAY_LOAD = {"reliant", "reliant.vocab", "reliant.platform", "reliant.store",
+                      "reliant.shards",
                       "reliant.shards.records", "reliant.shards.confine", "reliant.isolation",
                       "reliant.isolation.guard", "reliant.isolation.policy"}
 

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace, found: dict[str, Any], host: commands.Host) ->
         _print_problems(result.problems)
         return 1 if result.errors else 0
     if args.command == "check":
-        result = commands.check(found)
+        result = commands.check(found, host)
         _print_problems(result.problems)
         bad = [p for p in result.problems if p.severity != "info"]
         print(f"{len(result.shards)} shard(s) can be merged; {len(bad)} problem(s)")

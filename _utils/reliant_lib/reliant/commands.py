@@ -10,7 +10,10 @@ Offline commands (suture, rename, review, adopt, release, dissect with `final`) 
 while qubesd is active: they would race the store qubesd holds. Off the volatile root
 (`root_check`, the interlock of `reliant.volatile.interlock`) `attach` refuses and suture
 merges core alone, unless `require_volatile` is false; then status, attach and suture
-warn. Every refusal is one of `REFUSALS`, with a message that says why.
+warn. The same holds while isolation is enabled (a `policy_dir` is set) on a qrexec
+without a runtime policy directory (`reliant.platform`, R4.2). Where qubesd has no
+prohibit-start, `missing_reference: recover` acts as skip, and suture, check and status
+say so. Every refusal is one of `REFUSALS`, with a message that says why.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from dataclasses import asdict
 from typing import Any, Optional
 
 from reliant import adopt as moves
-from reliant import audit, menus, operations, store
+from reliant import audit, menus, operations, platform, store
 from reliant.isolation import policy
 from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import Shard, discover, init_shard
 from reliant.shards.records import qube_name
 from reliant.shards.runtime import default_detached_path, read_detached, write_detached
+from reliant.shards.suture import missing_reference_mode
 from reliant.shards.traces import Traces
 from reliant.vocab import Problem, ShardError, shard_tag
 from reliant.volatile import interlock, running
@@ -68,7 +72,14 @@ REFUSALS = (ShardError, store.StoreError, UsageError)
 
 
 class Host:
-    """qubesd and the running qubes, as seen through systemctl and xl/qvm-ls."""
+    """qubesd and the running qubes, as seen through systemctl and xl/qvm-ls; the Qubes
+    platform, from `release_file` and `rpm` (`reliant.platform`)."""
+
+    release_file = platform.RELEASE_FILE
+    rpm = "rpm"
+
+    def __init__(self, release_file: str = platform.RELEASE_FILE, rpm: str = "rpm") -> None:
+        self.release_file, self.rpm = release_file, rpm
 
     def qubesd_active(self) -> bool:
         try:
@@ -103,6 +114,10 @@ class Host:
         if result.returncode:
             raise ShardError(f"systemctl {action} qubesd failed: "
                              f"{result.stderr.strip() or result.returncode}")
+
+    def qubes_platform(self) -> platform.Platform:
+        """The Qubes release and package versions of this dom0 (`reliant.platform`)."""
+        return platform.read(self.release_file, self.rpm)
 
     def desktop(self) -> Optional[menus.Desktop]:
         """Whose application menus attach makes and detach removes."""
@@ -178,6 +193,12 @@ def _warnings(check: interlock.RootCheck) -> list[Problem]:
     return [Problem("warning", "volatile", text) for text in check.warnings]
 
 
+def isolation_refusal(found: Mapping[str, Any], facts: platform.Platform) -> Optional[str]:
+    """Why no shard may be merged while isolation is enabled (a runtime `policy_dir` is
+    set) on the dom0 `facts` describes; None when shards may be merged."""
+    return policy.runtime_policy_refusal(facts) if found["policy_dir"] else None
+
+
 def refuse_if_qubesd_runs(host: Host, what: str) -> None:
     if host.qubesd_active():
         raise ShardError(f"qubesd is running: {what} needs it stopped (systemctl stop "
@@ -205,12 +226,17 @@ def suture(found: Mapping[str, Any], host: Host) -> operations.Result:
     off the volatile root, unless require_volatile is false); the root's warnings first."""
     refuse_if_qubesd_runs(host, "suture")
     check = root_check(found, host)
+    facts = host.qubes_platform()
+    isolation = isolation_refusal(found, facts)
+    holds = [Problem("error", kind, text) for kind, text in
+             (("volatile", check.refusal), ("isolation", isolation)) if text]
+    mode, warnings = missing_reference_mode(found["missing_reference"], facts)
     result = operations.suture(
         found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
-        missing_reference=found["missing_reference"], policy_dir=found["policy_dir"] or None,
+        missing_reference=mode, policy_dir=None if isolation else found["policy_dir"] or None,
         services=found["services"], qubes_dir=found["qubes_dir"], detached=_detached(found),
-        hold_shards=check.refusal, traces=_traces(found))
-    result.problems[:0] = _warnings(check)
+        hold_shards=holds, traces=_traces(found))
+    result.problems[:0] = _warnings(check) + warnings
     return result
 
 
@@ -223,21 +249,34 @@ def dissect(found: Mapping[str, Any], host: Host, final: bool = False) -> operat
                               final=final, traces=_traces(found))
 
 
-def check(found: Mapping[str, Any]) -> operations.Result:
-    """What suture would report, writing nothing."""
-    return operations.check(found["core"], found["roots"], max_depth=found["max_depth"],
-                            missing_reference=found["missing_reference"],
-                            detached=_detached(found))
+def check(found: Mapping[str, Any], host: Optional[Host] = None) -> operations.Result:
+    """What suture would report, writing nothing (with the mode suture would run in)."""
+    mode, warnings = missing_reference_mode(found["missing_reference"],
+                                            (host or Host()).qubes_platform())
+    result = operations.check(found["core"], found["roots"], max_depth=found["max_depth"],
+                              missing_reference=mode, detached=_detached(found))
+    result.problems[:0] = warnings
+    return result
 
 
 def status(found: Mapping[str, Any], host: Optional[Host] = None) -> dict[str, Any]:
     """What is visible and merged, and what needs attention, with dom0's `mode` and the
-    root's warnings (kind ``volatile``)."""
+    root's warnings (kind ``volatile``), the `platform` (`reliant.platform`) and what it
+    changes (kinds ``isolation``, ``recovery``)."""
+    host = host or Host()
     report = operations.status(found["core"], found["merged"], found["roots"],
                                max_depth=found["max_depth"])
-    check = root_check(found, host or Host())
+    check = root_check(found, host)
+    facts = host.qubes_platform()
+    isolation = isolation_refusal(found, facts)
+    found_problems = check.problems() + missing_reference_mode(
+        found["missing_reference"], facts)[1]
+    if isolation:
+        found_problems.append(Problem("warning", "isolation",
+                                      f"shards are not merged: {isolation}"))
     report["mode"] = check.mode
-    report["problems"] += [asdict(p) for p in check.problems()]
+    report["platform"] = facts.report()
+    report["problems"] += [asdict(p) for p in found_problems]
     return report
 
 
@@ -323,11 +362,13 @@ def detach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()
 def attach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -> list[str]:
     """Merge the `selected` detached shards again (all by default): restart qubesd, then
     make the menus of the shard qubes it merged (and of the `selected` shards' again).
-    Refused off the volatile root unless require_volatile is false. Returns the root's
+    Refused off the volatile root unless require_volatile is false, and while isolation
+    is enabled on a qrexec without a runtime policy directory. Returns the root's
     warnings and those about menus (a failure there does not fail attach)."""
     check = root_check(found, host)
-    if check.refusal:
-        raise ShardError(check.refusal)
+    refusal = check.refusal or isolation_refusal(found, host.qubes_platform())
+    if refusal:
+        raise ShardError(refusal)
     path = default_detached_path(found["merged"])
     named = _shard_ids(selected, _visible(found)) if selected else set()
     write_detached(path, read_detached(path) - named if selected else set())

@@ -11,10 +11,12 @@ import os
 from collections.abc import Mapping
 from typing import Any, Union
 
+from reliant import platform
+
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list: "a list", dict: "a mapping"}
 
-DOM0_MARKER = "/etc/qubes-release"
+DOM0_MARKER = platform.RELEASE_FILE
 
 
 def is_dom0(marker: str = DOM0_MARKER) -> bool:
@@ -31,6 +33,19 @@ def virtual(name: str, opts: Mapping[str, Any]) -> Union[str, tuple[bool, str]]:
     if is_dom0(marker):
         return name
     return (False, f"{name}: not a Qubes dom0 (no {marker})")
+
+
+def platform_sources(opts: Mapping[str, Any]) -> dict[str, str]:
+    """Where the minion's dom0 tells its release and package versions (`reliant.platform`):
+    the marker file, which is the release file, and the rpm command (minion option
+    `reliant_rpm`, default `rpm`; tests name a double)."""
+    return {"release_file": opts.get("reliant_dom0_marker", DOM0_MARKER),
+            "rpm": opts.get("reliant_rpm", "rpm")}
+
+
+def dom0_platform(opts: Mapping[str, Any]) -> platform.Platform:
+    """The Qubes release and package versions of the minion's dom0."""
+    return platform.read(**platform_sources(opts))
 
 
 def _kind(value: Any) -> type:

@@ -98,7 +98,7 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
            missing_reference: str = "recover", policy_dir: Optional[str] = None,
            services: Optional[list[str]] = None, qubes_dir: str = QUBES_DIR,
            state_path: Optional[str] = None, detached: Iterable[str] = (),
-           hold_shards: Optional[str] = None, traces: Optional[Traces] = None) -> Result:
+           hold_shards: Sequence[Problem] = (), traces: Optional[Traces] = None) -> Result:
     """Write the merged store `out` from `core` and the shards under `roots`.
 
     Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`;
@@ -106,8 +106,9 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
     dom0 directories back into `qubes_dir`, old runtime state removed, merged store,
     autostart links of merged shard qubes (if `traces`), new state. ShardError (nothing
     merged) if core is unusable or the policy cannot be written. `hold_shards`: why no
-    shard may be merged now (`reliant.volatile.interlock`): core alone is merged and each
-    visible shard is reported refused (dissect leaves it untouched).
+    shard may be merged now (the volatile interlock, isolation without a runtime policy
+    directory): core alone is merged, they are reported and each visible shard is
+    reported refused (dissect leaves it untouched).
     """
     state_path = state_path or default_state_path(out)
     with operation_lock(state_path), _without_gc():
@@ -118,19 +119,19 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
 def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
             qubes_dir: str, state_path: str, detached: Iterable[str],
-            hold_shards: Optional[str], traces: Optional[Traces]) -> Result:
+            hold_shards: Sequence[Problem], traces: Optional[Traces]) -> Result:
     problems: list[Problem] = []
     known = merged_chunks(chunking.Memo(chunking.memo_dir(state_path),
                                                memo_version()))
     stubs = Stubs()
     core_root = load_core(core, known, stubs)
     shards = discover(roots, max_depth, problems)
-    held = [] if hold_shards is None else shards
+    held = shards if hold_shards else []
     if held:
-        problems.append(Problem("error", "volatile", hold_shards))
+        problems += hold_shards
+        why = ", ".join(hold.kind for hold in hold_shards)
         problems += [Problem("error", "refused", f"shard {shard.id} ({shard.path}) is not "
-                             "merged: dom0 does not run on the volatile root", shard.id)
-                     for shard in held]
+                             f"merged ({why}: see above)", shard.id) for shard in held]
         shards = []
     for shard in shards:
         root = read_in_chunks(shard.data, SHARD_ELEMENT, [(shard_tag(shard.id),)], known,

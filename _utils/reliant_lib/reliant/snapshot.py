@@ -10,6 +10,9 @@ What is installed in dom0 (see README.md, Read-only loop snapshots):
   ``qubes.ext``), installed next to the ``qubes`` package by the ``reliant.snapshots``
   state once the script is in place, as reliant.isolation installs its own.
 
+From qubes-core-admin 4.3.30 qubesd starts some file-pool volumes without create-snapshot
+(`reliant.platform.FILE_SNAPSHOTS_DISABLED`): `unprotected_volumes` names them.
+
 Nothing is changed unless the installed ``qubes/storage/file.py`` and the stock
 create-snapshot are versions whose calling convention this module knows (sha256
 below, read from qubes-core-admin's release tags); otherwise `plan_install`
@@ -25,7 +28,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import Optional
 
-from reliant import store
+from lxml import etree
+
+from reliant import platform, store
 
 #: sha256 of qubes/storage/file.py -> qubes-core-admin releases that ship it. All of
 #: them run create-snapshot with the 3- and 4-argument forms this formula handles.
@@ -299,3 +304,39 @@ def verify(layout: Layout, script: bytes) -> list[str]:
         elif current != data:
             problems.append(f"{path} is not reliant's (sha256 {sha256_bytes(current)})")
     return problems
+
+
+def _snapshots_disabled(volume: etree._Element, pool: Optional[etree._Element]) -> bool:
+    """qubes-core-admin's Volume.snapshots_disabled (qubes/storage/__init__.py, 4.3.30) for
+    a volume of a file pool: save_on_stop, not snap_on_start, revisions_to_keep -1 (the
+    volume's, else its pool's: FilePool.init_volume in qubes/storage/file.py)."""
+    if pool is None or pool.get("driver") != "file":
+        return False
+    if volume.get("save_on_stop") != "True" or volume.get("snap_on_start") == "True":
+        return False
+    return volume.get("revisions_to_keep", pool.get("revisions_to_keep", "1")).strip() == "-1"
+
+
+def unprotected_volumes(root: etree._Element, found: platform.Platform) -> list[str]:
+    """The volumes of the qubesd store `root` that qubesd on the dom0 `found` starts
+    without create-snapshot, each a message naming qube and volume: reliant's
+    create-snapshot never sees them, so none of them is attached read-only. [] where
+    qubes-core-admin has no such bypass (before 4.3.30)."""
+    reason = found.lacks(platform.FILE_SNAPSHOTS_DISABLED)
+    if found.has(platform.FILE_SNAPSHOTS_DISABLED) is False:
+        return []
+    pools = {pool.get("name"): pool for pool in root.iterfind("pools/pool")}
+    found_volumes = []
+    for domain in root.iterfind("domains/domain"):
+        qube = domain.findtext("properties/property[@name='name']") or domain.get("id")
+        for volume in domain.iterfind("volume-config/volume"):
+            if _snapshots_disabled(volume, pools.get(volume.get("pool"))):
+                found_volumes.append(f"{qube}:{volume.get('name')}")
+    if reason:
+        why = f"may not be protected ({reason})"
+    else:
+        why = (f"not protected: from {platform.FILE_SNAPSHOTS_DISABLED.since_text} a file-pool "
+               "volume with revisions_to_keep=-1 skips create-snapshot and its image goes "
+               "to libvirt as it is, never read-only; set revisions_to_keep to 0 or 1 "
+               "(qvm-volume config QUBE:VOLUME revisions_to_keep 1) to protect it")
+    return [f"volume {name} (file pool, revisions_to_keep=-1) {why}" for name in found_volumes]

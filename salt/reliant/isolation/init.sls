@@ -1,7 +1,9 @@
 {#- reliant.isolation: the persistent qrexec policy file (names no shard), the settings
     file the runtime deny rules follow, and the qubesd extension that keeps group tags and
     refuses references from core to shard qubes. The deny rules themselves are written by
-    `reliant-shard suture` into the runtime policy directory. See README.md, Isolation. -#}
+    `reliant-shard suture` into the runtime policy directory; on a qrexec without one (R4.2)
+    the policy state fails, naming it, and nothing else of isolation is installed. See
+    docs/isolation.md. -#}
 {%- from tpldir.split("/")[0] ~ "/map.jinja" import reliant with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set isolation = reliant.isolation %}
@@ -36,6 +38,8 @@ reliant-isolation-extension:
     - group: root
     - dir_mode: '0755'
     - file_mode: '0644'
+    - require:
+      - reliant_policy: reliant-isolation-policy
 
 reliant-isolation-extension-paths:
   file.managed:

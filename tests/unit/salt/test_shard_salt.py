@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import qubes_platforms
 import salt_modules
 from reliant import commands, declare
 from reliant.shards.files import init_shard, load_shard
@@ -22,7 +23,8 @@ state = salt_modules.load("states", "reliant_shard")
 def configure_loader_modules(tmp_path):
     marker = tmp_path / "qubes-release"
     marker.write_text("Qubes release 4.3\n")
-    opts = {"test": False, "reliant_dom0_marker": str(marker)}
+    opts = {"test": False, "reliant_dom0_marker": str(marker),
+            "reliant_rpm": str(qubes_platforms.rpm_double(tmp_path / "rpm-double", "4.3"))}
     return {module: {"__opts__": opts},
             state: {"__opts__": opts, "__salt__": {"reliant_shard.settings": module.settings}}}
 

@@ -21,6 +21,7 @@ class FakeSalt(dict):
         self["reliant_snapshot.verify"] = self.verify
         self["reliant_snapshot.install"] = self.act("install", fail)
         self["reliant_snapshot.remove"] = self.act("remove", fail)
+        self["reliant_snapshot.unprotected"] = list
 
     def plan(self, settings, remove=False):
         self.calls.append(("plan", remove))

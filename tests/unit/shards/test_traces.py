@@ -13,6 +13,7 @@ from lxml import etree
 from reliant import store
 from reliant.shards.files import SHARD_FILE
 from reliant.shards.traces import UNIT_TEMPLATE, Traces, autostart_qubes
+from reliant.vocab import Problem
 from shards_helpers import SHARD_QUBES, domains_by_name, load, mtimes, split_scene
 
 
@@ -136,7 +137,8 @@ def test_a_held_suture_merges_core_alone_and_dissect_leaves_the_shards_untouched
     scene = split_scene(tmp_path / "dom0")
     set_autostart(scene.shard_dir("sflc_0_1") / SHARD_FILE, "secret-vpn")
     before = mtimes(scene.root)
-    result = scene.suture(hold_shards="not on the volatile root", traces=traces)
+    result = scene.suture(hold_shards=[Problem("error", "volatile", "not on the volatile root")],
+                          traces=traces)
     assert result.shards == []
     assert [(p.severity, p.kind, p.shard) for p in result.problems] == [
         ("error", "volatile", None), ("error", "refused", "sflc_0_1"),

@@ -30,7 +30,7 @@ from typing import Any
 
 from lxml import etree
 
-from reliant import store
+from reliant import platform, store
 from reliant.isolation import guard
 from reliant.vocab import CORE_TAG, FOREIGN_DISPVM_TAG, valid_qube_name
 
@@ -247,6 +247,21 @@ def render_runtime_policy(groups: Sequence[str], settings: PolicySettings,
         return None
     rules = render_persistent_rules(settings) + render_rules(groups, settings, cross_dispvms)
     return (HEADER + "\n".join(rules) + "\n").encode()
+
+
+def runtime_policy_refusal(found: platform.Platform) -> str | None:
+    """Why the deny rules cannot be in force on the dom0 `found` (None: they can). They
+    name the shards' groups, so they may only live in qrexec's runtime policy directory
+    on tmpfs: a qrexec without it (R4.2) would need them in /etc/qubes/policy.d, on the
+    disk. Shards are then not merged while isolation is enabled."""
+    reason = found.lacks(platform.RUNTIME_POLICY_DIR)
+    if reason is None:
+        return None
+    return (f"{reason}: the deny rules between shards name them and may only go to "
+            f"{RUNTIME_DIR} on tmpfs (a persistent policy in /etc/qubes/policy.d would "
+            "name the shards on the disk), so shards are not merged while "
+            "reliant:isolation is enabled. Use Qubes R4.3, or set "
+            "reliant:isolation:enabled: false to merge shards without isolation")
 
 
 def write_runtime_policy(policy_dir: str, merged_root: etree._Element,

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from lxml import etree
 
-from reliant import store
+from reliant import platform, store
 from reliant.shards.confine import PathView, PoolFacts, VolumeFacts, volume_problem
 from reliant.shards.files import Shard, deps_closure, held_pools
 from reliant.shards.records import (
@@ -124,6 +124,21 @@ def _recover(facts: Facts, domain: etree._Element, what: str, target: str, shard
                      f"{RATIONALE_PREFIX}{what} {target!r} was missing when shard {shard.id} was "
                      f"opened and was reset to its default; check the qube, then run "
                      f"'reliant-shard review {name}'")
+
+
+def missing_reference_mode(wanted: str, found: platform.Platform
+                           ) -> tuple[str, list[Problem]]:
+    """The mode suture runs with on the dom0 `found`, and a warning if it is not `wanted`:
+    `recover` lets a repaired qube into qubesd only because the feature prohibit-start
+    stops it from starting before review; where qubesd lacks that feature (R4.2), or
+    nobody can tell, recover acts as skip."""
+    reason = found.lacks(platform.PROHIBIT_START) if wanted == "recover" else None
+    if reason is None:
+        return wanted, []
+    return "skip", [Problem("warning", "recovery", f"missing_reference: recover acts as "
+                            f"skip: {reason}, so a qube whose reference is missing could "
+                            "start before review; such qubes are left out, intact in "
+                            "their shards")]
 
 
 def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
