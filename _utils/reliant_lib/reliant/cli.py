@@ -148,6 +148,9 @@ def _warn(warnings: Sequence[str]) -> None:
 def _status_text(report: dict[str, Any]) -> str:
     lines = [f"core: {report['core']}",
              f"merged: {report['merged']} ({'present' if report['merged_exists'] else 'absent'})"]
+    found = report["platform"]
+    lines.append(f"platform: Qubes R{found['release'] or '?'} (" + ", ".join(
+        f"{name} {version}" for name, version in found["packages"].items()) + ")")
     for shard in report["shards"]:
         state = "merged" if shard["merged"] else (
             "detached" if shard["id"] in report["detached"] else "not merged")
