@@ -11,7 +11,9 @@ pillar); run `test=True` (its predictions must be exactly the states that the co
 then changes), converge with `salt-call --local --retcode-passthrough
 state.highstate`, converge again (must report zero changes), run `test=True` (must
 predict zero changes), run the verifier command of kitchen.yml on this host, and
-always destroy the container.
+always destroy the container. Every highstate must succeed, except that on a platform
+listed under the suite's `reliant_failing_states` (provisioner key read by this runner
+only) exactly the states listed there must fail: what a Qubes release cannot do.
 
     run.py [SUITE|INSTANCE ...] [--keep] [--converge-only] [--kitchen FILE]
 """
@@ -255,8 +257,9 @@ class Instance:
             statuses.append(result["reliant.top"]["status"])
         return statuses
 
-    def highstate(self, *extra: str) -> dict:
-        """A highstate whose JSON return is parsed; a failed state fails the suite."""
+    def highstate(self, *extra: str, failing: frozenset[str] = frozenset()) -> dict:
+        """A highstate whose JSON return is parsed; it fails the suite unless the states
+        that failed are exactly `failing`."""
         proc = podman("exec", self.name, "salt-call", "--local", "--retcode-passthrough",
                       "--out", "json", "--log-level", "warning", "state.highstate", *extra,
                       check=False)
@@ -265,13 +268,17 @@ class Instance:
             states = json.loads(out)["local"]
         except (json.JSONDecodeError, KeyError, TypeError):
             states = None
-        if proc.returncode != 0 or not isinstance(states, dict):
+        failed_ids = {ret.get("__id__") for ret in states.values()
+                      if ret.get("result") is False} if isinstance(states, dict) else None
+        if failed_ids != failing or (proc.returncode != 0) != bool(failing):
             failed = out
             if isinstance(states, dict):
                 failed = "\n".join(f"  {ret.get('__id__')}: {ret.get('comment')}"
                                    for ret in states.values() if ret.get("result") is False)
-            raise SuiteFailed(f"highstate {' '.join(extra)} failed (exit {proc.returncode}):\n"
-                              f"{failed}\n{proc.stderr.decode(errors='replace')[-2000:]}")
+            expected = f" (expected to fail: {', '.join(sorted(failing))})" if failing else ""
+            raise SuiteFailed(f"highstate {' '.join(extra)} failed (exit {proc.returncode})"
+                              f"{expected}:\n{failed}\n"
+                              f"{proc.stderr.decode(errors='replace')[-2000:]}")
         return states
 
     def destroy(self) -> None:
@@ -320,6 +327,12 @@ def suite_platforms(config: dict, suite: dict) -> list[dict]:
             and platform["name"] not in suite.get("excludes", [])]
 
 
+def expected_failures(provisioner: dict, platform: dict) -> frozenset[str]:
+    """The states that must fail on `platform`: the suite's `reliant_failing_states`
+    (platform name -> state ids; a key only this runner reads)."""
+    return frozenset(provisioner.get("reliant_failing_states", {}).get(platform["name"], ()))
+
+
 def qubes_release(platform: dict) -> str:
     """The Qubes release a platform plays (its `qubes_release`, read by this runner only)."""
     return str(platform["qubes_release"])
@@ -332,6 +345,7 @@ def run_suite(config: dict, suite: dict, platform: dict, keep: bool, converge_on
     verifier = merged(config.get("verifier", {}), suite.get("verifier", {}))
     instance = Instance(suite["name"], platform["name"], driver["image"],
                         bool(driver.get("privileged")))
+    failing = expected_failures(provisioner, platform)
     env = {**os.environ, "KITCHEN_SUITE": instance.suite, "KITCHEN_INSTANCE": instance.name,
            "KITCHEN_PLATFORM": instance.platform,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -347,8 +361,9 @@ def run_suite(config: dict, suite: dict, platform: dict, keep: bool, converge_on
             pillar_file = ROOT / provisioner["pillars_from_files"]["reliant.sls"]  # may be absolute
             log(f"{instance.name}: converge (pillar {pillar_file})")
             instance.install(pillar_file)
-        predicted = None if converge_only else changed_ids(instance.highstate("test=True"))
-        states = instance.highstate()
+        predicted = None if converge_only else changed_ids(
+            instance.highstate("test=True", failing=failing))
+        states = instance.highstate(failing=failing)
         print(summary(states), flush=True)
         if converge_only:
             return
@@ -358,11 +373,11 @@ def run_suite(config: dict, suite: dict, platform: dict, keep: bool, converge_on
                 f"  predicted, not changed: {sorted(predicted - changed_ids(states))}\n"
                 f"  changed, not predicted: {sorted(changed_ids(states) - predicted)}")
         log(f"{instance.name}: converge again (must change nothing)")
-        again = changed_states(instance.highstate())
+        again = changed_states(instance.highstate(failing=failing))
         if again:
             raise SuiteFailed("second highstate reported changes:\n  " + "\n  ".join(again))
         log(f"{instance.name}: test=True (must predict nothing)")
-        predicted = changed_states(instance.highstate("test=True"))
+        predicted = changed_states(instance.highstate("test=True", failing=failing))
         if predicted:
             raise SuiteFailed("test=True predicted changes:\n  " + "\n  ".join(predicted))
         log(f"{instance.name}: verify")

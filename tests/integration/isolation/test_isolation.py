@@ -1,4 +1,4 @@
-"""Kitchen suite `isolation`: after converge, open two shards, suture them with the CLI
+"""Kitchen suite `isolation` on R4.3: after converge, open two shards, suture them with the CLI
 and through qubesd's start, and check the policy files the way qrexec reads them.
 
 The tests run in file order and share the container's state: converge -> shards open
@@ -8,6 +8,7 @@ The tests run in file order and share the container's state: converge -> shards 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from reliant import store
 from reliant.isolation import guard
 
 ROOT = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.skipif(os.environ.get("KITCHEN_PLATFORM") == "dom0-r4.2",
+                                reason="R4.3 (R4.2: test_isolation_r42.py)")
 
 NAME = "20-reliant-isolation.policy"
 ETC, RUN = "/etc/qubes/policy.d", "/run/qubes/policy.d"
