@@ -191,10 +191,11 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         dirs[sid] = [(dom0_subdir(q), q.name) for q in member_qubes]
         keep_dirs[sid] = {(dom0_subdir(q), q.name) for q in map(facts, kept)}
         held = held_of.get(sid, set())
-        new_state["shards"][sid] = {
-            "path": shard.path,
-            "pools": [p.get("name") for p in pools_of[sid] if p.get("name") not in held],
-            "held_pools": sorted(held), "merged": sorted((known or set()) | merged_uuids)}
+        if sid in sutured or merged_uuids:  # a shard that appeared since suture stays out
+            new_state["shards"][sid] = {
+                "path": shard.path,
+                "pools": [p.get("name") for p in pools_of[sid] if p.get("name") not in held],
+                "held_pools": sorted(held), "merged": sorted((known or set()) | merged_uuids)}
         lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
             - {facts.uuid(d) for d in kept}
         ordered = sorted(members + kept, key=lambda d: _order(facts(d)))
