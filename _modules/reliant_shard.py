@@ -36,7 +36,8 @@ import reliant.vocab
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_shard"
-REFUSALS = (reliant.vocab.ShardError, reliant.store.StoreError, reliant.cli.UsageError)
+# an OSError's message names its path
+REFUSALS = (reliant.vocab.ShardError, reliant.store.StoreError, reliant.cli.UsageError, OSError)
 
 
 def __virtual__():
@@ -101,7 +102,8 @@ def check(config: Optional[str] = None, **overrides: Any) -> dict:
         result = reliant.operations.check(found["core"], found["roots"],
                                       max_depth=found["max_depth"],
                                       missing_reference=found["missing_reference"],
-                                      detached=detached)
+                                      detached=detached,
+                                      dom0_dir_max_bytes=found["dom0_dir_max_bytes"])
     except REFUSALS as exc:
         raise CommandExecutionError(str(exc)) from None
     report = _result(result)
@@ -123,7 +125,8 @@ def suture(config: Optional[str] = None, **overrides: Any) -> dict:
             found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
             missing_reference=found["missing_reference"],
             policy_dir=found["policy_dir"] or None, services=found["services"],
-            qubes_dir=found["qubes_dir"], detached=detached)
+            qubes_dir=found["qubes_dir"], detached=detached,
+            dom0_dir_max_bytes=found["dom0_dir_max_bytes"])
     except REFUSALS as exc:
         raise CommandExecutionError(str(exc)) from None
     return _result(result)

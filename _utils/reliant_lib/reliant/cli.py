@@ -4,7 +4,8 @@
 2 bad usage or configuration. Defaults come from the JSON file named by
 ``$RELIANT_CONFIG`` (default /etc/reliant/reliant.json, optional; keys: core,
 merged, roots, max_depth, missing_reference, policy_dir, services, libdir,
-qubes_dir), then from flags. `host` is how the CLI sees qubesd and running qubes
+qubes_dir, dom0_dir_max_bytes), then from flags. Every OSError becomes a message naming
+its path (exit 1), never a traceback. `host` is how the CLI sees qubesd and running qubes
 (`Host`); tests pass their own.
 
 Commands: init, suture, dissect, check, status, rename, review, attach, detach, audit.
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from reliant import audit, operations, store
+from reliant.shards.dom0dirs import MAX_BYTES as DOM0_DIR_MAX_BYTES
 from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import FIRST_SHARD_QID, RANGE_SIZE, Shard, discover, init_shard, parse_range
 from reliant.shards.records import qube_name
@@ -45,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "services": None,
     "libdir": "/usr/lib/reliant",
     "qubes_dir": QUBES_DIR,
+    "dom0_dir_max_bytes": DOM0_DIR_MAX_BYTES,
 }
 
 
@@ -222,6 +225,9 @@ def _settings(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any
         raise UsageError("roots must be a list of directories")
     if not isinstance(settings["max_depth"], int) or settings["max_depth"] < 0:
         raise UsageError("max_depth must be a non-negative integer")
+    limit = settings["dom0_dir_max_bytes"]
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise UsageError("dom0_dir_max_bytes must be a non-negative integer")
     return settings
 
 
@@ -334,7 +340,8 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
             settings["core"], roots, settings["merged"], max_depth=depth,
             missing_reference=settings["missing_reference"],
             policy_dir=settings["policy_dir"] or None, services=settings["services"],
-            qubes_dir=settings["qubes_dir"], detached=detached)
+            qubes_dir=settings["qubes_dir"], detached=detached,
+            dom0_dir_max_bytes=settings["dom0_dir_max_bytes"])
         _print_problems(result.problems)
         return 0
     if args.command == "dissect":
@@ -350,7 +357,8 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
             default_detached_path(settings["merged"]))
         result = operations.check(settings["core"], roots, max_depth=depth,
                                       missing_reference=settings["missing_reference"],
-                                      detached=detached)
+                                      detached=detached,
+                                      dom0_dir_max_bytes=settings["dom0_dir_max_bytes"])
         _print_problems(result.problems)
         bad = [p for p in result.problems if p.severity != "info"]
         print(f"{len(result.shards)} shard(s) can be merged; {len(bad)} problem(s)")
@@ -411,4 +419,7 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         return run(args, settings, host or Host())
     except (ShardError, store.StoreError) as exc:
         print(f"reliant-shard: refused: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"reliant-shard: refused: {store.os_message(exc)}", file=sys.stderr)
         return 1

@@ -307,7 +307,11 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
             chunking.clear(memo.directory)
     if final:
         for sid in saved:
-            release_dom0_dirs(plan.dirs[sid], qubes_dir)
+            try:
+                release_dom0_dirs(plan.dirs[sid], qubes_dir)
+            except OSError as exc:  # saved in the shard: only a trace stays behind
+                problems.append(Problem("error", "state", f"dom0 directories of shard {sid} "
+                                        f"not all removed: {store.os_message(exc)}", sid))
     return Result(problems, written, list(plan.shards.values()))
 
 

@@ -22,7 +22,8 @@ Public API (used by the shard engine and, through it, by the CLI and Salt module
 - ``fsync_dir(path)``: make a rename or unlink in a directory durable.
 - ``open_regular(path, flags)``: open without following a symlink or blocking on a
   FIFO, and refuse anything but a regular file (every store is opened so).
-- ``os_message(exc)``: an OSError as "PATH: reason", never a traceback.
+- ``os_message(exc)``: an OSError as "PATH: reason", never a traceback;
+  ``blame(path)``: OSErrors raised on an fd (no file name) name `path`.
 
 Locking follows qubesd (qubes/app.py ``_acquire_lock``): ``fcntl.lockf`` on the
 store file itself, retried when the file was replaced while we waited.
@@ -122,6 +123,18 @@ def os_message(exc: OSError) -> str:
     return f"{' -> '.join(map(os.fsdecode, paths))}: {reason}" if paths else reason
 
 
+@contextlib.contextmanager
+def blame(path: str) -> Iterator[None]:
+    """Give an OSError raised without a file name (a read, write or fsync on an fd)
+    `path` as its file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from None
+        raise
+
+
 def open_regular(path: str, flags: int = os.O_RDONLY, mode: int = 0o600,
                  dir_fd: Optional[int] = None) -> int:
     """An fd of the regular file `path`: never through a symlink (ELOOP), never blocking
@@ -215,7 +228,8 @@ def fsync_dir(path: str) -> None:
     """fsync the directory `path` so that renames and unlinks in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        with blame(path):
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -97,28 +97,37 @@ def _copy_file(src: str, dst: str, budget: _Budget) -> None:
     """Copy the regular file `src` to the new file `dst` with its holes, mode and times."""
     source = store.open_regular(src)
     try:
-        info = os.fstat(source)
-        ranges = _data_ranges(source, info.st_size)
+        with store.blame(src):
+            info = os.fstat(source)
+            ranges = _data_ranges(source, info.st_size)
         budget.take(src, sum(end - start for start, end in ranges))
         target = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600)
         try:
             for start, end in ranges:
                 for offset in range(start, end, _CHUNK):
-                    data = os.pread(source, min(_CHUNK, end - offset), offset)
+                    with store.blame(src):
+                        data = os.pread(source, min(_CHUNK, end - offset), offset)
                     if not data:  # the file shrank under us: the rest reads as a hole
                         break
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.pwrite(target, view, offset + len(data) - len(view)):]
-            os.ftruncate(target, info.st_size)
-            os.fchmod(target, stat.S_IMODE(info.st_mode))
-            os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
-            os.fsync(target)
+                    with store.blame(dst):
+                        _pwrite_all(target, data, offset)
+            with store.blame(dst):
+                os.ftruncate(target, info.st_size)
+                os.fchmod(target, stat.S_IMODE(info.st_mode))
+                os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+                os.fsync(target)
         finally:
             os.close(target)
     finally:
         os.close(source)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _copy_tree(src: str, dst: str, skipped: list[str], budget: _Budget,
@@ -154,11 +163,13 @@ def _same_file(a: str, b: str) -> bool:
         if infos[0].st_size != infos[1].st_size or infos[0].st_mode != infos[1].st_mode:
             return False
         size = infos[0].st_size
-        for start, end in sorted(r for fd in fds for r in _data_ranges(fd, size)):
-            for offset in range(start, end, _CHUNK):
-                length = min(_CHUNK, end - offset)
-                if os.pread(fds[0], length, offset) != os.pread(fds[1], length, offset):
-                    return False
+        with store.blame(a):
+            ranges = sorted(r for fd in fds for r in _data_ranges(fd, size))
+            for start, end in ranges:
+                for offset in range(start, end, _CHUNK):
+                    length = min(_CHUNK, end - offset)
+                    if os.pread(fds[0], length, offset) != os.pread(fds[1], length, offset):
+                        return False
     return True
 
 
