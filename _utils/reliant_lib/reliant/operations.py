@@ -183,8 +183,8 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             plan, problems = _plan_suture(core, roots, max_depth, missing_reference, detached,
                                           known, dom0_dir_max_bytes, left_out)
             data = plan.facts.expand(store.serialize(plan.merged))
-            if len(data) > store.MAX_BYTES and plan.sutured:
-                left_out[plan.sutured[-1].id] = (
+            if len(data) > store.MAX_BYTES and plan.sutured:  # the largest shard goes
+                left_out[max(plan.sutured, key=lambda shard: len(shard.data)).id] = (
                     f"the merged store would be {len(data)} bytes, more than the "
                     f"{store.MAX_BYTES} dissect reads back")
                 continue

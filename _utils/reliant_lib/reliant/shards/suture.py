@@ -197,8 +197,8 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
             problems.append(Problem("info", "detached", f"shard {shard.id} ({shard.path}) is "
                                     "detached; not merged", shard.id))
             continue
-        refusal = _refusal(shard, pool_owner, ranges) or _over_bounds(shard, len(sutured),
-                                                                      room)
+        refusal = _over_bounds(shard, len(sutured), room) or _refusal(shard, pool_owner,
+                                                                      ranges)
         if refusal:
             problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}): "
                                     f"{refusal}; not merged", shard.id))
