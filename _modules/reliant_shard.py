@@ -96,9 +96,9 @@ def check(config: Optional[str] = None, **overrides: Any) -> dict:
     CLI Example: ``salt-call reliant_shard.check``
     """
     found = settings(config, **overrides)
-    detached = reliant.shards.runtime.read_detached(
-        reliant.shards.runtime.default_detached_path(found["merged"]))
     try:
+        detached = reliant.shards.runtime.read_detached(
+            reliant.shards.runtime.default_detached_path(found["merged"]))
         result = reliant.operations.check(found["core"], found["roots"],
                                       max_depth=found["max_depth"],
                                       missing_reference=found["missing_reference"],
@@ -118,9 +118,9 @@ def suture(config: Optional[str] = None, **overrides: Any) -> dict:
     """
     found = settings(config, **overrides)
     _refuse_if_qubesd_runs("suture")
-    detached = reliant.shards.runtime.read_detached(
-        reliant.shards.runtime.default_detached_path(found["merged"]))
     try:
+        detached = reliant.shards.runtime.read_detached(
+            reliant.shards.runtime.default_detached_path(found["merged"]))
         result = reliant.operations.suture(
             found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
             missing_reference=found["missing_reference"],
