@@ -6,7 +6,7 @@ Its results name hidden qubes: they are returned to the caller, never logged.
 from __future__ import annotations
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
-import yaml
+import reliant_salt
 
 # isort: split
 import reliant.audit
@@ -22,24 +22,6 @@ def __virtual__():
     return reliant.config.virtual(__virtualname__, __opts__)
 
 
-def _formula_settings() -> dict:
-    """The formula's defaults (parameters/defaults.yaml) merged with pillar `reliant`."""
-    text = __salt__["cp.get_file_str"]("salt://reliant/parameters/defaults.yaml") or ""
-    defaults = (yaml.safe_load(text) or {}).get("reliant", {})
-    # __pillar__, not pillar.get: Salt 3008 masks what pillar.get returns to modules
-    return __salt__["slsutil.merge"](defaults, _plain(__pillar__.get("reliant", {})),
-                                     strategy="recurse", merge_lists=False)
-
-
-def _plain(value):
-    """Plain dicts and lists (Salt 3008 wraps pillar in masking subclasses)."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
 def run(audit: dict | None = None, shards: dict | None = None,
         volatile: dict | None = None) -> dict:
     """Audit dom0 for traces of the shards open now.
@@ -52,7 +34,7 @@ def run(audit: dict | None = None, shards: dict | None = None,
     CLI Example: ``qubesctl reliant_audit.run``
     """
     if audit is None or shards is None or volatile is None:
-        merged = _formula_settings()
+        merged = reliant_salt.formula_settings(__salt__, __pillar__)
         audit = merged.get("audit", {}) if audit is None else audit
         shards = merged.get("shards", {}) if shards is None else shards
         volatile = merged.get("volatile", {}) if volatile is None else volatile

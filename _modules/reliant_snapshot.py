@@ -1,7 +1,7 @@
 """Execution module: read-only loop snapshots (reliant's create-snapshot + qubesd extension).
 
-``settings`` is the ``reliant:snapshots`` pillar mapping (defaults.yaml merged with
-pillar); the files to install are read from the Salt fileserver
+``settings`` is the ``reliant:snapshots`` pillar mapping (default: defaults.yaml merged
+with pillar); the files to install are read from the Salt fileserver
 (``salt://reliant/files/snapshots/``).
 
 CLI Examples::
@@ -15,6 +15,7 @@ CLI Examples::
 from __future__ import annotations
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
+import reliant_salt
 
 # isort: split
 import reliant.config
@@ -30,10 +31,9 @@ def __virtual__():
 
 
 def _settings(settings: dict | None) -> dict:
-    if settings is None:
-        # __pillar__, not pillar.get: Salt 3008's pillar.get redacts the values it returns.
-        settings = (__pillar__.get("reliant") or {}).get("snapshots") or {}
-    return {**reliant.snapshot.DEFAULTS, **settings}
+    """`settings` over pillar `reliant:snapshots` over its defaults (defaults.yaml)."""
+    return {**reliant_salt.formula_settings(__salt__, __pillar__)["snapshots"],
+            **(settings or {})}
 
 
 def _layout(settings: dict, removing: bool = False) -> reliant.snapshot.Layout:
@@ -51,11 +51,7 @@ def _layout(settings: dict, removing: bool = False) -> reliant.snapshot.Layout:
 
 
 def _source(name: str) -> bytes:
-    cached = __salt__["cp.cache_file"](SOURCES + name)
-    if not cached:
-        raise reliant.snapshot.SnapshotError(f"{SOURCES}{name} not found on the fileserver")
-    with open(cached, "rb") as handle:
-        return handle.read()
+    return reliant_salt.formula_file(__salt__, SOURCES + name)
 
 
 def _sources() -> tuple[bytes, bytes]:

@@ -171,7 +171,7 @@ def test_sls_config_for_the_cli(salt_minion, dom0: dict) -> None:
     assert dataset == {"core": shards["core"], "merged": shards["merged"],
                        "roots": shards["roots"], "max_depth": 3,
                        "missing_reference": "recover", "libdir": shards["libdir"],
-                       "policy_dir": "", "services": None}
+                       "policy_dir": "", "services": None, "dom0_dir_max_bytes": 16777216}
     dropin = shown["reliant-shards-qubesd-dropin"]["file"]
     assert {"name": "/etc/systemd/system/qubesd.service.d/reliant-shards.conf"} in dropin
 

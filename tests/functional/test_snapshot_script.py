@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from snapshot_harness import ROOT, SCRIPT, Scenario, loops_usable
 
 MARKERS = "/run/reliant/read-only"

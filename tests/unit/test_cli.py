@@ -5,14 +5,14 @@ import subprocess
 import sys
 
 import pytest
-from reliant import cli
+from reliant import cli, commands
 from reliant.shards.files import init_shard, load_shard
 from reliant.shards.records import qube_name
 from repo_paths import ROOT
 from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
 
 
-class FakeHost(cli.Host):
+class FakeHost(commands.Host):
     """Test double of systemctl/xl: records qubesd actions, reports chosen running qubes."""
 
     def __init__(self, active=False, running=(), on_stop=None, on_start=None):
@@ -178,7 +178,7 @@ def test_the_real_host_reads_xl_list(tmp_path, monkeypatch):
                   "echo 'Domain-0 0 4096 4 r----- 10.0'\necho 'secret 3 400 2 -b---- 1.0'\n")
     xl.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert cli.Host().running_qubes() == {"secret"}
+    assert commands.Host().running_qubes() == {"secret"}
 
 
 def test_status_text_names_merged_detached_and_recovered(scene, capsys):

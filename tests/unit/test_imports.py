@@ -24,7 +24,7 @@ LAYERS = (
     ("reliant.shards.",),
     ("reliant.isolation.",),
     ("reliant.operations", "reliant.declare", "reliant.audit"),
-    ("reliant.cli",),
+    ("reliant.commands", "reliant.cli"),
 )
 #: What the qubesd extension may load (qubesd runs it: the rest of the engine stays out).
 EXTENSION_MAY_LOAD = {"reliant", "reliant.vocab", "reliant.store", "reliant.shards",
@@ -124,3 +124,14 @@ def test_a_circle_would_be_found(monkeypatch):
     monkeypatch.setitem(GRAPH, "reliant.vocab", {"reliant.shards.records"})
     with pytest.raises(AssertionError, match=re.escape("reliant.vocab -> reliant.shards.records")):
         test_imports_form_no_circle()
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """What modules share is public in the module that owns it."""
+    private = [f"{name}: {node.module}.{alias.name}"
+               for name, path in MODULES.items()
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ImportFrom) and node.module
+               and node.module.startswith("reliant")
+               for alias in node.names if alias.name.startswith("_")]
+    assert private == []

@@ -15,6 +15,7 @@ Imports point one way, from the vocabulary up to the commands:
     audit            traces of open shards in dom0's storage
     snapshot         read-only loop snapshots (create-snapshot and its extension)
     volatile/        volatile dom0: settings, files, boot plan, running mode
+    commands         the runtime commands over the settings (CLI and Salt share them)
     cli              the reliant-shard command line
 
 The execution and state modules (`_modules/`, `_states/`) and `bin/reliant-shard` sit on

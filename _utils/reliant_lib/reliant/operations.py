@@ -342,7 +342,7 @@ def isolation_problems(merged_root: etree._Element,
     except guard.GuardError as exc:
         return [Problem("error", "isolation", f"merged store: {exc}")]
     prefix = shard_tag("")
-    return [Problem("warning", "isolation", str(cross),  # guard.cross_group_dispvms
+    return [Problem("warning", "isolation", str(cross),
                     cross.group[len(prefix):] if (cross.group or "").startswith(prefix) else None,
                     cross.qube)
             for cross in found]

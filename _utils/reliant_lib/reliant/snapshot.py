@@ -51,13 +51,6 @@ MARKER_DIR = "/run/reliant/read-only"
 EXTENSION_MODULE = "reliant_snapshots_ext"
 EXTENSION_VERSION = "0.1.0"
 ENTRY_POINT = "reliant_snapshots = reliant_snapshots_ext:ReadOnlyVolumes"
-#: The settings (pillar reliant:snapshots) and their defaults, as in defaults.yaml.
-DEFAULTS = {
-    "script": "/usr/lib/qubes/create-snapshot",
-    "site_packages": "",
-    "backup_dir": "/var/lib/reliant/snapshots",
-    "extra_known_sha256": [],
-}
 ORIGINAL_NAME = "create-snapshot.orig"
 MANIFEST_NAME = "manifest.json"
 SITE_PACKAGES_GLOBS = ("/usr/lib/python3*/site-packages", "/usr/lib64/python3*/site-packages")

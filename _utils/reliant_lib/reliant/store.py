@@ -217,13 +217,6 @@ def load(path: str, max_bytes: int = MAX_BYTES) -> etree._Element:
     return parse(read(path, max_bytes), path)
 
 
-def read_if_exists(path: str, max_bytes: int = MAX_BYTES) -> bytes | None:
-    """Like `read`, but None when the file does not exist."""
-    if not os.path.lexists(path):
-        return None
-    return read(path, max_bytes)
-
-
 def fsync_dir(path: str) -> None:
     """fsync the directory `path` so that renames and unlinks in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

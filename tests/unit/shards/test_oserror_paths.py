@@ -10,14 +10,14 @@ import os
 
 import pytest
 import salt_modules
-from reliant import cli, store
+from reliant import cli, commands, store
 from salt.exceptions import CommandExecutionError
 from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
 
 module = salt_modules.load("modules", "reliant_shard")
 
 
-class StoppedQubesd(cli.Host):
+class StoppedQubesd(commands.Host):
     """Test double of systemctl: qubesd is stopped."""
 
     def qubesd_active(self):
@@ -43,7 +43,7 @@ def write_config(scene, tmp_path, monkeypatch, **changes) -> None:
               "qubes_dir": str(scene.qubes_dir), "policy_dir": "", **changes}
     (tmp_path / "reliant.json").write_text(json.dumps(config))
     monkeypatch.setenv("RELIANT_CONFIG", str(tmp_path / "reliant.json"))
-    monkeypatch.setattr(cli.Host, "qubesd_active", lambda self: False)
+    monkeypatch.setattr(commands.Host, "qubesd_active", lambda self: False)
 
 
 def failing_reads(monkeypatch, inside: str) -> None:

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from reliant import cli, store
+from reliant import cli, commands, store
 from reliant.shards.files import SHARD_FILE
 from shards_helpers import domains_by_name, load, split_scene
 
@@ -50,7 +50,7 @@ def read_only(directory: Path):
         yield
 
 
-class StoppedQubesd(cli.Host):
+class StoppedQubesd(commands.Host):
     """Test double of systemctl: qubesd is stopped (offline commands may run)."""
 
     def qubesd_active(self):

@@ -20,13 +20,20 @@ def properties(element: etree._Element) -> dict[str, etree._Element]:
     return {prop.get("name"): prop for prop in props}
 
 
-def property_value(element: etree._Element, name: str) -> Optional[str]:
-    props = element.find("properties")
-    if props is not None:
-        for prop in props:
-            if prop.get("name") == name:
-                return prop.text or ""
+def _named_text(element: etree._Element, section: str, name: str) -> Optional[str]:
+    """Text of the child named `name` of `element`'s <section> ("" if empty), None if
+    there is none."""
+    children = element.find(section)
+    if children is not None:
+        for child in children:
+            if child.get("name") == name:
+                return child.text or ""
     return None
+
+
+def property_value(element: etree._Element, name: str) -> Optional[str]:
+    """The value of property `name` of a <domain> (or of a store's global properties)."""
+    return _named_text(element, "properties", name)
 
 
 class QubeRecord:
@@ -193,12 +200,8 @@ def set_feature(domain: etree._Element, name: str, value: str) -> None:
 
 
 def feature_value(domain: etree._Element, name: str) -> Optional[str]:
-    features = domain.find("features")
-    if features is not None:
-        for feature in features:
-            if feature.get("name") == name:
-                return feature.text or ""
-    return None
+    """The value of feature `name` of a <domain>, None if it is not set."""
+    return _named_text(domain, "features", name)
 
 
 def remove_device(domain: etree._Element, what: str) -> Optional[etree._Element]:

@@ -1,0 +1,276 @@
+"""The runtime commands over the settings of reliant-shard: what the CLI and the
+``reliant_shard`` execution module both run.
+
+Settings come from the JSON file named by ``$RELIANT_CONFIG`` (default
+/etc/reliant/reliant.json, written by the ``reliant.shards`` state; optional; keys:
+those of `DEFAULTS`), then from the caller's overrides. `Host` is how a command sees
+qubesd and the running qubes; tests pass their own.
+
+Offline commands (suture, rename, review, dissect with `final`) refuse while qubesd is
+active: they would race the store qubesd holds. Every refusal is one of `REFUSALS`, with
+a message that says why (an OSError's names its path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
+
+from reliant import audit, operations, store
+from reliant.isolation import policy
+from reliant.shards.dom0dirs import MAX_BYTES as DOM0_DIR_MAX_BYTES
+from reliant.shards.dom0dirs import QUBES_DIR
+from reliant.shards.files import Shard, discover, init_shard
+from reliant.shards.records import qube_name
+from reliant.shards.runtime import default_detached_path, read_detached, write_detached
+from reliant.vocab import ShardError, shard_tag
+
+CONFIG_PATH = "/etc/reliant/reliant.json"
+#: The settings and their defaults: those of pillar reliant:shards and reliant:isolation
+#: (parameters/defaults.yaml; tests/unit/test_defaults.py holds them equal), for a dom0
+#: whose configuration file is missing.
+DEFAULTS: dict[str, Any] = {
+    "core": "/var/lib/qubes/qubes.xml",
+    "merged": "/run/reliant/qubes.xml",
+    "roots": ["/run/shufflecake"],
+    "max_depth": 3,
+    "missing_reference": "recover",
+    "policy_dir": policy.RUNTIME_DIR,
+    "services": None,
+    "libdir": "/usr/lib/reliant",
+    "qubes_dir": QUBES_DIR,
+    "dom0_dir_max_bytes": DOM0_DIR_MAX_BYTES,
+}
+
+
+class UsageError(Exception):
+    """Bad settings (the CLI exits 2)."""
+
+
+#: What a command refuses with.
+REFUSALS = (ShardError, store.StoreError, UsageError, OSError)
+
+
+class Host:
+    """qubesd and the running qubes, as seen through systemctl and xl/qvm-ls."""
+
+    def qubesd_active(self) -> bool:
+        try:
+            return subprocess.run(["systemctl", "is-active", "--quiet", "qubesd"],
+                                  check=False).returncode == 0
+        except OSError as exc:
+            raise ShardError(f"cannot tell whether qubesd runs: systemctl: "
+                             f"{exc.strerror}") from None
+
+    def running_qubes(self) -> set[str]:
+        """Names of running qubes; ShardError if no tool can tell."""
+        if shutil.which("xl"):
+            out = self._output(["xl", "list"])
+            return {line.split()[0] for line in out.splitlines()[1:] if line.split()} - {
+                "Domain-0"}
+        if shutil.which("qvm-ls"):
+            out = self._output(["qvm-ls", "--running", "--raw-list"])
+            return {line.strip() for line in out.splitlines() if line.strip()} - {"dom0"}
+        raise ShardError("cannot tell which qubes run (neither xl nor qvm-ls found); "
+                         "refusing to detach")
+
+    def qubesd(self, action: str) -> None:
+        try:
+            result = subprocess.run(["systemctl", action, "qubesd"], check=False,
+                                    capture_output=True, text=True)
+        except OSError as exc:
+            raise ShardError(f"systemctl {action} qubesd: {exc.strerror}") from None
+        if result.returncode:
+            raise ShardError(f"systemctl {action} qubesd failed: "
+                             f"{result.stderr.strip() or result.returncode}")
+
+    @staticmethod
+    def _output(argv: list[str]) -> str:
+        try:
+            result = subprocess.run(argv, check=False, capture_output=True, text=True)
+        except OSError as exc:
+            raise ShardError(f"{argv[0]}: {exc.strerror}") from None
+        if result.returncode:
+            raise ShardError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """DEFAULTS overridden by the JSON object at `path` (if it exists)."""
+    config = dict(DEFAULTS)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return config
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read the configuration: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    for key, value in data.items():
+        if key not in DEFAULTS:
+            raise UsageError(f"{path}: unknown key {key!r} (known: {', '.join(DEFAULTS)})")
+        config[key] = value
+    return config
+
+
+def settings(config_path: Optional[str] = None,
+             overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The configuration file (`config_path`, else $RELIANT_CONFIG, else CONFIG_PATH),
+    then the `overrides` that are set; roots given as "DIR,DIR" become a list.
+    UsageError when a setting has the wrong shape."""
+    found = load_config(config_path or os.environ.get("RELIANT_CONFIG", CONFIG_PATH))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            found[key] = value
+    if isinstance(found["roots"], str):
+        found["roots"] = [root for root in found["roots"].split(",") if root]
+    if not isinstance(found["roots"], list) or not all(
+            isinstance(root, str) for root in found["roots"]):
+        raise UsageError("roots must be a list of directories")
+    if not isinstance(found["max_depth"], int) or found["max_depth"] < 0:
+        raise UsageError("max_depth must be a non-negative integer")
+    limit = found["dom0_dir_max_bytes"]
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise UsageError("dom0_dir_max_bytes must be a non-negative integer")
+    return found
+
+
+def refuse_if_qubesd_runs(host: Host, what: str) -> None:
+    if host.qubesd_active():
+        raise ShardError(f"qubesd is running: {what} needs it stopped (systemctl stop "
+                         "qubesd), else qubesd would overwrite or be confused by the change")
+
+
+def _detached(found: Mapping[str, Any]) -> set[str]:
+    """Ids of the shards suture leaves out (the list beside the merged store)."""
+    return read_detached(default_detached_path(found["merged"]))
+
+
+def _visible(found: Mapping[str, Any]) -> list[Shard]:
+    """The shards under the roots (unreadable ones left out)."""
+    return discover(found["roots"], found["max_depth"], problems=[])
+
+
+def init(found: Mapping[str, Any], directory: str, qid_range: Optional[tuple[int, int]],
+         depends_on: Sequence[str] = (), shard_id: Optional[str] = None) -> Shard:
+    return init_shard(directory, qid_range, depends_on, shard_id, found["roots"],
+                      found["max_depth"])
+
+
+def suture(found: Mapping[str, Any], host: Host) -> operations.Result:
+    """Write the merged store from core and the visible shards not detached."""
+    refuse_if_qubesd_runs(host, "suture")
+    return operations.suture(
+        found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
+        missing_reference=found["missing_reference"], policy_dir=found["policy_dir"] or None,
+        services=found["services"], qubes_dir=found["qubes_dir"], detached=_detached(found),
+        dom0_dir_max_bytes=found["dom0_dir_max_bytes"])
+
+
+def dissect(found: Mapping[str, Any], host: Host, final: bool = False) -> operations.Result:
+    """Write core and each merged shard back (`final`: qubesd has stopped)."""
+    if final:
+        refuse_if_qubesd_runs(host, "a final dissect")
+    return operations.dissect(found["merged"], found["core"], found["roots"],
+                              max_depth=found["max_depth"], qubes_dir=found["qubes_dir"],
+                              final=final)
+
+
+def check(found: Mapping[str, Any]) -> operations.Result:
+    """What suture would report, writing nothing."""
+    return operations.check(found["core"], found["roots"], max_depth=found["max_depth"],
+                            missing_reference=found["missing_reference"],
+                            detached=_detached(found),
+                            dom0_dir_max_bytes=found["dom0_dir_max_bytes"])
+
+
+def status(found: Mapping[str, Any]) -> dict[str, Any]:
+    return operations.status(found["core"], found["merged"], found["roots"],
+                             max_depth=found["max_depth"])
+
+
+def rename(found: Mapping[str, Any], host: Host, qube: str, new: str,
+           shard: Optional[str] = None) -> operations.Result:
+    refuse_if_qubesd_runs(host, "rename")
+    return operations.rename_qube(found["roots"], qube, new, core=found["core"],
+                                  shard_id=shard, max_depth=found["max_depth"])
+
+
+def review(found: Mapping[str, Any], host: Host, qube: str,
+           shard: Optional[str] = None) -> operations.Result:
+    refuse_if_qubesd_runs(host, "review")
+    return operations.review_qube(found["roots"], qube, shard_id=shard,
+                                  max_depth=found["max_depth"])
+
+
+def _shard_ids(selected: Iterable[str], shards: Sequence[Shard]) -> set[str]:
+    """Ids of the shards named in `selected` (by id or directory); ShardError for one
+    that is not visible."""
+    ids = set()
+    for item in selected:
+        match = [s.id for s in shards if item in (s.id, s.path)
+                 or os.path.realpath(item) == os.path.realpath(s.path)]
+        if not match:
+            raise ShardError(f"no visible shard {item!r}")
+        ids.update(match)
+    return ids
+
+
+def detach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -> set[str]:
+    """Leave the `selected` shards (all visible ones by default) out of the merge and
+    restart qubesd without them; refused while a qube of theirs runs."""
+    shards = _visible(found)
+    ids = _shard_ids(selected, shards) if selected else {s.id for s in shards}
+    if not ids:
+        raise ShardError("no visible shard to detach")
+    running = host.running_qubes()
+    busy = []
+    if os.path.exists(found["merged"]):
+        merged = store.load(found["merged"])
+        tags = {shard_tag(i) for i in ids}
+        for domain in merged.iterfind("domains/domain"):
+            name = qube_name(domain)
+            if name in running and any(t.get("name") in tags
+                                       for t in domain.iterfind("tags/tag")):
+                busy.append(name)
+    for shard in shards:
+        if shard.id in ids:
+            busy += [qube_name(d) for d in shard.domains if qube_name(d) in running]
+    if busy:
+        raise ShardError(f"qubes of the shards to detach are running: "
+                         f"{', '.join(sorted(set(busy)))}; shut them down first")
+    path = default_detached_path(found["merged"])
+    write_detached(path, read_detached(path) | ids)
+    _restart_qubesd(host)
+    return ids
+
+
+def attach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -> None:
+    """Merge the `selected` detached shards again (all by default): restart qubesd."""
+    path = default_detached_path(found["merged"])
+    left_out = read_detached(path)
+    left_out = left_out - _shard_ids(selected, _visible(found)) if selected else set()
+    write_detached(path, left_out)
+    _restart_qubesd(host)
+
+
+def _restart_qubesd(host: Host) -> None:
+    """Stop qubesd (its unit dissects), then start it (its unit sutures)."""
+    if host.qubesd_active():
+        host.qubesd("stop")
+    host.qubesd("start")
+
+
+def audit_visible(found: Mapping[str, Any], fs_root: str = "/"
+                  ) -> tuple[list[audit.Finding], list[Shard]]:
+    """Traces of the visible shards under `fs_root`, and those shards."""
+    shards = _visible(found)
+    try:
+        return audit.audit(shards, found["core"], fs_root), shards
+    except audit.AuditError as exc:
+        raise ShardError(str(exc)) from None
