@@ -1,5 +1,6 @@
-"""States: reliant's create-snapshot and qubesd extension (`installed`) and their removal
-(`removed`, which puts the original create-snapshot back exactly).
+"""States: reliant's create-snapshot (`installed`) and its removal (`removed`, which puts
+the original create-snapshot back exactly). The qubesd extension beside it is a file
+tree the ``reliant.snapshots`` sls installs once this state succeeded.
 
 Both compute the difference first, return early when there is none, predict it
 exactly with test=True, act, then verify. A Qubes version the formula does not
@@ -45,14 +46,13 @@ def _converge(name: str, settings: dict | None, remove: bool) -> dict:
             "reliant_snapshot.remove" if remove else "reliant_snapshot.install"](settings),
         errors=(reliant.snapshot.SnapshotError, OSError), done=f"{what}: nothing to do",
         would=lambda changes: f"{what}: would change {len(changes)} file(s)",
-        changed=lambda changes: f"{what}: done; qubesd (re)loads its extensions when it next "
-                                "starts",
+        changed=lambda changes: f"{what}: done",
         failed=f"{what} failed (each file is either as before or complete; the next run "
                "resumes): {}")
 
 
 def installed(name: str, settings: dict | None = None) -> dict:
-    """reliant's create-snapshot at ``settings.script`` and the qubesd extension, verified.
+    """reliant's create-snapshot at ``settings.script``, verified.
 
     name
         a label for the state

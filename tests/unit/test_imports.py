@@ -15,7 +15,7 @@ from repo_paths import ROOT
 
 LIBRARY = ROOT / "_utils" / "reliant_lib"
 PACKAGE = LIBRARY / "reliant"
-EXTENSION = ROOT / "salt" / "reliant" / "files" / "isolation" / "reliant_isolation" / "__init__.py"
+EXTENSION = ROOT / "salt/reliant/files/isolation/extension/reliant_isolation/__init__.py"
 MAX_LINES = 600
 #: Layers from the bottom up: a module imports modules of its own layer or below.
 LAYERS = (

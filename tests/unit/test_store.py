@@ -1,4 +1,4 @@
-"""reliant_store: hardened parse, qubesd-identical serialization, atomic locked writes."""
+"""reliant.store: hardened parse, qubesd-identical serialization, atomic locked writes."""
 
 import os
 import stat

@@ -14,7 +14,7 @@ import pytest
 from reliant.isolation import policy
 from repo_paths import ROOT
 
-PACKAGE = ROOT / "salt" / "reliant" / "files" / "isolation"
+PACKAGE = ROOT / "salt" / "reliant" / "files" / "isolation" / "extension"
 S1, S2, CORE = "reliant-shard-sflc_0_1", "reliant-shard-sflc_0_2", "reliant-core"
 REFERENCES = ("template", "netvm", "default_dispvm", "management_dispvm", "guivm", "audiovm")
 

@@ -1,4 +1,4 @@
-"""reliant_guard: group of a qube, references that cross groups, disposables of another group."""
+"""reliant.isolation.guard: group of a qube, references that cross groups, disposables of another group."""
 
 from __future__ import annotations
 

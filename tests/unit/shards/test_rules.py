@@ -316,7 +316,7 @@ def test_rename_resolves_a_name_conflict(tmp_path):
     assert property_value(merged["deep-mail"], "netvm") == "hidden-vpn"
 
 
-# --- runtime qrexec policy (reliant_policy, the isolation component) ----------------------
+# --- runtime qrexec policy (reliant.isolation.policy) ----------------------
 
 
 def test_suture_writes_the_runtime_policy_for_the_merged_groups(tmp_path):
