@@ -28,9 +28,7 @@ from reliant import chunks as chunking
 from reliant import store
 from reliant.isolation import guard, policy
 from reliant.shards.dissect import DissectPlan, plan_dissect
-from reliant.shards.dom0dirs import (
-    MAX_BYTES as DOM0_DIR_MAX_BYTES,
-)
+from reliant.shards.dom0dirs import MAX_BYTES as DOM0_DIR_MAX_BYTES
 from reliant.shards.dom0dirs import (
     QUBES_DIR,
     entries,
