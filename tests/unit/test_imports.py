@@ -28,8 +28,8 @@ LAYERS = (
 )
 #: What the qubesd extension may load (qubesd runs it: the rest of the engine stays out).
 EXTENSION_MAY_LOAD = {"reliant", "reliant.vocab", "reliant.store", "reliant.shards",
-                      "reliant.shards.records", "reliant.isolation", "reliant.isolation.guard",
-                      "reliant.isolation.policy"}
+                      "reliant.shards.records", "reliant.shards.confine", "reliant.isolation",
+                      "reliant.isolation.guard", "reliant.isolation.policy"}
 
 
 def module_name(path: Path) -> str:

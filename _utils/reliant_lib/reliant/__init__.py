@@ -6,8 +6,8 @@ Imports point one way, from the vocabulary up to the commands:
                      which groups may reference which, qube names, Problem, ShardError
     store, chunks    qubesd stores read and written safely; a store cut at its domains
     config           the `reliant` pillar checked against the defaults; dom0 detection
-    shards/          the shard engine: records, files, runtime, suture, dissect,
-                     stubs (reading in chunks), dom0dirs
+    shards/          the shard engine: records, files, runtime, confine (where volumes
+                     may live), suture, dissect, stubs (reading in chunks), dom0dirs
     isolation/       guard (groups and references) and policy (qrexec rules); the
                      qubesd extension imports only these
     operations       suture, dissect, check, status, rename, review on the files

@@ -27,6 +27,7 @@ from lxml import etree
 from reliant import chunks as chunking
 from reliant import store
 from reliant.isolation import guard, policy
+from reliant.shards.confine import PoolFacts, renamed_vid
 from reliant.shards.dissect import DissectPlan, plan_dissect
 from reliant.shards.dom0dirs import MAX_BYTES as DOM0_DIR_MAX_BYTES
 from reliant.shards.dom0dirs import (
@@ -402,15 +403,32 @@ def _rewrite(shard: Shard) -> bool:
     return written
 
 
+def _rename_snapshot_vids(domain: etree._Element, old: str, new: str, shard: Shard,
+                          pools: Iterable[etree._Element]) -> None:
+    """Snapshots of the renamed qube outside its shard take the vids qubesd gives the new
+    name (`reliant.shards.confine.volume_problem` wants them so); its own files keep theirs."""
+    facts = {p.get("name"): PoolFacts.of(p.attrib) for p in pools}
+    for volume in domain.iterfind("volume-config/volume"):
+        pool = facts.get(volume.get("pool"))
+        if (pool is None or pool.name in shard.pools or volume.get("snap_on_start") != "True"
+                or not volume.get("vid")):
+            continue
+        volume.set("vid", renamed_vid(pool, domain.get("class") or "", volume.get("name") or "",
+                                      volume.get("vid"), old, new))
+
+
 def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
                 shard_id: Optional[str] = None, max_depth: int = 3) -> Result:
     """Rename a shard qube (e.g. to resolve a name conflict with core), with the
     references to it in its shard and the shards depending on it, and its saved dom0
-    directory. Offline: qubesd must not be running on these files."""
+    directory. Offline: qubesd must not be running on these files. Both names are
+    checked first: the old one comes from a shard file and names a directory."""
+    for candidate in (name, new):
+        if not valid_qube_name(candidate):
+            raise ShardError(f"{candidate!r} is not a valid qube name")
     shard, domain, shards = _find_qube(roots, name, shard_id, max_depth)
-    if not valid_qube_name(new):
-        raise ShardError(f"{new!r} is not a valid qube name")
-    taken = {qube_name(d) for d in load_core(core).iterfind("domains/domain")}
+    core_root = load_core(core)
+    taken = {qube_name(d) for d in core_root.iterfind("domains/domain")}
     for other in shards:
         taken |= {qube_name(d) for d in other.domains}
     if new in taken:
@@ -418,6 +436,9 @@ def rename_qube(roots: Sequence[str], name: str, new: str, *, core: str,
     by_id = {s.id: s for s in shards}
     affected = [shard] + [s for s in shards if shard.id in deps_closure(s.id, by_id)]
     properties(domain)["name"].text = new
+    _rename_snapshot_vids(domain, name, new, shard,
+                          [*core_root.iterfind("pools/pool"),
+                           *(p for s in shards for p in s.pool_elements)])
     for other in affected:
         for qube in other.domains:
             for prop in properties(qube).values():

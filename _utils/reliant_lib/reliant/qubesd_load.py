@@ -142,7 +142,7 @@ class LoadProblem:
     """One rule of qubesd's loader that a store breaks.
 
     ``qube`` names the qube (None: the store as a whole), ``item`` what breaks the rule
-    (``property template``, ``tag 'a b'``, ``volume private``, ``pool sflc_0_1``, ...),
+    (``property template``, ``tag 'a b'``, ``volume private``, ``pool shardpool``, ...),
     ``rule`` the rule in words. ``fatal`` False: qubesd loads it, but must not be given it.
     """
 

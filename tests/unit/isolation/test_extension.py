@@ -48,7 +48,8 @@ def build_app(qubes, root):
 
     app = qubes.Qubes()
     for pool in root.iterfind("pools/pool"):
-        app.pools[pool.get("name")] = vm_module.Pool(pool.get("name"), pool.get("dir_path"))
+        app.pools[pool.get("name")] = vm_module.Pool(pool.get("name"), pool.get("dir_path"),
+                                                     pool.get("driver"), pool.get("volume_group"))
     refs = {}
     for domain in root.iterfind("domains/domain"):
         props = {p.get("name"): p.text or "" for p in domain.iterfind("properties/property")}
@@ -98,7 +99,7 @@ def new_appvm(qubes, app, name, template="debian-13-xfce", pool="vm-pool"):
 
     vm = vm_module.AppVM(app, name, template=template, volume_config={
         "root": {"name": "root", "pool": "vm-pool", "snap_on_start": True, "rw": True,
-                 "source": "tpl-root"},
+                 "source": app.domains[template].volumes["root"].vid},
         "private": {"name": "private", "pool": pool, "snap_on_start": False, "rw": True},
         "volatile": {"name": "volatile", "pool": pool, "snap_on_start": False, "rw": True},
     })
@@ -153,7 +154,7 @@ def test_disposables_take_their_templates_group(qubes, app):
 def test_a_qube_in_an_unknown_shard_pool_is_refused(qubes, app):
     import qubes.vm as vm_module
 
-    app.pools["sflc_0_3"] = vm_module.Pool("sflc_0_3", "/run/shufflecake/sflc_0_3/pool")
+    app.pools["sflc_0_3"] = vm_module.Pool("sflc_0_3", "/run/shufflecake/sflc_0_3/pool", "file")
     vm = new_appvm(qubes, app, "orphan")
     with pytest.raises(qubes.exc.QubesException, match="shard cannot be decided"):
         vm.create_on_disk(pool=app.pools["sflc_0_3"])

@@ -18,7 +18,8 @@ from typing import Any, Optional
 from lxml import etree
 
 from reliant import store
-from reliant.shards.files import Shard, deps_closure, shard_bytes, within
+from reliant.shards.confine import within
+from reliant.shards.files import Shard, deps_closure, held_pools, shard_bytes
 from reliant.shards.records import QubeRecord, dom0_subdir, properties, property_value, remove_device
 from reliant.shards.stubs import Facts, Stubs
 from reliant.shards.suture import core_sections
@@ -106,7 +107,8 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     else:
         tagged = {tag[len(shard_tag("")):] for domain in sections["domains"]
                   for tag in facts(domain).group_tags if tag.startswith(shard_tag(""))}
-        sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools, "merged": None}
+        sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools,
+                         "held_pools": sorted(held_pools(visible[sid])), "merged": None}
                    for sid in sorted(tagged) if sid in visible}
         if sutured:
             problems.append(Problem("warning", "state", "no runtime state from suture: qubes "
@@ -155,6 +157,10 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         merged_names = {p.get("name") for p in pools_of[sid]}
         pools_of[sid] = [p for p in writable[sid].pool_elements
                          if p.get("name") not in merged_names] + pools_of[sid]
+    held_of = {sid: set(sutured[sid].get("held_pools", ())) for sid in writable if sid in sutured}
+    for sid, held in held_of.items():
+        if held:
+            pools_of[sid] = _with_held_pools(writable[sid], held, pools_of[sid])
     new_state: dict[str, Any] = {"version": 1, "shards": {},
                                  "detached": (state or {}).get("detached", []),
                                  "refused": (state or {}).get("refused", [])}
@@ -177,16 +183,20 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
                 and file_uuids <= merged_uuids | known and not file_uuids & hold):
             kept = []
         else:
-            kept = [d for d in previous(sid).values() if facts.uuid(d) not in merged_uuids and
+            # every <domain> of the file, not one per uuid: qubes without a uuid or sharing
+            # one were left out at suture and stay, each of them
+            kept = [d for d in shard.domains if facts.uuid(d) not in merged_uuids and
                     (known is None or facts.uuid(d) not in known or facts.uuid(d) in hold)]
         _fix_qids(facts, shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
         for domain in members + kept:
             facts.strip_tags(domain)
         dirs[sid] = [(dom0_subdir(q), q.name) for q in member_qubes]
         keep_dirs[sid] = {(dom0_subdir(q), q.name) for q in map(facts, kept)}
+        held = held_of.get(sid, set())
         new_state["shards"][sid] = {
-            "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
-            "merged": sorted((known or set()) | merged_uuids)}
+            "path": shard.path,
+            "pools": [p.get("name") for p in pools_of[sid] if p.get("name") not in held],
+            "held_pools": sorted(held), "merged": sorted((known or set()) | merged_uuids)}
         lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
             - {facts.uuid(d) for d in kept}
         ordered = sorted(members + kept, key=lambda d: _order(facts(d)))
@@ -210,6 +220,17 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     core_out.extend([child for child in merged_root if child is not scratch])
     outputs = [*gaining, *losing, (core_path, facts.expand(store.serialize(core_out)), 0o660)]
     return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
+
+
+def _with_held_pools(shard: Shard, held: set[str],
+                     merged: list[etree._Element]) -> list[etree._Element]:
+    """The shard's pools: those of the merged store and those suture left in its file
+    (`held`, unsafe to merge), in the file's order (pools new since then last)."""
+    in_file = shard.pool_elements
+    order = {p.get("name"): index for index, p in enumerate(in_file)}
+    names = {p.get("name") for p in merged}
+    kept = [p for p in in_file if p.get("name") in held and p.get("name") not in names]
+    return sorted(kept + merged, key=lambda p: order.get(p.get("name"), len(order)))
 
 
 def _order(qube: QubeRecord) -> tuple[bool, str]:

@@ -16,3 +16,7 @@ class QubesPropertyValueError(QubesValueError):
         self.holder = holder
         self.prop = prop
         self.value = value
+
+
+class PermissionDenied(Exception):
+    """Raised by handlers of admin-permission events to refuse a call."""

@@ -4,14 +4,36 @@ Keeps each qube's group tag (``reliant-core`` or ``reliant-shard-<ID>``) current
 qubes whose own ``@dispvm`` is a disposable of another group (``reliant-foreign-dispvm``,
 denied by the persistent policy), and refuses property changes that would make core (a
 core qube or a global property) reference a shard qube, or a shard qube reference a shard
-it does not depend on. The decisions are ``reliant.isolation.guard``'s and ``.policy``'s (the
-formula's library, found in ``_paths.LIBDIR``); this module only turns qubesd objects into
-facts and events into decisions.
+it does not depend on. It keeps a shard qube's volumes confined as suture does
+(``reliant.shards.confine``) where the Admin API places or fills volumes
+(qubes-core-admin release4.3 ``qubes/api/admin.py``, ``qubes/api/__init__.py``
+fire_event_for_permission: ``admin-permission:METHOD`` fires on the calling qube, before
+the change, with ``dest``, ``arg`` and the method's keywords):
+
+- ``admin.vm.CreateInPool.CLASS`` (``pool``, ``pools``): a qube of a shard keeps its own data
+  in its shard's pools, refused before any volume exists; ``domain-create-on-disk`` /
+  ``domain-clone-files`` (qubes/vm/qubesvm.py, after the volumes are placed; an exception
+  makes ``_vm_create`` drop the qube) check the volumes as they are;
+- ``admin.vm.volume.CloneTo`` (``src_volume``, ``dst_volume``): a volume takes the data of
+  another only from a group its qube may reference (never shard data into core);
+- ``admin.pool.Add`` (``arg`` the driver, ``name``, ``pool_config``): a pool below a shard
+  root is a file or file-reflink pool that stays below it once resolved.
+
+The other volume calls (Resize, Revert, Clear, Set.rw, Set.revisions_to_keep,
+Set.ephemeral, Import) change neither where a volume lives nor whose data it holds;
+``domain-add`` fires before the volumes are placed (qubes/app.py VMCollection.add); a new
+``template`` (``property-pre-set:template``, checked by the reference guard) brings
+sources that are its own volumes.
+
+The decisions are ``reliant.isolation.guard``'s and ``.policy``'s (the formula's library,
+found in ``_paths.LIBDIR``); this module only turns qubesd objects into facts and events
+into decisions.
 
 Nothing here logs a qube's name: qubesd's log may reach persistent storage.
 """
 
 import logging
+import os
 import sys
 
 import qubes.exc
@@ -24,6 +46,7 @@ if _paths.LIBDIR not in sys.path:
 
 from reliant import vocab
 from reliant.isolation import guard, policy
+from reliant.shards import confine
 
 log = logging.getLogger("qubes.ext.reliant_isolation")
 
@@ -81,6 +104,22 @@ def qube_facts(vm):
         data_pools=data_pools,
         template_for_dispvms=bool(getattr(vm, "template_for_dispvms", False)),
     )
+
+
+def pool_facts(pool):
+    """What the confinement rules read of a qubesd pool (class attribute ``driver``)."""
+    return confine.PoolFacts(str(pool), getattr(pool, "driver", "") or "",
+                             getattr(pool, "dir_path", "") or "",
+                             getattr(pool, "volume_group", "") or "")
+
+
+def volume_facts(vm):
+    """What the confinement rules read of a qube's volumes (a source is a Volume whose
+    str() is its vid, qubes/storage/__init__.py)."""
+    return [confine.VolumeFacts(name, str(volume.pool), str(getattr(volume, "vid", "") or ""),
+                                None if volume.source is None else str(volume.source),
+                                bool(volume.snap_on_start))
+            for name, volume in getattr(vm, "volumes", {}).items()]
 
 
 class ReliantIsolation(qubes.ext.Extension):
@@ -142,6 +181,17 @@ class ReliantIsolation(qubes.ext.Extension):
         for vm in app.domains:
             self.set_foreign_dispvm_tag(vm, settings)
 
+    def confinement_problem(self, vm):
+        """Why the volumes of `vm` (a shard qube) break confinement; None if they do not."""
+        others = self._others(vm)
+        template = getattr(vm, "template", None)
+        return guard.confinement_problem(
+            vm.name, type(vm).__name__, self._group(vm), volume_facts(vm),
+            {name: pool_facts(pool) for name, pool in vm.app.pools.items()},
+            guard.pool_groups(others), guard.dependencies_from_references(others),
+            load_settings().shard_roots, "" if template is None else template.name,
+            None if template is None else volume_facts(template))
+
     def reference_problem(self, holder, prop, target):
         """Why `holder` (a qube, or None for the app) may not name `target`; None if it may."""
         if target is None:
@@ -192,8 +242,11 @@ class ReliantIsolation(qubes.ext.Extension):
         Admin API remove the new qube."""
         try:
             self.set_group_tag(vm)
+            problem = self.confinement_problem(vm)
         except guard.GuardError as exc:
             raise qubes.exc.QubesException("reliant isolation: " + str(exc)) from None
+        if problem:
+            raise qubes.exc.QubesException("reliant isolation: " + problem)
         self.set_foreign_dispvm_tag(vm)
         for prop in vocab.DOMAIN_REFERENCES:
             target = getattr(vm, prop, None)
@@ -238,3 +291,55 @@ class ReliantIsolation(qubes.ext.Extension):
         problem = self.reference_problem(None, name, newvalue)
         if problem:
             self._refuse(app, name, newvalue, problem)
+
+    @qubes.ext.handler("admin-permission:admin.vm.CreateInPool.*")
+    def on_create_in_pool(self, vm, event, dest=None, arg=None, pool=None, pools=None,
+                          **kwargs):
+        """Refuse a new qube of a shard whose own data would go to another group's pool,
+        before qubesd creates any volume (a file left in core would betray it)."""
+        app = dest.app
+        try:
+            groups = guard.pool_groups(qube_facts(qube) for qube in app.domains)
+        except guard.GuardError as exc:
+            raise qubes.exc.PermissionDenied("reliant isolation: " + str(exc)) from None
+        problem = guard.placement_problem(
+            event.rsplit(".", 1)[1], None if pool is None else str(pool),
+            {volume: str(where) for volume, where in (pools or {}).items()},
+            {name: pool_facts(item) for name, item in app.pools.items()}, groups,
+            load_settings().shard_roots)
+        if problem:
+            raise qubes.exc.PermissionDenied("reliant isolation: " + problem)
+
+    @qubes.ext.handler("admin-permission:admin.vm.volume.CloneTo")
+    def on_volume_clone_to(self, vm, event, dest=None, arg=None, src_volume=None, **kwargs):
+        """Refuse filling a volume with the data of a group its qube may not reference."""
+        source = (str(src_volume.pool), str(src_volume.vid))
+        holders = [qube for qube in dest.app.domains
+                   if source in {(v.pool, v.vid) for v in volume_facts(qube)}]
+        facts = [qube_facts(qube) for qube in dest.app.domains]
+        try:
+            source_group = (self._group(holders[0]) if holders
+                            else guard.pool_groups(facts).get(source[0], vocab.CORE_TAG))
+            problem = guard.clone_problem(dest.name, self._group(dest), source_group,
+                                          guard.dependencies_from_references(facts))
+        except guard.GuardError as exc:
+            problem = str(exc)
+        if problem:
+            raise qubes.exc.PermissionDenied("reliant isolation: " + problem)
+
+    @qubes.ext.handler("admin-permission:admin.pool.Add")
+    def on_pool_add(self, vm, event, dest=None, arg=None, name=None, pool_config=None,
+                    **kwargs):
+        """A pool below a shard root (as written or once resolved) must be fit to hold a
+        shard's data."""
+        roots = load_settings().shard_roots
+        dir_path = (pool_config or {}).get("dir_path") or ""
+        written = os.path.normpath(dir_path)
+        if not dir_path or not any(
+                written.startswith(os.path.normpath(root).rstrip("/") + "/")
+                or confine.within(dir_path, root) for root in roots):
+            return
+        problem = confine.shard_pool_problem(
+            confine.PoolFacts(str(name), str(arg), dir_path), roots)
+        if problem:
+            raise qubes.exc.PermissionDenied("reliant isolation: " + problem)
