@@ -12,6 +12,7 @@ import reliant_salt
 import reliant.audit
 import reliant.config
 import reliant.shards.files
+import reliant.volatile.interlock
 import reliant.volatile.running
 import reliant.volatile.settings
 
@@ -29,7 +30,8 @@ def run(audit: dict | None = None, shards: dict | None = None,
     audit, shards, volatile: pillar `reliant:audit`, `reliant:shards`, `reliant:volatile`
     (default: the formula's defaults merged with pillar). Returns `findings` (path,
     reason, storage: disk or ram, location), `summary` (counts that name no shard),
-    `shards` (how many are open) and `mode` (volatile or not).
+    `shards` (how many are open), `mode` (volatile or not) and `warnings` (about the root
+    shards are merged on, `reliant.volatile.interlock`; they name no shard).
 
     CLI Example: ``qubesctl reliant_audit.run``
     """
@@ -40,12 +42,16 @@ def run(audit: dict | None = None, shards: dict | None = None,
         volatile = merged.get("volatile", {}) if volatile is None else volatile
     settings = reliant.audit.Settings.from_pillar(audit)
     volatile_settings = reliant.volatile.settings.Settings.from_pillar(volatile)
-    mode = reliant.volatile.running.status(volatile_settings)["mode"]
+    running = reliant.volatile.running.status(volatile_settings)
+    mode = running["mode"]
+    check = reliant.volatile.interlock.check_root(
+        running, bool(shards.get("require_volatile", True)), volatile_settings)
     problems: list = []
     open_shards = reliant.shards.files.discover(shards["roots"], shards["max_depth"], problems)
     findings = reliant.audit.audit_running(
         open_shards, shards["core"], mode == "volatile", settings.disk_view,
-        settings.paths, settings.limits, mountinfo=volatile_settings.mountinfo)
+        settings.paths, settings.limits, mountinfo=volatile_settings.mountinfo,
+        volatile_root_link=volatile_settings.volatile_root)
     # a shard that cannot be read cannot be looked for: the audit cannot vouch for it
     findings += [reliant.audit.Finding(", ".join(shards["roots"]),
                                        f"{p.message}: its traces were not looked for",
@@ -55,4 +61,5 @@ def run(audit: dict | None = None, shards: dict | None = None,
         "shards": len(open_shards),
         "findings": [f.as_dict() for f in findings],
         "summary": reliant.audit.summary(findings),
+        "warnings": list(check.warnings),
     }

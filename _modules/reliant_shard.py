@@ -5,7 +5,9 @@ written by the ``reliant.shards`` state; ``config=PATH`` names another one), and
 of ``core``, ``merged``, ``roots`` (list or comma-separated), ``max_depth`` given as
 arguments override it. Refusals raise CommandExecutionError with the library's
 message (salt-call exits 1). Offline operations (suture, dissect final=True, rename,
-review) refuse while qubesd runs, as the CLI does.
+review) refuse while qubesd runs, as the CLI does. Off the volatile root, suture merges
+core alone unless ``require_volatile`` is false (reliant.volatile.interlock); status
+reports the root's mode and warns.
 
 CLI Examples::
 
@@ -68,7 +70,7 @@ def status(config: Optional[str] = None, **overrides: Any) -> dict:
     """
     found = settings(config, **overrides)
     with _refusals():
-        return reliant.commands.status(found)
+        return reliant.commands.status(found, reliant.commands.Host())
 
 
 def check(config: Optional[str] = None, **overrides: Any) -> dict:

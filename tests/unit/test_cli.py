@@ -13,11 +13,16 @@ from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, l
 
 
 class FakeHost(commands.Host):
-    """Test double of systemctl/xl: records qubesd actions, reports chosen running qubes."""
+    """Test double of systemctl/xl: records qubesd actions, reports chosen running qubes
+    and the root's mode (volatile by default: the interlock lets shards be merged)."""
 
-    def __init__(self, active=False, running=(), on_stop=None, on_start=None):
+    def __init__(self, active=False, running=(), on_stop=None, on_start=None,
+                 mode="volatile"):
         self.active, self.running, self.actions = active, set(running), []
-        self.on_stop, self.on_start = on_stop, on_start
+        self.on_stop, self.on_start, self.mode = on_stop, on_start, mode
+
+    def volatile_status(self, settings):
+        return {"mode": self.mode, "root_fstype": "overlay", "problems": []}
 
     def qubesd_active(self):
         return self.active
@@ -39,7 +44,8 @@ def scene(tmp_path, monkeypatch):
     config = tmp_path / "reliant.json"
     config.write_text(json.dumps({"core": str(scene.core), "merged": str(scene.merged),
                                   "roots": scene.roots, "qubes_dir": str(scene.qubes_dir),
-                                  "policy_dir": None}))
+                                  "policy_dir": None, "systemd_dir": str(tmp_path / "systemd"),
+                                  "libvirt_dir": str(tmp_path / "libxl")}))
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
     return scene
 

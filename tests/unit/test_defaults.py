@@ -42,6 +42,9 @@ def test_cli_defaults_match_defaults_yaml():
                                              "missing_reference", "libdir",
                                              "dom0_dir_max_bytes")}
     expected["policy_dir"] = isolation["policy_dir"]
+    expected["require_volatile"] = shards["require_volatile"]
+    expected.update({key: DEFAULTS["volatile"][key]
+                     for key in ("volatile_title", "upper_warn_percent")})
     assert {key: commands.DEFAULTS[key] for key in expected} == expected
     assert shards["config"] == commands.CONFIG_PATH
     # services None: the policy's default services

@@ -7,7 +7,8 @@ qubes (`reliant.commands.Host`); tests pass their own.
 
 Commands: init, suture, dissect, check, status, rename, review, attach, detach, audit.
 Offline commands (suture, rename, review, dissect --final) refuse while qubesd is
-active: they would race the store qubesd holds.
+active: they would race the store qubesd holds. Off the volatile root, `attach` refuses
+and suture merges core alone, unless require_volatile is false (then they warn).
 
 Output and messages name hidden qubes and shards: callers must not log them to
 persistent storage.
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace, found: dict[str, Any], host: commands.Host) ->
         print(f"{len(result.shards)} shard(s) can be merged; {len(bad)} problem(s)")
         return 1 if bad else 0
     if args.command == "status":
-        report = commands.status(found)
+        report = commands.status(found, host)
         print(json.dumps(report, indent=1, sort_keys=True) if args.json
               else _status_text(report))
         return 0
@@ -183,12 +184,15 @@ def run(args: argparse.Namespace, found: dict[str, Any], host: commands.Host) ->
         print(f"{args.qube}: start allowed again")
         return 0
     if args.command == "attach":
-        commands.attach(found, host, args.shards)
+        for warning in commands.attach(found, host, args.shards):
+            print(f"reliant-shard: warning: {warning}", file=sys.stderr)
         return 0
     if args.command == "detach":
         ids = commands.detach(found, host, args.shards)
         print(f"detached: {', '.join(sorted(ids))}")
         return 0
+    for warning in commands.root_check(found, host).warnings:
+        print(f"reliant-shard: warning: {warning}", file=sys.stderr)
     findings, shards = commands.audit_visible(found, args.fs_root)
     if args.json:
         print(json.dumps([{"path": f.path, "reason": f.reason} for f in findings], indent=1))

@@ -7,8 +7,10 @@ those of `DEFAULTS`), then from the caller's overrides. `Host` is how a command 
 qubesd and the running qubes; tests pass their own.
 
 Offline commands (suture, rename, review, dissect with `final`) refuse while qubesd is
-active: they would race the store qubesd holds. Every refusal is one of `REFUSALS`, with
-a message that says why (an OSError's names its path).
+active: they would race the store qubesd holds. Off the volatile root (`root_check`, the
+interlock of `reliant.volatile.interlock`) `attach` refuses and suture merges core alone,
+unless `require_volatile` is false; then status, attach and suture warn. Every refusal is
+one of `REFUSALS`, with a message that says why (an OSError's names its path).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any, Optional
 
 from reliant import audit, operations, store
@@ -27,12 +30,17 @@ from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import Shard, discover, init_shard
 from reliant.shards.records import qube_name
 from reliant.shards.runtime import default_detached_path, read_detached, write_detached
-from reliant.vocab import ShardError, shard_tag
+from reliant.shards.traces import Traces
+from reliant.vocab import Problem, ShardError, shard_tag
+from reliant.volatile import interlock, running
+from reliant.volatile.settings import Settings as VolatileSettings
+from reliant.volatile.settings import VolatileError
 
 CONFIG_PATH = "/etc/reliant/reliant.json"
-#: The settings and their defaults: those of pillar reliant:shards and reliant:isolation
-#: (parameters/defaults.yaml; tests/unit/test_defaults.py holds them equal), for a dom0
-#: whose configuration file is missing.
+#: The settings and their defaults: those of pillar reliant:shards, reliant:isolation and
+#: reliant:volatile (parameters/defaults.yaml; tests/unit/test_defaults.py holds them
+#: equal), for a dom0 whose configuration file is missing; where shard qubes' autostart
+#: links and libvirt definitions are (`reliant.shards.traces`).
 DEFAULTS: dict[str, Any] = {
     "core": "/var/lib/qubes/qubes.xml",
     "merged": "/run/reliant/qubes.xml",
@@ -44,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "libdir": "/usr/lib/reliant",
     "qubes_dir": QUBES_DIR,
     "dom0_dir_max_bytes": DOM0_DIR_MAX_BYTES,
+    "require_volatile": True,
+    "volatile_title": VolatileSettings.volatile_title,
+    "upper_warn_percent": VolatileSettings.upper_warn_percent,
+    "systemd_dir": Traces.systemd_dir,
+    "libvirt_dir": Traces.libvirt_dir,
 }
 
 
@@ -77,6 +90,10 @@ class Host:
             return {line.strip() for line in out.splitlines() if line.strip()} - {"dom0"}
         raise ShardError("cannot tell which qubes run (neither xl nor qvm-ls found); "
                          "refusing to detach")
+
+    def volatile_status(self, settings: VolatileSettings) -> dict[str, Any]:
+        """How dom0's root runs (`reliant.volatile.running.status`)."""
+        return running.status(settings)
 
     def qubesd(self, action: str) -> None:
         try:
@@ -137,7 +154,28 @@ def settings(config_path: Optional[str] = None,
     limit = found["dom0_dir_max_bytes"]
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise UsageError("dom0_dir_max_bytes must be a non-negative integer")
+    if not isinstance(found["require_volatile"], bool):
+        raise UsageError("require_volatile must be true or false")
     return found
+
+
+def root_check(found: Mapping[str, Any], host: Host) -> interlock.RootCheck:
+    """May shards be merged on the root dom0 runs on, and what to warn about."""
+    try:
+        volatile = interlock.volatile_settings(found)
+    except VolatileError as exc:
+        raise UsageError(str(exc)) from None
+    return interlock.check_root(host.volatile_status(volatile), found["require_volatile"],
+                                volatile)
+
+
+def _traces(found: Mapping[str, Any]) -> Traces:
+    """Where the shard qubes' autostart links and libvirt definitions are."""
+    return Traces(found["systemd_dir"], found["libvirt_dir"])
+
+
+def _warnings(check: interlock.RootCheck) -> list[Problem]:
+    return [Problem("warning", "volatile", text) for text in check.warnings]
 
 
 def refuse_if_qubesd_runs(host: Host, what: str) -> None:
@@ -163,13 +201,18 @@ def init(found: Mapping[str, Any], directory: str, qid_range: Optional[tuple[int
 
 
 def suture(found: Mapping[str, Any], host: Host) -> operations.Result:
-    """Write the merged store from core and the visible shards not detached."""
+    """Write the merged store from core and the visible shards not detached (core alone
+    off the volatile root, unless require_volatile is false); the root's warnings first."""
     refuse_if_qubesd_runs(host, "suture")
-    return operations.suture(
+    check = root_check(found, host)
+    result = operations.suture(
         found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
         missing_reference=found["missing_reference"], policy_dir=found["policy_dir"] or None,
         services=found["services"], qubes_dir=found["qubes_dir"], detached=_detached(found),
-        dom0_dir_max_bytes=found["dom0_dir_max_bytes"])
+        dom0_dir_max_bytes=found["dom0_dir_max_bytes"], hold_shards=check.refusal,
+        traces=_traces(found))
+    result.problems[:0] = _warnings(check)
+    return result
 
 
 def dissect(found: Mapping[str, Any], host: Host, final: bool = False) -> operations.Result:
@@ -178,7 +221,7 @@ def dissect(found: Mapping[str, Any], host: Host, final: bool = False) -> operat
         refuse_if_qubesd_runs(host, "a final dissect")
     return operations.dissect(found["merged"], found["core"], found["roots"],
                               max_depth=found["max_depth"], qubes_dir=found["qubes_dir"],
-                              final=final)
+                              final=final, traces=_traces(found))
 
 
 def check(found: Mapping[str, Any]) -> operations.Result:
@@ -189,9 +232,15 @@ def check(found: Mapping[str, Any]) -> operations.Result:
                             dom0_dir_max_bytes=found["dom0_dir_max_bytes"])
 
 
-def status(found: Mapping[str, Any]) -> dict[str, Any]:
-    return operations.status(found["core"], found["merged"], found["roots"],
-                             max_depth=found["max_depth"])
+def status(found: Mapping[str, Any], host: Optional[Host] = None) -> dict[str, Any]:
+    """What is visible and merged, and what needs attention, with dom0's `mode` and the
+    root's warnings (kind ``volatile``)."""
+    report = operations.status(found["core"], found["merged"], found["roots"],
+                               max_depth=found["max_depth"])
+    check = root_check(found, host or Host())
+    report["mode"] = check.mode
+    report["problems"] += [asdict(p) for p in check.problems()]
+    return report
 
 
 def rename(found: Mapping[str, Any], host: Host, qube: str, new: str,
@@ -250,13 +299,19 @@ def detach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -
     return ids
 
 
-def attach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -> None:
-    """Merge the `selected` detached shards again (all by default): restart qubesd."""
+def attach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -> list[str]:
+    """Merge the `selected` detached shards again (all by default): restart qubesd.
+    Refused off the volatile root unless require_volatile is false; the root's warnings
+    are returned."""
+    check = root_check(found, host)
+    if check.refusal:
+        raise ShardError(check.refusal)
     path = default_detached_path(found["merged"])
     left_out = read_detached(path)
     left_out = left_out - _shard_ids(selected, _visible(found)) if selected else set()
     write_detached(path, left_out)
     _restart_qubesd(host)
+    return list(check.warnings)
 
 
 def _restart_qubesd(host: Host) -> None:

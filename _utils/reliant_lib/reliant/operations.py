@@ -72,6 +72,7 @@ from reliant.shards.suture import (
     SuturePlan,
     plan_suture,
 )
+from reliant.shards.traces import Traces, autostart_qubes
 from reliant.vocab import CORE, DOMAIN_REFERENCES, Problem, ShardError, shard_tag, valid_qube_name
 
 
@@ -106,31 +107,44 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
            missing_reference: str = "recover", policy_dir: Optional[str] = None,
            services: Optional[list[str]] = None, qubes_dir: str = QUBES_DIR,
            state_path: Optional[str] = None, detached: Iterable[str] = (),
-           dom0_dir_max_bytes: int = DOM0_DIR_MAX_BYTES) -> Result:
+           dom0_dir_max_bytes: int = DOM0_DIR_MAX_BYTES, hold_shards: Optional[str] = None,
+           traces: Optional[Traces] = None) -> Result:
     """Write the merged store `out` from `core` and the shards under `roots`.
 
     Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`;
     then the `isolation_problems` of the merged store are reported too),
     dom0 directories back into `qubes_dir` (at most `dom0_dir_max_bytes` each), old
-    runtime state removed, merged store, new state. ShardError (nothing merged) if core
-    is unusable or the policy cannot be written.
+    runtime state removed, merged store, autostart links of merged shard qubes (if
+    `traces`), new state. ShardError (nothing merged) if core is unusable or the policy
+    cannot be written. `hold_shards`: why no shard may be merged now
+    (`reliant.volatile.interlock`): core alone is merged and each visible shard is
+    reported refused (dissect leaves it untouched).
     """
     state_path = state_path or default_state_path(out)
     with operation_lock(state_path), _without_gc():
         return _suture(core, roots, out, max_depth, missing_reference, policy_dir, services,
-                       qubes_dir, state_path, detached, dom0_dir_max_bytes)
+                       qubes_dir, state_path, detached, dom0_dir_max_bytes, hold_shards,
+                       traces)
 
 
 def _plan_suture(core: str, roots: Sequence[str], max_depth: int, missing_reference: str,
                  detached: Iterable[str], known: Any, dom0_dir_max_bytes: int,
-                 left_out: dict[str, str]
+                 left_out: dict[str, str], hold_shards: Optional[str]
                  ) -> tuple[SuturePlan, list[Problem]]:
     """Read core and the shards and plan the merge without the shards `left_out` (id ->
-    why), which are reported and recorded as refused."""
+    why) or, with `hold_shards`, without any shard; those are reported and recorded as
+    refused."""
     problems: list[Problem] = []
     stubs = Stubs()
     core_root = load_core(core, known, stubs)
     shards = discover(roots, max_depth, problems)
+    held = [] if hold_shards is None else shards
+    if held:
+        problems.append(Problem("error", "volatile", hold_shards))
+        problems += [Problem("error", "refused", f"shard {shard.id} ({shard.path}) is not "
+                             "merged: dom0 does not run on the volatile root", shard.id)
+                     for shard in held]
+        shards = []
     for shard in shards:
         if shard.id in left_out:
             problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}): "
@@ -146,7 +160,8 @@ def _plan_suture(core: str, roots: Sequence[str], max_depth: int, missing_refere
                        detached=detached, stubs=stubs, core_bytes=os.path.getsize(core),
                        saved_dir_refusal=lambda shard, subdir, name: saved_dir_refusal(
                            shard, subdir, name, dom0_dir_max_bytes))
-    plan.state["refused"] = sorted(set(plan.state["refused"]) | set(left_out))
+    plan.state["refused"] = sorted(set(plan.state["refused"]) | set(left_out)
+                                   | {shard.id for shard in held})
     return plan, problems + plan.problems
 
 
@@ -170,7 +185,8 @@ def _restore_all(plan: SuturePlan, qubes_dir: str, max_bytes: int, problems: lis
 def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
             qubes_dir: str, state_path: str, detached: Iterable[str],
-            dom0_dir_max_bytes: int) -> Result:
+            dom0_dir_max_bytes: int, hold_shards: Optional[str],
+            traces: Optional[Traces]) -> Result:
     known = merged_chunks(chunking.Memo(chunking.memo_dir(state_path),
                                                memo_version()))
     recover_qubes_dir(qubes_dir)
@@ -180,7 +196,7 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
     try:
         while True:
             plan, problems = _plan_suture(core, roots, max_depth, missing_reference, detached,
-                                          known, dom0_dir_max_bytes, left_out)
+                                          known, dom0_dir_max_bytes, left_out, hold_shards)
             data = plan.facts.expand(store.serialize(plan.merged))
             if len(data) > store.MAX_BYTES and plan.sutured:  # the largest shard goes
                 left_out[max(plan.sutured, key=lambda shard: len(shard.data)).id] = (
@@ -212,6 +228,8 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
         written = []
         if store.write(out, data, mode=0o660):
             written.append(out)
+        if traces is not None:
+            _restore_autostart(plan.sutured, plan.dirs, traces, problems)
         plan.state["problems"] = [asdict(p) for p in problems]
         write_state(state_path, plan.state)
     except BaseException:
@@ -223,19 +241,33 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
     return Result(problems, written, plan.sutured)
 
 
+def _restore_autostart(sutured: Sequence[Shard], dirs: dict[str, list[tuple[str, str]]],
+                       traces: Traces, problems: list[Problem]) -> None:
+    for shard in sutured:
+        try:
+            names = autostart_qubes(shard.data, [name for _, name in dirs[shard.id]],
+                                    shard.file)
+        except store.StoreError as exc:
+            problems.append(Problem("warning", "traces", f"shard {shard.id}: autostart not "
+                                    f"read ({exc})", shard.id))
+            continue
+        traces.restore_autostart(names, problems)
+
+
 def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
             qubes_dir: str = QUBES_DIR, state_path: Optional[str] = None,
-            final: bool = False) -> Result:
+            final: bool = False, traces: Optional[Traces] = None) -> Result:
     """Write core and every merged shard back from the merged store (only files whose
     content changed). With `final` (qubesd stopped), the dom0 directories of shard
-    qubes leave `qubes_dir` once saved in their shard.
+    qubes leave `qubes_dir` once saved in their shard, and (with `traces`) shard qubes
+    are undefined in libvirt and lose their autostart links.
 
     Order: dom0 directories into shards, runtime state, shard files gaining qubes,
-    those losing qubes, core, then (final) removal of saved directories.
+    those losing qubes, core, then (final) removal of saved directories and traces.
     """
     state_path = state_path or default_state_path(merged)
     with operation_lock(state_path), _without_gc():
-        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final)
+        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final, traces)
 
 
 def _plan_dissect(merged: str, core: str, roots: Sequence[str], max_depth: int,
@@ -278,7 +310,7 @@ def _write_shards(plan: DissectPlan, qubes_dir: str, state_path: str,
 
 
 def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes_dir: str,
-             state_path: str, final: bool) -> Result:
+             state_path: str, final: bool, traces: Optional[Traces]) -> Result:
     memo = chunking.Memo(chunking.memo_dir(state_path), memo_version())
     recover_qubes_dir(qubes_dir)
     unwritable: dict[str, str] = {}
@@ -311,6 +343,9 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
             except OSError as exc:  # saved in the shard: only a trace stays behind
                 problems.append(Problem("error", "state", f"dom0 directories of shard {sid} "
                                         f"not all removed: {store.os_message(exc)}", sid))
+        if traces is not None:
+            traces.remove(sorted({name for sid in plan.shards for _, name in plan.dirs[sid]}),
+                          problems)
     return Result(problems, written, list(plan.shards.values()))
 
 

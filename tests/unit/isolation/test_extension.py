@@ -11,8 +11,10 @@ from pathlib import Path
 
 import isolation_helpers as helpers
 import pytest
+from reliant import store
 from reliant.isolation import policy
 from repo_paths import ROOT
+from shards_helpers import split_scene
 
 PACKAGE = ROOT / "salt" / "reliant" / "files" / "isolation" / "extension"
 S1, S2, CORE = "reliant-shard-sflc_0_1", "reliant-shard-sflc_0_2", "reliant-core"
@@ -264,3 +266,44 @@ def test_a_damaged_settings_file_falls_back_to_denying_every_direction(qubes, ap
         assert "settings file is unreadable" in caplog.text
     finally:
         settings_file.write_bytes(original)
+
+
+# --- backups (admin.backup.Execute / Info) while shards are merged ----------------------
+
+BACKUP_CALLS = ("admin.backup.Execute", "admin.backup.Info")
+
+
+@pytest.mark.parametrize("method", BACKUP_CALLS)
+@pytest.mark.parametrize("caller", ["dom0", "work"])
+def test_a_backup_is_refused_while_a_shard_is_merged(qubes, tmp_path, method, caller):
+    import qubes.api.admin
+
+    scene = split_scene(tmp_path)
+    assert not scene.suture(detached=["sflc_0_2"]).errors  # one shard merged is enough
+    app = build_app(qubes, store.load(str(scene.merged)))
+    with pytest.raises(qubes.exc.QubesException) as refused:
+        qubes.api.admin.call(app, method, arg="daily", src=caller)
+    message = str(refused.value)
+    assert message.startswith("reliant: backups are refused while shards are merged")
+    assert "reliant-shard detach" in message and "docs/shards.md" in message
+    assert not any(name in message for name in ("secret", "deep-", "sflc"))
+    assert getattr(app, "backups", []) == []
+
+
+@pytest.mark.parametrize("method", BACKUP_CALLS)
+def test_after_detach_backups_work_as_before(qubes, tmp_path, method):
+    import qubes.api.admin
+
+    scene = split_scene(tmp_path)
+    assert not scene.suture(detached=["sflc_0_1", "sflc_0_2"]).errors  # as after detach
+    app = build_app(qubes, store.load(str(scene.merged)))
+    assert qubes.api.admin.call(app, method, arg="daily") in ("execute", "info")
+    assert app.backups == [(method.rsplit(".", 1)[1].lower(), "daily")]
+    with pytest.raises(qubes.api.PermissionDenied):  # the API's own checks still apply
+        qubes.api.admin.call(app, method, arg="a/b")
+
+
+def test_other_admin_calls_are_not_refused_while_shards_are_merged(app):
+    dom0 = app.domains["dom0"]
+    assert dom0.fire_event("admin-permission:admin.vm.List", pre_event=True,
+                           dest=dom0, arg="") == []

@@ -37,10 +37,13 @@ def dom0(tmp_path, monkeypatch) -> dict:
     config = tmp_path / "reliant.json"
     config.write_text(json.dumps({
         "core": str(core), "merged": str(tmp_path / "run" / "qubes.xml"),
-        "roots": [str(root)], "policy_dir": "", "qubes_dir": str(tmp_path / "varlibqubes")}))
+        "roots": [str(root)], "policy_dir": "", "qubes_dir": str(tmp_path / "varlibqubes"),
+        "systemd_dir": str(tmp_path / "systemd"), "libvirt_dir": str(tmp_path / "libxl")}))
     (tmp_path / "varlibqubes").mkdir()
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
     monkeypatch.setattr(commands.Host, "qubesd_active", lambda self: False)
+    monkeypatch.setattr(commands.Host, "volatile_status", lambda self, settings: {
+        "mode": "volatile", "root_fstype": "overlay", "problems": []})
     return {"core": core, "root": root, "config": str(config), "tmp": tmp_path}
 
 

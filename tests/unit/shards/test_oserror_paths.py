@@ -23,6 +23,9 @@ class StoppedQubesd(commands.Host):
     def qubesd_active(self):
         return False
 
+    def volatile_status(self, settings):  # the interlock lets shards be merged
+        return {"mode": "volatile", "root_fstype": "overlay", "problems": []}
+
 
 @pytest.fixture
 def configure_loader_modules(tmp_path):
@@ -40,10 +43,13 @@ def scene(tmp_path, monkeypatch):
 
 def write_config(scene, tmp_path, monkeypatch, **changes) -> None:
     config = {"core": str(scene.core), "merged": str(scene.merged), "roots": scene.roots,
-              "qubes_dir": str(scene.qubes_dir), "policy_dir": "", **changes}
+              "qubes_dir": str(scene.qubes_dir), "policy_dir": "",
+              "systemd_dir": str(tmp_path / "systemd"), "libvirt_dir": str(tmp_path / "libxl"),
+              **changes}
     (tmp_path / "reliant.json").write_text(json.dumps(config))
     monkeypatch.setenv("RELIANT_CONFIG", str(tmp_path / "reliant.json"))
-    monkeypatch.setattr(commands.Host, "qubesd_active", lambda self: False)
+    monkeypatch.setattr(commands.Host, "qubesd_active", StoppedQubesd.qubesd_active)
+    monkeypatch.setattr(commands.Host, "volatile_status", StoppedQubesd.volatile_status)
 
 
 def failing_reads(monkeypatch, inside: str) -> None:

@@ -278,6 +278,8 @@ def fake_statvfs(path: str) -> os.statvfs_result:
      "volatile-failed"),
 ])
 def test_status_tells_the_mode(dom0, cmdline, mountinfo, mode):
+    Path(dom0.settings.volatile_root).parent.mkdir(parents=True)
+    Path(dom0.settings.volatile_root).symlink_to("/dev/dm-0")  # systemd-volatile-root's
     Path(dom0.settings.cmdline).write_text(cmdline + "\n")
     Path(dom0.settings.mountinfo).write_text(mountinfo)
     Path(dom0.settings.swaps).write_text(

@@ -19,4 +19,5 @@ class QubesPropertyValueError(QubesValueError):
 
 
 class PermissionDenied(Exception):
-    """Raised by handlers of admin-permission events to refuse a call."""
+    """Raised deliberately by handlers when they decide not to cooperate (R4.3 qubes.exc;
+    R4.2 keeps it in qubes.api)."""

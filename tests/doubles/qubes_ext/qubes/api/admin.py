@@ -1,5 +1,10 @@
 """Double of qubes/api/admin.py: the Admin API calls that place, fill or add storage,
 in the order qubesd runs them (release4.3): checks, the permission event, the change.
+The backup calls (admin.backup.Execute, admin.backup.Info; release4.2 and release4.3
+alike) run up to the point where they read the profile: dom0 as destination, a profile name
+without "/", the permission event; what a real call does next (read the profile, copy
+`app.store` and the volumes, qubes/backup.py) is left out: `app.backups` records the
+profiles that would be backed up or summarised.
 Arguments come as Python values instead of a payload; `call` dispatches on the method."""
 
 import qubes.api
@@ -59,6 +64,20 @@ class QubesAdminAPI(qubes.api.AbstractQubesAPI):
         self.fire_event_for_permission(name=name, pool_config=pool_config)
         self.app.pools[name] = qubes.vm.Pool(name, driver=self.arg, **pool_config)
 
+    def backup_execute(self):
+        return self._backup("execute")
+
+    def backup_info(self):
+        return self._backup("info")
+
+    def _backup(self, what):
+        self.enforce(self.dest.name == "dom0")
+        self.enforce(self.arg)
+        self.enforce("/" not in self.arg)
+        self.fire_event_for_permission()
+        self.app.backups = [*getattr(self.app, "backups", []), (what, self.arg)]
+        return what
+
 
 def call(app, method, arg="", src="dom0", dest="dom0", **params):
     """Run Admin API `method` as qubesd does for a call from `src`."""
@@ -66,5 +85,7 @@ def call(app, method, arg="", src="dom0", dest="dom0", **params):
     if method.startswith("admin.vm.CreateInPool."):
         return api.vm_create_in_pool(**params)
     handler = {"admin.vm.volume.CloneTo": api.vm_volume_clone_to,
-               "admin.pool.Add": api.pool_add}[method]
+               "admin.pool.Add": api.pool_add,
+               "admin.backup.Execute": api.backup_execute,
+               "admin.backup.Info": api.backup_info}[method]
     return handler(**params)

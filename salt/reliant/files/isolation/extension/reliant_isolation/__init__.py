@@ -28,8 +28,11 @@ sources that are its own volumes.
 The decisions are ``reliant.isolation.guard``'s and ``.policy``'s (the formula's library,
 found in ``_paths.LIBDIR``); this module only turns qubesd objects into facts and events
 into decisions.
+While any shard is merged it refuses backups through the Admin API: a backup holds
+qubesd's store, which names every merged qube.
 
-Nothing here logs a qube's name: qubesd's log may reach persistent storage.
+Nothing here logs a qube's name, nor that a shard is merged: qubesd's log may reach
+persistent storage.
 """
 
 import logging
@@ -38,6 +41,7 @@ import sys
 
 import qubes.exc
 import qubes.ext
+import qubes.vm
 
 from . import _paths
 
@@ -53,6 +57,18 @@ log = logging.getLogger("qubes.ext.reliant_isolation")
 _REFERENCE_EVENTS = tuple("property-pre-set:" + p for p in vocab.DOMAIN_REFERENCES)
 _GLOBAL_EVENTS = tuple("property-pre-set:" + p for p in vocab.GLOBAL_REFERENCES)
 _GROUP_TAG_EVENTS = ("domain-tag-add:reliant-*", "domain-tag-delete:reliant-*")
+# The Admin API calls that would hand qubesd's store to someone: admin.backup.Execute
+# copies `app.store` into the archive (qubes/backup.py), admin.backup.Info lists every
+# qube it would back up. Both fire admin-permission:METHOD on the calling qube before
+# they read the profile (qubes/api/admin.py, fire_event_for_permission in
+# qubes/api/__init__.py; release4.2 and release4.3).
+_BACKUP_EVENTS = ("admin-permission:admin.backup.Execute",
+                  "admin-permission:admin.backup.Info")
+BACKUP_REFUSED = (
+    "reliant: backups are refused while shards are merged: the backup would hold "
+    "qubesd's store, which names every qube of the open shards. Run `reliant-shard "
+    "detach`, back up, then `reliant-shard attach`; a shard is backed up with its volume "
+    "(see reliant-formula's docs/shards.md)")
 
 
 def _name(value):
@@ -284,6 +300,17 @@ class ReliantIsolation(qubes.ext.Extension):
         problem = self.reference_problem(vm, name, newvalue)
         if problem:
             self._refuse(vm, name, newvalue, problem)
+
+    @qubes.ext.handler(*_BACKUP_EVENTS, vm=qubes.vm.BaseVM)
+    def on_backup_permission(self, vm, event, **kwargs):
+        """Refuse a backup (or its summary) while any qube carries a shard's tag.
+
+        Hooked on BaseVM: the caller may be dom0 (an AdminVM, not a LocalVM in R4.2) or
+        any qube allowed the call. A QubesException's message reaches the caller (the API
+        sends it back; PermissionDenied would only close the connection)."""
+        prefix = vocab.shard_tag("")
+        if any(tag.startswith(prefix) for qube in vm.app.domains for tag in qube.tags):
+            raise qubes.exc.QubesException(BACKUP_REFUSED)
 
     @qubes.ext.handler(*_GLOBAL_EVENTS, system=True)
     def on_global_reference_pre_set(self, app, event, name, newvalue, oldvalue=None):
