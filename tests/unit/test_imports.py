@@ -19,11 +19,12 @@ EXTENSION = ROOT / "salt/reliant/files/isolation/extension/reliant_isolation/__i
 MAX_LINES = 600
 #: Layers from the bottom up: a module imports modules of its own layer or below.
 LAYERS = (
-    ("reliant.vocab", "reliant.config"),
+    ("reliant.vocab", "reliant.config", "reliant.qubesd_load"),
     ("reliant.store", "reliant.chunks", "reliant.snapshot", "reliant.volatile."),
     ("reliant.shards.",),
     ("reliant.isolation.",),
-    ("reliant.operations", "reliant.declare", "reliant.audit"),
+    ("reliant.operations", "reliant.declare", "reliant.audit", "reliant.adopt",
+     "reliant.adopt_plan", "reliant.menus"),
     ("reliant.commands", "reliant.cli"),
 )
 #: What the qubesd extension may load (qubesd runs it: the rest of the engine stays out).

@@ -11,6 +11,9 @@ Imports point one way, from the vocabulary up to the commands:
     isolation/       guard (groups and references) and policy (qrexec rules); the
                      qubesd extension imports only these
     operations       suture, dissect, check, status, rename, review on the files
+    adopt_plan       what adopt and release move between core and a shard, and refuse
+    adopt            adopt and release: the moves written (offline)
+    menus            application menus of shard qubes (attach makes, detach removes)
     declare          shard declarations converged by Salt
     audit            traces of open shards in dom0's storage
     snapshot         read-only loop snapshots (create-snapshot and its extension)

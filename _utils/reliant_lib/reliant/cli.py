@@ -5,10 +5,11 @@
 flags (`reliant.commands.settings`). `host` is how the CLI sees qubesd and running
 qubes (`reliant.commands.Host`); tests pass their own.
 
-Commands: init, suture, dissect, check, status, rename, review, attach, detach, audit.
-Offline commands (suture, rename, review, dissect --final) refuse while qubesd is
-active: they would race the store qubesd holds. Off the volatile root, `attach` refuses
-and suture merges core alone, unless require_volatile is false (then they warn).
+Commands: init, suture, dissect, check, status, rename, review, adopt, release, attach,
+detach, audit. Offline commands (suture, rename, review, adopt, release, dissect --final)
+refuse while qubesd is active: they would race the store qubesd holds. Off the volatile
+root, `attach` refuses and suture merges core alone, unless require_volatile is false
+(then they warn).
 
 Output and messages name hidden qubes and shards: callers must not log them to
 persistent storage.
@@ -111,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("qube", metavar="QUBE")
     review.add_argument("--shard", help="id of the shard holding it, if several do")
 
+    for name, text in (("adopt", "move core qubes whose data lives in a shard's directory "
+                                 "into that shard"),
+                       ("release", "move shard qubes back into core")):
+        cmd = command(name, text, core=True, roots=True, merged="merged")
+        cmd.add_argument("qubes", nargs="+", metavar="QUBE")
+        cmd.add_argument("--shard", required=name == "adopt", help="shard id or directory"
+                         + ("" if name == "adopt" else " (default: the one holding the qubes)"))
+        cmd.add_argument("--qubes-dir", metavar="DIR", help="dom0's qubes directory")
+
     for name, text in (("attach", "merge newly visible (or detached) shards: restart qubesd"),
                        ("detach", "leave shards out (all by default) so that their volumes "
                                   "can be closed: restart qubesd without them")):
@@ -128,6 +138,11 @@ def _print_problems(problems: Sequence[Problem], quiet_info: bool = False) -> No
     for problem in problems:
         if not (quiet_info and problem.severity == "info"):
             print(f"reliant-shard: {problem}", file=sys.stderr)
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"reliant-shard: warning: {warning}", file=sys.stderr)
 
 
 def _status_text(report: dict[str, Any]) -> str:
@@ -183,16 +198,24 @@ def run(args: argparse.Namespace, found: dict[str, Any], host: commands.Host) ->
         commands.review(found, host, args.qube, args.shard)
         print(f"{args.qube}: start allowed again")
         return 0
+    if args.command in ("adopt", "release"):
+        move = commands.adopt if args.command == "adopt" else commands.release
+        result = move(found, host, args.qubes, args.shard)
+        _print_problems(result.problems)
+        if result.shards:
+            where = "into" if args.command == "adopt" else "out of"
+            print(f"{args.command}: {', '.join(args.qubes)} {where} shard "
+                  f"{result.shards[0].id}")
+        return 0
     if args.command == "attach":
-        for warning in commands.attach(found, host, args.shards):
-            print(f"reliant-shard: warning: {warning}", file=sys.stderr)
+        _warn(commands.attach(found, host, args.shards))
         return 0
     if args.command == "detach":
-        ids = commands.detach(found, host, args.shards)
+        ids, warnings = commands.detach(found, host, args.shards)
+        _warn(warnings)
         print(f"detached: {', '.join(sorted(ids))}")
         return 0
-    for warning in commands.root_check(found, host).warnings:
-        print(f"reliant-shard: warning: {warning}", file=sys.stderr)
+    _warn(commands.root_check(found, host).warnings)
     findings, shards = commands.audit_visible(found, args.fs_root)
     if args.json:
         print(json.dumps([{"path": f.path, "reason": f.reason} for f in findings], indent=1))

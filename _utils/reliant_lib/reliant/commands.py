@@ -6,11 +6,12 @@ Settings come from the JSON file named by ``$RELIANT_CONFIG`` (default
 those of `DEFAULTS`), then from the caller's overrides. `Host` is how a command sees
 qubesd and the running qubes; tests pass their own.
 
-Offline commands (suture, rename, review, dissect with `final`) refuse while qubesd is
-active: they would race the store qubesd holds. Off the volatile root (`root_check`, the
-interlock of `reliant.volatile.interlock`) `attach` refuses and suture merges core alone,
-unless `require_volatile` is false; then status, attach and suture warn. Every refusal is
-one of `REFUSALS`, with a message that says why (an OSError's names its path).
+Offline commands (suture, rename, review, adopt, release, dissect with `final`) refuse
+while qubesd is active: they would race the store qubesd holds. Off the volatile root
+(`root_check`, the interlock of `reliant.volatile.interlock`) `attach` refuses and suture
+merges core alone, unless `require_volatile` is false; then status, attach and suture
+warn. Every refusal is one of `REFUSALS`, with a message that says why (an
+OSError's names its path).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Optional
 
-from reliant import audit, operations, store
+from reliant import adopt as moves
+from reliant import audit, menus, operations, store
 from reliant.isolation import policy
 from reliant.shards.dom0dirs import MAX_BYTES as DOM0_DIR_MAX_BYTES
 from reliant.shards.dom0dirs import QUBES_DIR
@@ -104,6 +106,10 @@ class Host:
         if result.returncode:
             raise ShardError(f"systemctl {action} qubesd failed: "
                              f"{result.stderr.strip() or result.returncode}")
+
+    def desktop(self) -> Optional[menus.Desktop]:
+        """Whose application menus attach makes and detach removes."""
+        return menus.Desktop.find()
 
     @staticmethod
     def _output(argv: list[str]) -> str:
@@ -257,6 +263,24 @@ def review(found: Mapping[str, Any], host: Host, qube: str,
                                   max_depth=found["max_depth"])
 
 
+def adopt(found: Mapping[str, Any], host: Host, qubes: Sequence[str],
+          shard: str) -> operations.Result:
+    """Move core qubes into `shard` (`reliant.adopt`)."""
+    refuse_if_qubesd_runs(host, "adopt")
+    return moves.adopt(found["core"], found["roots"], qubes, shard, merged=found["merged"],
+                       qubes_dir=found["qubes_dir"], max_depth=found["max_depth"],
+                       traces=_traces(found))
+
+
+def release(found: Mapping[str, Any], host: Host, qubes: Sequence[str],
+            shard: Optional[str] = None) -> operations.Result:
+    """Move shard qubes back into core (`reliant.adopt`)."""
+    refuse_if_qubesd_runs(host, "release")
+    return moves.release(found["core"], found["roots"], qubes, shard, merged=found["merged"],
+                         qubes_dir=found["qubes_dir"], max_depth=found["max_depth"],
+                         traces=_traces(found))
+
+
 def _shard_ids(selected: Iterable[str], shards: Sequence[Shard]) -> set[str]:
     """Ids of the shards named in `selected` (by id or directory); ShardError for one
     that is not visible."""
@@ -270,9 +294,11 @@ def _shard_ids(selected: Iterable[str], shards: Sequence[Shard]) -> set[str]:
     return ids
 
 
-def detach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -> set[str]:
-    """Leave the `selected` shards (all visible ones by default) out of the merge and
-    restart qubesd without them; refused while a qube of theirs runs."""
+def detach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()
+           ) -> tuple[set[str], list[str]]:
+    """Leave the `selected` shards (all visible ones by default) out of the merge, remove
+    their qubes' menus and restart qubesd without them; refused while a qube of theirs
+    runs. Returns their ids and the warnings about menus."""
     shards = _visible(found)
     ids = _shard_ids(selected, shards) if selected else {s.id for s in shards}
     if not ids:
@@ -295,23 +321,34 @@ def detach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -
                          f"{', '.join(sorted(set(busy)))}; shut them down first")
     path = default_detached_path(found["merged"])
     write_detached(path, read_detached(path) | ids)
+    warnings = []
+    if os.path.exists(found["merged"]):
+        warnings = menus.remove_menus(host.desktop(), menus.merged_qubes(merged, ids))
     _restart_qubesd(host)
-    return ids
+    return ids, warnings
 
 
 def attach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -> list[str]:
-    """Merge the `selected` detached shards again (all by default): restart qubesd.
-    Refused off the volatile root unless require_volatile is false; the root's warnings
-    are returned."""
+    """Merge the `selected` detached shards again (all by default): restart qubesd, then
+    make the menus of the shard qubes it merged (and of the `selected` shards' again).
+    Refused off the volatile root unless require_volatile is false. Returns the root's
+    warnings and those about menus (a failure there does not fail attach)."""
     check = root_check(found, host)
     if check.refusal:
         raise ShardError(check.refusal)
     path = default_detached_path(found["merged"])
-    left_out = read_detached(path)
-    left_out = left_out - _shard_ids(selected, _visible(found)) if selected else set()
-    write_detached(path, left_out)
+    named = _shard_ids(selected, _visible(found)) if selected else set()
+    write_detached(path, read_detached(path) - named if selected else set())
+    merged = found["merged"]
+    before = set(menus.merged_qubes(store.load(merged))) if os.path.exists(merged) else set()
     _restart_qubesd(host)
-    return list(check.warnings)
+    if not os.path.exists(merged):
+        return list(check.warnings)
+    after = store.load(merged)
+    again = set(menus.merged_qubes(after, named))
+    return list(check.warnings) + menus.make_menus(host.desktop(), [
+        name for name in menus.merged_qubes(after, gui_in_dom0=True)
+        if name not in before or name in again])
 
 
 def _restart_qubesd(host: Host) -> None:

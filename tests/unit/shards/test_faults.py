@@ -1,34 +1,13 @@
 """Fault injection: a failure at every write, fsync and rename of dissect and suture
 leaves every qube recoverable from the files on disk, and a rerun completes the job."""
 
-import errno
 import os
 
 import pytest
+from fault_injection import fails_at
 from reliant import store
 from reliant.shards.records import qube_name, qube_uuid
 from shards_helpers import SHARD_QUBES, domains_by_name, load, new_domain, set_prop, split_scene
-
-# os.pwrite is how the files of dom0 directories are copied (with their holes)
-INJECTED = ("write", "pwrite", "fsync", "replace", "rename")
-
-
-class Faults:
-    """Make the n-th call to any of os.write/pwrite/fsync/replace/rename fail with
-    ENOSPC."""
-
-    def __init__(self, monkeypatch, n):
-        self.calls, self.n = 0, n
-        for name in INJECTED:
-            monkeypatch.setattr(os, name, self._wrap(name, getattr(os, name)))
-
-    def _wrap(self, name, real):
-        def wrapper(*args, **kwargs):
-            self.calls += 1
-            if self.calls == self.n:
-                raise OSError(errno.ENOSPC, f"injected fault at call {self.n} (os.{name})")
-            return real(*args, **kwargs)
-        return wrapper
 
 
 def disk_uuids(scene):
@@ -75,19 +54,6 @@ def reference(tmp_path):
     scene = session(tmp_path / "reference")
     assert not scene.dissect(final=True).errors
     return files(scene)
-
-
-def fails_at(monkeypatch, n: int, operation) -> bool:
-    """Run `operation` with a fault at its n-th write, fsync or rename; True if one was hit
-    (it raised, or it went on: a fault in dissect's memo only costs the next dissect time)."""
-    with monkeypatch.context() as patch:
-        faults = Faults(patch, n)
-        try:
-            operation()
-        except (OSError, store.StoreError) as exc:
-            assert "injected fault" in str(exc)
-            return True
-    return faults.calls >= n
 
 
 def test_fault_at_every_point_of_dissect(tmp_path, monkeypatch):

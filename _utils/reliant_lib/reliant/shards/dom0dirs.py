@@ -42,7 +42,9 @@ MAX_BYTES = 16 * 1024 * 1024
 #: entries and directory levels of one qube's directory that are copied at most
 MAX_ENTRIES = 4096
 MAX_DEPTH = 8
-_NEW, _OLD, _GONE = ".new", ".old", ".gone"
+#: The suffix of a directory being removed (`release_dom0_dirs`).
+ASIDE = ".gone"
+_NEW, _OLD = ".new", ".old"
 _CHUNK = 1 << 20
 
 
@@ -208,8 +210,8 @@ def _discard(path: str) -> None:
         os.unlink(path)
         store.fsync_dir(parent)
         return
-    if _mark_of(name) != _GONE:
-        gone = _marked(parent, name, _GONE)
+    if _mark_of(name) != ASIDE:
+        gone = _marked(parent, name, ASIDE)
         _discard(gone)
         os.rename(path, gone)
         store.fsync_dir(parent)
@@ -221,7 +223,7 @@ def _discard(path: str) -> None:
 def _mark_of(entry: str) -> Optional[str]:
     """The mark of a marked name (``.NAME.new`` ...), None for any other name."""
     if entry.startswith("."):
-        for mark in (_NEW, _OLD, _GONE):
+        for mark in (_NEW, _OLD, ASIDE):
             if entry.endswith(mark) and len(entry) > len(mark) + 1:
                 return mark
     return None
@@ -245,7 +247,7 @@ def recover_swaps(parent: str) -> list[str]:
             continue
         name = entry[1:-len(mark)]
         final = os.path.join(parent, name)
-        if mark == _GONE or os.path.lexists(final):
+        if mark == ASIDE or os.path.lexists(final):
             _discard(path)
         elif mark == _NEW:
             if not real_dir(_marked(parent, name, _OLD)):  # else taken with the .old
@@ -341,8 +343,8 @@ def restore_dom0_dirs(shard: Shard, qubes: Iterable[tuple[str, str]], qubes_dir:
     `max_bytes` of data each. An existing directory there is left alone (it is the same
     or newer). OSError naming the path when a copy fails (what was copied stays)."""
     unusable = _unusable_parts(shard)
-    if unusable:
-        problems.append(Problem("warning", "invalid", f"{unusable[0]} is a symlink or not a "
+    if unusable:  # an error: release must not go on to remove through the link
+        problems.append(Problem("error", "refused", f"{unusable[0]} is a symlink or not a "
                                 "directory; the shard's dom0 directories are not used",
                                 shard.id))
         return
@@ -424,6 +426,9 @@ def recover_qubes_dir(qubes_dir: str) -> None:
 
 
 def release_dom0_dirs(qubes: Iterable[tuple[str, str]], qubes_dir: str) -> None:
-    """Remove the (saved) dom0 directories of shard qubes from `qubes_dir`."""
+    """Remove the (saved) dom0 directories of `qubes` from `qubes_dir` (or from a shard's
+    ``dom0/``), each renamed aside (``.NAME.gone``) first (`_discard`); an aside copy an
+    interrupted call left goes too."""
     for subdir, name in qubes:
         _discard(os.path.join(qubes_dir, subdir, name))
+        _discard(_marked(os.path.join(qubes_dir, subdir), name, ASIDE))
