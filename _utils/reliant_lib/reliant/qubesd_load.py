@@ -159,8 +159,9 @@ class LoadProblem:
 
 # --- reading a store --------------------------------------------------------------------
 def _value(node: etree._Element) -> Optional[str]:
-    """A property's value as PropertyHolder.load_properties reads it (qubes/__init__.py)."""
-    return node.get("ref") or node.text
+    """A property's value as PropertyHolder.load_properties reads it (qubes/__init__.py)
+    from the written store, where an empty text reads as None."""
+    return node.get("ref") or node.text or None
 
 
 def _properties(element: etree._Element) -> list[etree._Element]:
