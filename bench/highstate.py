@@ -37,9 +37,10 @@ def main() -> int:
     args = parser.parse_args()
     run.use_runc_config()
     config = run.load_config(ROOT / "kitchen.yml")
-    image = config["platforms"][0]["driver"]["image"]
-    run.ensure_images(image, str(config["provisioner"]["salt_version"]))
-    instance = run.Instance("bench", "dom0", image, privileged=True)
+    platform = config["platforms"][-1]
+    image = platform["driver"]["image"]
+    run.ensure_images(image, str(config["provisioner"]["salt_version"]), run.qubes_release(platform))
+    instance = run.Instance("bench", platform["name"], image, privileged=True)
     try:
         instance.create()
         instance.install(ROOT / "pillar.example")

@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run
 
 ROOT = run.ROOT
+PLATFORM = "dom0-r4.3"
+INSTANCE = run.instance_name("runner-check", PLATFORM)
 
 
 def kitchen_file(tmp_path: Path, pillar: dict, verifier: str) -> Path:
@@ -21,7 +23,7 @@ def kitchen_file(tmp_path: Path, pillar: dict, verifier: str) -> Path:
     pillar_file.write_text(yaml.safe_dump({"reliant": pillar}))
     config["provisioner"]["pillars_from_files"] = {"reliant.sls": str(pillar_file)}
     config["verifier"]["command"] = verifier
-    config["suites"] = [{"name": "runner-check"}]
+    config["suites"] = [{"name": "runner-check", "includes": [PLATFORM]}]
     path = tmp_path / "kitchen.yml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -42,10 +44,10 @@ def container_exists(name: str) -> bool:
 def test_a_failure_fails_the_run_and_removes_the_container(tmp_path, capsys, pillar, verifier):
     assert run.main(["--kitchen", str(kitchen_file(tmp_path, pillar, verifier))]) == 1
     assert "kitchen: 0 passed, 1 failed" in capsys.readouterr().out
-    assert not container_exists("runner-check-dom0")
+    assert not container_exists(INSTANCE)
 
 
 def test_a_passing_suite_passes(tmp_path, capsys):
     assert run.main(["--kitchen", str(kitchen_file(tmp_path, {}, "true"))]) == 0
     assert "kitchen: 1 passed, 0 failed" in capsys.readouterr().out
-    assert not container_exists("runner-check-dom0")
+    assert not container_exists(INSTANCE)

@@ -1,7 +1,8 @@
-{#- Double of qubes-mgmt-salt's topd: the top is the union of the enabled tops
-    (links in /srv/salt/_tops/base made by `qubesctl top.enable NAME`). #}
+{#- Double of qubes-mgmt-salt's /srv/salt/top.sls: the top is the union of the enabled tops,
+    the links topd makes in <topd_base_state>/_tops/base (`qubesctl top.enable NAME`). #}
+{%- set links = salt["config.get"]("topd_base_state", "/srv/salt") ~ "/_tops/base" %}
 {%- set merged = {} %}
-{%- for path in salt["file.find"]("/srv/salt/_tops/base", name="*.top") | sort %}
+{%- for path in salt["file.find"](links, name="*.top") | sort %}
 {%-   for target, states in (salt["slsutil.renderer"](path).get("base") or {}).items() %}
 {%-     do merged.setdefault(target, []).extend(states) %}
 {%-   endfor %}
