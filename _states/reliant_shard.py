@@ -32,7 +32,7 @@ import reliant.vocab
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_shard"
-_ERRORS = (reliant.vocab.ShardError, reliant.store.StoreError, CommandExecutionError)
+_ERRORS = (reliant.vocab.ShardError, reliant.store.StoreError, CommandExecutionError, OSError)
 
 
 def __virtual__():

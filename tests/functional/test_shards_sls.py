@@ -174,7 +174,8 @@ def test_sls_config_for_the_cli(salt_minion, dom0: dict) -> None:
                        "missing_reference": "recover", "libdir": shards["libdir"],
                        "policy_dir": "", "services": None, "require_volatile": True,
                        "volatile_title": VolatileSettings.volatile_title,
-                       "upper_warn_percent": 90}
+                       "upper_warn_percent": 90,
+                       "dom0_dir_max_bytes": 16777216}
     dropin = shown["reliant-shards-qubesd-dropin"]["file"]
     assert {"name": "/etc/systemd/system/qubesd.service.d/reliant-shards.conf"} in dropin
 

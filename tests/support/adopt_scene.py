@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qubes_platforms import R43
 from reliant import cli, commands
 from reliant.shards.records import qube_uuid
 from shards_helpers import SHARD_QUBES, Scene, fixture_bytes, load
@@ -24,9 +23,6 @@ class OfflineHost(commands.Host):
 
     def qubesd_active(self) -> bool:
         return self.active
-
-    def qubes_platform(self):
-        return R43
 
 
 def adopt_scene(tmp_path: Path, monkeypatch) -> Scene:

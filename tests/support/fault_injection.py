@@ -6,13 +6,13 @@ import os
 
 from reliant import store
 
-# os.sendfile is how shutil copies the files of dom0 directories
-INJECTED = ("write", "sendfile", "fsync", "replace", "rename")
+# os.pwrite is how the files of dom0 directories are copied (with their holes)
+INJECTED = ("write", "pwrite", "fsync", "replace", "rename")
 
 
 class Faults:
-    """Make the n-th call to any of os.write/sendfile/fsync/replace/rename fail with
-    ENOSPC (shutil gives up a copy on that errno instead of falling back)."""
+    """Make the n-th call to any of os.write/pwrite/fsync/replace/rename fail with
+    ENOSPC."""
 
     def __init__(self, monkeypatch, n, names=INJECTED):
         self.calls, self.n = 0, n

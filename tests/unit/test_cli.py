@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-from qubes_platforms import R43
 from reliant import cli, commands
 from reliant.shards.files import init_shard, load_shard
 from reliant.shards.records import qube_name
@@ -24,9 +23,6 @@ class FakeHost(commands.Host):
 
     def volatile_status(self, settings):
         return {"mode": self.mode, "root_fstype": "overlay", "problems": []}
-
-    def qubes_platform(self):
-        return R43
 
     def qubesd_active(self):
         return self.active

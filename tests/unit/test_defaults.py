@@ -39,7 +39,8 @@ def test_cli_defaults_match_defaults_yaml():
     """reliant-shard without /etc/reliant/reliant.json behaves as the formula's defaults."""
     shards, isolation = DEFAULTS["shards"], DEFAULTS["isolation"]
     expected = {key: shards[key] for key in ("core", "merged", "roots", "max_depth",
-                                             "missing_reference", "libdir")}
+                                             "missing_reference", "libdir",
+                                             "dom0_dir_max_bytes")}
     expected["policy_dir"] = isolation["policy_dir"]
     expected["require_volatile"] = shards["require_volatile"]
     expected.update({key: DEFAULTS["volatile"][key]

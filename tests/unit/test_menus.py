@@ -8,7 +8,6 @@ from collections import namedtuple
 
 import pytest
 from adopt_scene import etc_dirs
-from qubes_platforms import R43
 from reliant import cli, commands, menus
 from repo_paths import ROOT
 from shards_helpers import SHARD_QUBES, domains_by_name, load, set_prop, split_scene
@@ -25,9 +24,6 @@ class DesktopHost(commands.Host):
 
     def volatile_status(self, settings):
         return {"mode": "volatile", "root_fstype": "overlay", "problems": []}
-
-    def qubes_platform(self):
-        return R43
 
     def qubesd_active(self):
         return self.active

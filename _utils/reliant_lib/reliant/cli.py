@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from reliant import commands
+from reliant import commands, store
 from reliant.shards.files import FIRST_SHARD_QID, RANGE_SIZE, parse_range
 from reliant.shards.suture import MISSING_REFERENCE_MODES
 from reliant.vocab import Problem, ShardError
@@ -244,6 +244,9 @@ def main(argv: Sequence[str] | None = None, host: commands.Host | None = None) -
         return 2
     try:
         return run(args, found, host or commands.Host())
+    except OSError as exc:  # never a traceback: the path and the reason
+        print(f"reliant-shard: refused: {store.os_message(exc)}", file=sys.stderr)
+        return 1
     except commands.REFUSALS as exc:
         print(f"reliant-shard: refused: {exc}", file=sys.stderr)
         return 1

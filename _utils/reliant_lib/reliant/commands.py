@@ -13,7 +13,8 @@ merges core alone, unless `require_volatile` is false; then status, attach and s
 warn. The same holds while isolation is enabled (a `policy_dir` is set) on a qrexec
 without a runtime policy directory (`reliant.platform`, R4.2). Where qubesd has no
 prohibit-start, `missing_reference: recover` acts as skip, and suture, check and status
-say so. Every refusal is one of `REFUSALS`, with a message that says why.
+say so. Every refusal is one of `REFUSALS`, with a message that says why (an OSError's
+names its path).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Optional
 from reliant import adopt as moves
 from reliant import audit, menus, operations, platform, store
 from reliant.isolation import policy
+from reliant.shards.dom0dirs import MAX_BYTES as DOM0_DIR_MAX_BYTES
 from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import Shard, discover, init_shard
 from reliant.shards.records import qube_name
@@ -55,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "services": None,
     "libdir": "/usr/lib/reliant",
     "qubes_dir": QUBES_DIR,
+    "dom0_dir_max_bytes": DOM0_DIR_MAX_BYTES,
     "require_volatile": True,
     "volatile_title": VolatileSettings.volatile_title,
     "upper_warn_percent": VolatileSettings.upper_warn_percent,
@@ -68,7 +71,7 @@ class UsageError(Exception):
 
 
 #: What a command refuses with.
-REFUSALS = (ShardError, store.StoreError, UsageError)
+REFUSALS = (ShardError, store.StoreError, UsageError, OSError)
 
 
 class Host:
@@ -169,6 +172,9 @@ def settings(config_path: Optional[str] = None,
         raise UsageError("roots must be a list of directories")
     if not isinstance(found["max_depth"], int) or found["max_depth"] < 0:
         raise UsageError("max_depth must be a non-negative integer")
+    limit = found["dom0_dir_max_bytes"]
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise UsageError("dom0_dir_max_bytes must be a non-negative integer")
     if not isinstance(found["require_volatile"], bool):
         raise UsageError("require_volatile must be true or false")
     return found
@@ -235,7 +241,8 @@ def suture(found: Mapping[str, Any], host: Host) -> operations.Result:
         found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
         missing_reference=mode, policy_dir=None if isolation else found["policy_dir"] or None,
         services=found["services"], qubes_dir=found["qubes_dir"], detached=_detached(found),
-        hold_shards=holds, traces=_traces(found))
+        dom0_dir_max_bytes=found["dom0_dir_max_bytes"], hold_shards=holds,
+        traces=_traces(found))
     result.problems[:0] = _warnings(check) + warnings
     return result
 
@@ -254,7 +261,8 @@ def check(found: Mapping[str, Any], host: Optional[Host] = None) -> operations.R
     mode, warnings = missing_reference_mode(found["missing_reference"],
                                             (host or Host()).qubes_platform())
     result = operations.check(found["core"], found["roots"], max_depth=found["max_depth"],
-                              missing_reference=mode, detached=_detached(found))
+                              missing_reference=mode, detached=_detached(found),
+                              dom0_dir_max_bytes=found["dom0_dir_max_bytes"])
     result.problems[:0] = warnings
     return result
 

@@ -5,6 +5,12 @@ store and the runtime files beside it (the plans are in `reliant.shards`).
 suture writes the runtime qrexec policy (`reliant.isolation.policy`) before the merged
 store; check and suture report the qubes whose default disposable is in another group
 (`isolation_problems`).
+
+One shard's failure stays that shard's: a shard whose dom0 directories cannot be copied
+at suture, or that would make the merged store too large, is left out and the plan made
+again without it; a shard that cannot be written at dissect (read-only, full, gone)
+keeps its earlier files and its changes stay only in the merged store (reported as
+unplaceable), and core is written all the same.
 """
 
 from __future__ import annotations
@@ -22,15 +28,17 @@ from reliant import chunks as chunking
 from reliant import store
 from reliant.isolation import guard, policy
 from reliant.shards.confine import PoolFacts, renamed_vid
-from reliant.shards.dissect import plan_dissect
+from reliant.shards.dissect import DissectPlan, plan_dissect
+from reliant.shards.dom0dirs import MAX_BYTES as DOM0_DIR_MAX_BYTES
 from reliant.shards.dom0dirs import (
     QUBES_DIR,
     entries,
     real_dir,
-    recover_swaps,
+    recover_qubes_dir,
     release_dom0_dirs,
     restore_dom0_dirs,
     save_dom0_dirs,
+    saved_dir_refusal,
 )
 from reliant.shards.files import (
     DOM0_DIR,
@@ -61,6 +69,7 @@ from reliant.shards.suture import (
     PROHIBIT_START,
     RATIONALE_PREFIX,
     RECOVERED_PREFIX,
+    SuturePlan,
     plan_suture,
 )
 from reliant.shards.traces import Traces, autostart_qubes
@@ -98,31 +107,35 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
            missing_reference: str = "recover", policy_dir: Optional[str] = None,
            services: Optional[list[str]] = None, qubes_dir: str = QUBES_DIR,
            state_path: Optional[str] = None, detached: Iterable[str] = (),
-           hold_shards: Sequence[Problem] = (), traces: Optional[Traces] = None) -> Result:
+           dom0_dir_max_bytes: int = DOM0_DIR_MAX_BYTES, hold_shards: Sequence[Problem] = (),
+           traces: Optional[Traces] = None) -> Result:
     """Write the merged store `out` from `core` and the shards under `roots`.
 
     Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`;
     then the `isolation_problems` of the merged store are reported too),
-    dom0 directories back into `qubes_dir`, old runtime state removed, merged store,
-    autostart links of merged shard qubes (if `traces`), new state. ShardError (nothing
-    merged) if core is unusable or the policy cannot be written. `hold_shards`: why no
-    shard may be merged now (the volatile interlock, isolation without a runtime policy
-    directory): core alone is merged, they are reported and each visible shard is
+    dom0 directories back into `qubes_dir` (at most `dom0_dir_max_bytes` each), old
+    runtime state removed, merged store, autostart links of merged shard qubes (if
+    `traces`), new state. ShardError (nothing merged) if core is unusable or the policy
+    cannot be written. `hold_shards`: why no shard may be merged now (the volatile
+    interlock, isolation without a runtime policy directory): core alone is merged, they
+    are reported and each visible shard is
     reported refused (dissect leaves it untouched).
     """
     state_path = state_path or default_state_path(out)
     with operation_lock(state_path), _without_gc():
         return _suture(core, roots, out, max_depth, missing_reference, policy_dir, services,
-                       qubes_dir, state_path, detached, hold_shards, traces)
+                       qubes_dir, state_path, detached, dom0_dir_max_bytes, hold_shards,
+                       traces)
 
 
-def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
-            missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
-            qubes_dir: str, state_path: str, detached: Iterable[str],
-            hold_shards: Sequence[Problem], traces: Optional[Traces]) -> Result:
+def _plan_suture(core: str, roots: Sequence[str], max_depth: int, missing_reference: str,
+                 detached: Iterable[str], known: Any, dom0_dir_max_bytes: int,
+                 left_out: dict[str, str], hold_shards: Sequence[Problem]
+                 ) -> tuple[SuturePlan, list[Problem]]:
+    """Read core and the shards and plan the merge without the shards `left_out` (id ->
+    why) or, with `hold_shards`, without any shard; those are reported and recorded as
+    refused."""
     problems: list[Problem] = []
-    known = merged_chunks(chunking.Memo(chunking.memo_dir(state_path),
-                                               memo_version()))
     stubs = Stubs()
     core_root = load_core(core, known, stubs)
     shards = discover(roots, max_depth, problems)
@@ -134,27 +147,76 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
                              f"merged ({why}: see above)", shard.id) for shard in held]
         shards = []
     for shard in shards:
+        if shard.id in left_out:
+            problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}): "
+                                    f"{left_out[shard.id]}; not merged", shard.id))
+            continue
         root = read_in_chunks(shard.data, SHARD_ELEMENT, [(shard_tag(shard.id),)], known,
                                stubs, shard.file)
         if root is not None:
             with contextlib.suppress(store.StoreError):  # reported when parsed
                 shard.use_root(root)
-    plan = plan_suture(core_root, shards, core_source=core,
-                       missing_reference=missing_reference, detached=detached, stubs=stubs)
-    problems += plan.problems
-    if policy_dir is not None:
+    plan = plan_suture(core_root, [s for s in shards if s.id not in left_out],
+                       core_source=core, missing_reference=missing_reference,
+                       detached=detached, stubs=stubs, core_bytes=os.path.getsize(core),
+                       saved_dir_refusal=lambda shard, subdir, name: saved_dir_refusal(
+                           shard, subdir, name, dom0_dir_max_bytes))
+    plan.state["refused"] = sorted(set(plan.state["refused"]) | set(left_out)
+                                   | {shard.id for shard in held})
+    return plan, problems + plan.problems
+
+
+def _restore_all(plan: SuturePlan, qubes_dir: str, max_bytes: int, problems: list[Problem],
+                 left_out: dict[str, str]) -> bool:
+    """Copy the saved dom0 directories of the merged shards into `qubes_dir`; False when
+    one shard's cannot be (it joins `left_out`, what was copied of it is removed)."""
+    for shard in plan.sutured:
+        present = entries(qubes_dir)
         try:
-            policy.write_runtime_policy(policy_dir, plan.merged, services,
-                                                record=plan.facts)
-        except Exception as exc:  # any failure: do not start qubesd without isolation
-            raise ShardError(f"runtime qrexec policy in {policy_dir} not written ({exc}); "
-                             "merged store not written") from None
-        problems += isolation_problems(plan.merged, plan.facts)  # the calls policy denies
-    wanted = [qube for shard in plan.sutured for qube in plan.dirs[shard.id]]
+            restore_dom0_dirs(shard, plan.dirs[shard.id], qubes_dir, problems, max_bytes)
+        except OSError as exc:
+            left_out[shard.id] = ("its dom0 directories cannot be copied: "
+                                  f"{store.os_message(exc)}")
+            recover_qubes_dir(qubes_dir)
+            release_dom0_dirs([q for q in plan.dirs[shard.id] if q not in present], qubes_dir)
+            return False
+    return True
+
+
+def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
+            missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
+            qubes_dir: str, state_path: str, detached: Iterable[str],
+            dom0_dir_max_bytes: int, hold_shards: Sequence[Problem],
+            traces: Optional[Traces]) -> Result:
+    known = merged_chunks(chunking.Memo(chunking.memo_dir(state_path),
+                                               memo_version()))
+    recover_qubes_dir(qubes_dir)
     present = entries(qubes_dir)
+    wanted: list[tuple[str, str]] = []  # dom0 directories of every plan made
+    left_out: dict[str, str] = {}
     try:
-        for shard in plan.sutured:
-            restore_dom0_dirs(shard, plan.dirs[shard.id], qubes_dir, problems)
+        while True:
+            plan, problems = _plan_suture(core, roots, max_depth, missing_reference, detached,
+                                          known, dom0_dir_max_bytes, left_out, hold_shards)
+            data = plan.facts.expand(store.serialize(plan.merged))
+            if len(data) > store.MAX_BYTES and plan.sutured:  # the largest shard goes
+                left_out[max(plan.sutured, key=lambda shard: len(shard.data)).id] = (
+                    f"the merged store would be {len(data)} bytes, more than the "
+                    f"{store.MAX_BYTES} dissect reads back")
+                continue
+            if policy_dir is not None:
+                try:
+                    policy.write_runtime_policy(policy_dir, plan.merged, services,
+                                                record=plan.facts)
+                except Exception as exc:  # any failure: do not start qubesd without isolation
+                    raise ShardError(f"runtime qrexec policy in {policy_dir} not written "
+                                     f"({exc}); merged store not written") from None
+                problems += isolation_problems(plan.merged, plan.facts)  # what policy denies
+            wanted += [qube for shard in plan.sutured for qube in plan.dirs[shard.id]]
+            if _restore_all(plan, qubes_dir, dom0_dir_max_bytes, problems, left_out):
+                break
+        final = {qube for shard in plan.sutured for qube in plan.dirs[shard.id]}
+        release_dom0_dirs({q for q in wanted if q not in present and q not in final}, qubes_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(state_path)
         os.makedirs(os.path.dirname(os.path.abspath(out)), mode=0o755, exist_ok=True)
@@ -165,19 +227,16 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             problems.append(Problem("error", "state", f"dissect memo beside {state_path} not "
                                     f"pruned ({exc}): remove it"))
         written = []
-        if store.write(out, plan.facts.expand(store.serialize(plan.merged)),
-                               mode=0o660):
+        if store.write(out, data, mode=0o660):
             written.append(out)
         if traces is not None:
             _restore_autostart(plan.sutured, plan.dirs, traces, problems)
         plan.state["problems"] = [asdict(p) for p in problems]
-        plan.state["refused"] = sorted(set(plan.state["refused"]) | {s.id for s in held})
         write_state(state_path, plan.state)
     except BaseException:
         # qubesd will not start: take back the shard qubes' directories copied out
         with contextlib.suppress(OSError):
-            for subdir in ("appvms", "vm-templates"):
-                recover_swaps(os.path.join(qubes_dir, subdir))
+            recover_qubes_dir(qubes_dir)
             release_dom0_dirs([q for q in wanted if q not in present], qubes_dir)
         raise
     return Result(problems, written, plan.sutured)
@@ -212,22 +271,62 @@ def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
         return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final, traces)
 
 
-def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes_dir: str,
-             state_path: str, final: bool, traces: Optional[Traces]) -> Result:
+def _plan_dissect(merged: str, core: str, roots: Sequence[str], max_depth: int,
+                  state_path: str, memo: chunking.Memo, unwritable: dict[str, str]
+                  ) -> tuple[DissectPlan, Optional[list[bytes]], list[Problem]]:
     problems: list[Problem] = []
-    memo = chunking.Memo(chunking.memo_dir(state_path), memo_version())
     stubs = Stubs()
     merged_root, chunks = read_merged(merged, memo, stubs)
     core_root = load_core(core) if os.path.lexists(core) else None
     shards = discover(roots, max_depth, problems)
     plan = plan_dissect(merged_root, core_root, shards, read_state(state_path),
-                        core_path=core, roots=roots, stubs=stubs)
-    problems += plan.problems
-    saved = [sid for sid, shard in plan.shards.items()
-             if save_dom0_dirs(shard, plan.dirs[sid], plan.keep_dirs[sid], qubes_dir, problems)]
+                        core_path=core, roots=roots, stubs=stubs, unwritable=unwritable)
+    return plan, chunks, problems + plan.problems
+
+
+def _write_shards(plan: DissectPlan, qubes_dir: str, state_path: str,
+                  problems: list[Problem]) -> tuple[list[str], list[str], Optional[tuple[str, str]]]:
+    """dom0 directories into the shards, the runtime state, then the shard files (those
+    gaining qubes first); (ids of shards whose directories were saved, files written,
+    (id, why) of the first shard that could not be written, else None)."""
+    saved = []
+    for sid, shard in plan.shards.items():
+        try:
+            save_dom0_dirs(shard, plan.dirs[sid], plan.keep_dirs[sid], qubes_dir, problems)
+        except OSError as exc:
+            return saved, [], (sid, f"its dom0 directories: {store.os_message(exc)}")
+        saved.append(sid)
     write_state(state_path, plan.state)
-    written = [path for path, content, mode in plan.outputs
-               if store.write(path, content, mode=mode)]
+    owner = {shard.file: sid for sid, shard in plan.shards.items()}
+    written = []
+    for path, content, mode in plan.outputs:
+        if path not in owner:
+            continue
+        try:
+            if store.write(path, content, mode=mode):
+                written.append(path)
+        except store.StoreError as exc:
+            return saved, written, (owner[path], str(exc))
+    return saved, written, None
+
+
+def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes_dir: str,
+             state_path: str, final: bool, traces: Optional[Traces]) -> Result:
+    memo = chunking.Memo(chunking.memo_dir(state_path), memo_version())
+    recover_qubes_dir(qubes_dir)
+    unwritable: dict[str, str] = {}
+    written: list[str] = []
+    while True:  # a shard that cannot be written: plan again without it
+        plan, chunks, problems = _plan_dissect(merged, core, roots, max_depth, state_path,
+                                               memo, unwritable)
+        saved, done, failed = _write_shards(plan, qubes_dir, state_path, problems)
+        written += [path for path in done if path not in written]
+        if failed is None:
+            break
+        unwritable[failed[0]] = failed[1]
+    core_path, core_content, core_mode = plan.outputs[-1]
+    if store.write(core_path, core_content, mode=core_mode):
+        written.append(core_path)
     try:  # the memo only saves time: not saving it fails nothing
         if chunks is not None:
             memo.save(chunks, memo_group_of)
@@ -240,7 +339,11 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
             chunking.clear(memo.directory)
     if final:
         for sid in saved:
-            release_dom0_dirs(plan.dirs[sid], qubes_dir)
+            try:
+                release_dom0_dirs(plan.dirs[sid], qubes_dir)
+            except OSError as exc:  # saved in the shard: only a trace stays behind
+                problems.append(Problem("error", "state", f"dom0 directories of shard {sid} "
+                                        f"not all removed: {store.os_message(exc)}", sid))
         if traces is not None:
             traces.remove(sorted({name for sid in plan.shards for _, name in plan.dirs[sid]}),
                           problems)
@@ -248,13 +351,17 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
 
 
 def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
-          missing_reference: str = "recover", detached: Iterable[str] = ()) -> Result:
+          missing_reference: str = "recover", detached: Iterable[str] = (),
+          dom0_dir_max_bytes: int = DOM0_DIR_MAX_BYTES) -> Result:
     """What suture would report, and the isolation problems of the merged store it
     would write (`isolation_problems`), writing nothing."""
     problems: list[Problem] = []
     shards = discover(roots, max_depth, problems)
     plan = plan_suture(load_core(core), shards, core_source=core,
-                       missing_reference=missing_reference, detached=detached)
+                       missing_reference=missing_reference, detached=detached,
+                       core_bytes=os.path.getsize(core),
+                       saved_dir_refusal=lambda shard, subdir, name: saved_dir_refusal(
+                           shard, subdir, name, dom0_dir_max_bytes))
     return Result(problems + plan.problems + isolation_problems(plan.merged, plan.facts), [],
                   plan.sutured)
 

@@ -17,7 +17,7 @@
 {%- set config = {
       "core": shards.core, "merged": shards.merged, "roots": shards.roots,
       "max_depth": shards.max_depth, "missing_reference": shards.missing_reference,
-      "libdir": shards.libdir,
+      "dom0_dir_max_bytes": shards.dom0_dir_max_bytes, "libdir": shards.libdir,
       "policy_dir": isolation.policy_dir if isolation.enabled else "",
       "services": isolation.services if isolation.enabled else None,
       "require_volatile": shards.require_volatile,

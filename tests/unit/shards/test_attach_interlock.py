@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from qubes_platforms import R43
 from reliant import cli, commands
 from reliant.shards.files import SHARD_FILE
 from reliant.shards.traces import UNIT_TEMPLATE, Libvirt
@@ -36,9 +35,6 @@ class HostDouble(commands.Host):
 
     def running_qubes(self):
         return set()
-
-    def qubes_platform(self):
-        return R43
 
     def qubesd(self, action):
         self.actions.append(action)

@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
-from qubes_platforms import R42, R43
+from qubes_platforms import R42, R43, image_platform, minion_opts
 from reliant import cli, commands, store
 from reliant.shards.records import feature_value
 from shards_helpers import SHARD_QUBES, domains_by_name, load, set_prop, split_scene
 
 SHARD_NAMES = SHARD_QUBES["sflc_0_1"] | SHARD_QUBES["sflc_0_2"]
+#: Host's own method (tests/conftest.py replaces it while each test runs)
+READ_PLATFORM = commands.Host.qubes_platform
 NO_RUNTIME_DIR = ("qubes-core-qrexec 4.2.25 has no runtime qrexec policy directory "
                   "/run/qubes/policy.d (it starts at qubes-core-qrexec 4.3.0)")
 NO_PROHIBIT_START = ("missing_reference: recover acts as skip: qubes-core-dom0 4.2.39 has no "
@@ -81,6 +83,13 @@ def remove_template_of_secret(dom0) -> None:
     secret.find("volume-config/volume[@name='root']").set(
         "source", "qubes_dom0/vm-gone-template-root")
     path.write_bytes(store.serialize(root))
+
+
+@pytest.mark.parametrize("release", ["4.2", "4.3"])
+def test_the_host_reads_the_release_file_and_rpm(tmp_path, release):
+    opts = minion_opts(tmp_path, release)
+    host = commands.Host(release_file=opts["reliant_dom0_marker"], rpm=opts["reliant_rpm"])
+    assert READ_PLATFORM(host) == image_platform(release)
 
 
 def test_r42_attach_refuses_while_isolation_is_enabled(dom0, capsys):

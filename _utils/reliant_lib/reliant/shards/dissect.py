@@ -85,9 +85,11 @@ def _pool_owners(merged_pools: etree._Element, core_pools: set[str],
 def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element],
                  shards: Sequence[Shard], state: Optional[dict[str, Any]], *,
                  core_path: str, roots: Sequence[str] = (),
-                 stubs: Optional[Stubs] = None) -> DissectPlan:
+                 stubs: Optional[Stubs] = None,
+                 unwritable: Optional[dict[str, str]] = None) -> DissectPlan:
     """Split `merged_root` (consumed) into the core file and the files of merged shards;
-    `stubs`: those of its domains read in chunks (`read_merged`).
+    `stubs`: those of its domains read in chunks (`read_merged`); `unwritable`: shards
+    that cannot be written (id -> why), whose qubes are placed as if the shard were gone.
 
     Never writes a shard's qube, pool, tag or reference into core or into a shard that
     may not know it; what cannot be placed safely is reported as `unplaceable` and
@@ -112,7 +114,7 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
             problems.append(Problem("warning", "state", "no runtime state from suture: qubes "
                                     "absent from the merged store are kept in their shards"))
     untouchable = set((state or {}).get("detached", ())) | set((state or {}).get("refused", ()))
-    writable = _writable(visible, sutured, untouchable, problems)
+    writable = _writable(visible, sutured, untouchable, unwritable or {}, problems)
     pool_owner = _pool_owners(sections["pools"], core_pools, writable, sutured, visible, roots)
     for name, group in pool_owner.items():
         if group is None:
@@ -238,10 +240,11 @@ def _order(qube: QubeRecord) -> tuple[bool, str]:
 
 
 def _writable(visible: dict[str, Shard], sutured: dict[str, Any], detached: set[str],
-              problems: list[Problem]) -> dict[str, Shard]:
+              unwritable: dict[str, str], problems: list[Problem]) -> dict[str, Shard]:
     """Shards dissect may write: merged ones still at their place, and visible ones that
     were not merged (their qubes are all kept; merged qubes join them by their pools,
-    e.g. when an existing store is first split), never detached or unreadable ones."""
+    e.g. when an existing store is first split), never detached, unreadable or
+    `unwritable` ones."""
     writable = {}
     for sid in sorted(set(sutured) - set(visible)):
         problems.append(Problem("error", "unplaceable", f"shard {sid} ({sutured[sid]['path']}) "
@@ -249,6 +252,11 @@ def _writable(visible: dict[str, Shard], sutured: dict[str, Any], detached: set[
                                 "in the merged store", sid))
     for sid, shard in visible.items():
         if sid in detached:
+            continue
+        if sid in unwritable:
+            problems.append(Problem("error", "unplaceable", f"shard {sid} ({shard.path}) cannot "
+                                    f"be written ({unwritable[sid]}); its changes stay only in "
+                                    "the merged store", sid))
             continue
         if sid in sutured and os.path.realpath(shard.path) != os.path.realpath(
                 sutured[sid]["path"]):

@@ -7,6 +7,11 @@ out (class, name, uuid, label, pools, volumes of another qube or not confined) a
 intact in its shard; a reference to a qube that is not visible is reset to its
 default and the qube may not start until it is reviewed (or the qube is skipped); qids
 outside the shard's range get the lowest free one of it.
+
+Bounds: at most `MAX_MERGED_SHARDS` shards are merged at once (the runtime qrexec policy
+grows with the square of the number of groups), and a shard whose file would make the
+merged store larger than what dissect reads back (`store.MAX_BYTES`) is left out; both
+are refusals of the whole shard, reported, and leave it intact.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -50,6 +55,12 @@ RECOVERED_PREFIX = "reliant-recovered-"
 PROHIBIT_START = "prohibit-start"
 RATIONALE_PREFIX = "reliant: "
 MISSING_REFERENCE_MODES = ("recover", "skip")
+#: shards merged at once at most: the runtime policy has 2 or 3 lines per service for
+#: each ordered pair of groups (about 4 MB for 7 services and 65 groups)
+MAX_MERGED_SHARDS = 64
+#: bytes a merged <domain> may gain over its bytes in the shard file (group tag, the
+#: features of a recovered reference)
+_MERGE_GROWTH = 256
 
 
 @dataclass
@@ -143,9 +154,15 @@ def missing_reference_mode(wanted: str, found: platform.Platform
 
 def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                 core_source: str = "core", missing_reference: str = "recover",
-                detached: Iterable[str] = (), stubs: Optional[Stubs] = None) -> SuturePlan:
+                detached: Iterable[str] = (), stubs: Optional[Stubs] = None,
+                core_bytes: int = 0,
+                saved_dir_refusal: Optional[Callable[[Shard, str, str], Optional[str]]] = None
+                ) -> SuturePlan:
     """Merge `shards` into `core_root` (modified in place: it becomes the merged store);
-    `stubs`: those of their domains read in chunks (`read_in_chunks`).
+    `stubs`: those of their domains read in chunks (`read_in_chunks`); `core_bytes`:
+    the size of the core file (what is left of `store.MAX_BYTES` is the shards' room);
+    `saved_dir_refusal(shard, subdir, name)`: why a qube's saved dom0 directory cannot
+    be restored (the qube is left out).
 
     Raises ShardError only when the core itself is unusable; everything about a shard
     or a qube is reported in `problems` and the culprit is left out of the merge,
@@ -194,13 +211,15 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
     dirs: dict[str, list[tuple[str, str]]] = {}
     ranges: list[tuple[tuple[int, int], str]] = []
     by_id = {shard.id: shard for shard in shards}
+    room = store.MAX_BYTES - core_bytes - _MERGE_GROWTH * len(sections["domains"])
 
     for shard in _order_shards(shards, problems):
         if shard.id in detached:
             problems.append(Problem("info", "detached", f"shard {shard.id} ({shard.path}) is "
                                     "detached; not merged", shard.id))
             continue
-        refusal = _refusal(shard, pool_owner, ranges)
+        refusal = _over_bounds(shard, len(sutured), room) or _refusal(shard, pool_owner,
+                                                                      ranges)
         if refusal:
             problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}): "
                                     f"{refusal}; not merged", shard.id))
@@ -213,6 +232,8 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                       if p.get("name") not in held)
         candidates = _admissible(facts, shard, owner, uuids, labels,
                                  set(usable) | set(held), core_refs, problems)
+        if saved_dir_refusal is not None:
+            candidates = _restorable(facts, shard, candidates, saved_dir_refusal, problems)
         confinement = _Confinement(usable, own_dirs, held, owner, allowed, merged_by_name,
                                    used_vids, kernel_pools, paths)
         candidates = _confined(facts, shard, candidates, confinement, problems)
@@ -240,6 +261,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
             pool_facts[pool.get("name")] = PoolFacts.of(pool.attrib)
             sections["pools"].append(pool)
         ranges.append((shard.qid_range, shard.id))
+        room -= _merged_size(shard)
         sutured.append(shard)
         # held_pools: left in the shard file (dissect keeps them there)
         state["shards"][shard.id] = {"path": shard.path,
@@ -272,6 +294,39 @@ def _refusal(shard: Shard, pool_owner: dict[str, str],
             holder = "core" if pool_owner[name] == CORE else f"shard {pool_owner[name]}"
             return f"pool {name!r} redefines a pool of {holder}"
     return None
+
+
+def _merged_size(shard: Shard) -> int:
+    """Bytes the shard may add to the merged store, at most."""
+    return len(shard.data) + _MERGE_GROWTH * shard.data.count(b"<domain")
+
+
+def _over_bounds(shard: Shard, merged: int, room: int) -> Optional[str]:
+    """Why `shard` would overstep a bound of the merged store, None if it would not."""
+    if merged >= MAX_MERGED_SHARDS:
+        return f"{MAX_MERGED_SHARDS} shards are merged already (the most at once)"
+    if _merged_size(shard) > room:
+        return (f"its {len(shard.data)} bytes would make the merged store larger than the "
+                f"{store.MAX_BYTES} bytes dissect reads back")
+    return None
+
+
+def _restorable(facts: Facts, shard: Shard, candidates: list[etree._Element],
+                refusal: Callable[[Shard, str, str], Optional[str]],
+                problems: list[Problem]) -> list[etree._Element]:
+    """Leave out the qubes whose saved dom0 directory cannot be restored: qubesd would run
+    them without it, and dissect would then save what qubesd made over the shard's copy."""
+    kept = []
+    for domain in candidates:
+        qube = facts(domain)
+        reason = refusal(shard, dom0_subdir(qube), qube.name)
+        if reason:
+            problems.append(Problem("warning", "invalid", f"qube {qube.name} of shard "
+                                    f"{shard.id} not merged: {reason}; it stays intact in "
+                                    f"{shard.file}", shard.id, qube.name))
+            continue
+        kept.append(domain)
+    return kept
 
 
 def _confined_pools(shard: Shard, problems: list[Problem]) -> tuple[dict[str, str],
