@@ -36,14 +36,13 @@ _VERSION_RE = re.compile(r"\A\d+(\.\d+)*\Z")
 
 @dataclass(frozen=True)
 class Fact:
-    """A behaviour of a Qubes package that starts at version `since` (`source`: where it
-    was read in the Qubes sources)."""
+    """A behaviour of a Qubes package that starts at version `since` (where it was read in
+    the Qubes sources: the comment above each)."""
 
     key: str
     what: str
     package: str
     since: Version
-    source: str
 
     @property
     def since_text(self) -> str:
@@ -56,27 +55,24 @@ class Fact:
 #: systemd/qrexec.conf creates the directory). release4.2 reads only POLICYPATH.
 RUNTIME_POLICY_DIR = Fact(
     "runtime_policy_dir", "runtime qrexec policy directory /run/qubes/policy.d", QREXEC,
-    (4, 3, 0), "qubes-core-qrexec qrexec/__init__.py RUNTIME_POLICY_PATH (v4.3.0)")
+    (4, 3, 0))
 #: QubesVM.start() refuses a qube with the feature prohibit-start. qubes-core-admin
 #: qubes/vm/qubesvm.py (commit 5de215d5 "Add the feature to prohibit starting of a qube",
 #: first tagged v4.3.19); not in release4.2.
 PROHIBIT_START = Fact(
-    "prohibit_start", "qube feature prohibit-start", CORE_ADMIN, (4, 3, 19),
-    "qubes-core-admin qubes/vm/qubesvm.py start() (v4.3.19)")
+    "prohibit_start", "qube feature prohibit-start", CORE_ADMIN, (4, 3, 19))
 #: qubesd saves its store when it gets SIGTERM or SIGINT. qubes-core-admin
 #: qubes/tools/qubesd.py sighandler() calls app.save() (commit 3d5833ea, first tagged
 #: v4.3.39); before, only the Admin API calls save.
 SAVE_ON_SIGTERM = Fact(
-    "save_on_sigterm", "save of qubesd's store on SIGTERM", CORE_ADMIN, (4, 3, 39),
-    "qubes-core-admin qubes/tools/qubesd.py sighandler() (v4.3.39)")
+    "save_on_sigterm", "save of qubesd's store on SIGTERM", CORE_ADMIN, (4, 3, 39))
 #: A file-pool volume with revisions_to_keep=-1, save_on_stop and not snap_on_start
 #: (Volume.snapshots_disabled, qubes/storage/__init__.py) skips create-snapshot: its
 #: image goes to libvirt as is (qubes/storage/file.py start() and _block_device_path();
 #: commit 1264ab11 "storage: snapshots_disabled for file storage", first tagged v4.3.30).
 FILE_SNAPSHOTS_DISABLED = Fact(
     "file_snapshots_disabled", "create-snapshot bypass for file-pool volumes with "
-    "revisions_to_keep=-1", CORE_ADMIN, (4, 3, 30),
-    "qubes-core-admin qubes/storage/file.py FileVolume.start() (v4.3.30)")
+    "revisions_to_keep=-1", CORE_ADMIN, (4, 3, 30))
 FACTS = (RUNTIME_POLICY_DIR, PROHIBIT_START, SAVE_ON_SIGTERM, FILE_SNAPSHOTS_DISABLED)
 
 
