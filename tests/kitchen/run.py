@@ -268,16 +268,10 @@ class Instance:
             states = json.loads(out)["local"]
         except (json.JSONDecodeError, KeyError, TypeError):
             states = None
-        failed_ids = {ret.get("__id__") for ret in states.values()
-                      if ret.get("result") is False} if isinstance(states, dict) else None
-        if failed_ids != failing or (proc.returncode != 0) != bool(failing):
-            failed = out
-            if isinstance(states, dict):
-                failed = "\n".join(f"  {ret.get('__id__')}: {ret.get('comment')}"
-                                   for ret in states.values() if ret.get("result") is False)
-            expected = f" (expected to fail: {', '.join(sorted(failing))})" if failing else ""
+        wrong = unexpected_failures(proc.returncode, states, failing)
+        if wrong:
             raise SuiteFailed(f"highstate {' '.join(extra)} failed (exit {proc.returncode})"
-                              f"{expected}:\n{failed}\n"
+                              f"{wrong}:\n{out if not isinstance(states, dict) else ''}"
                               f"{proc.stderr.decode(errors='replace')[-2000:]}")
         return states
 
@@ -325,6 +319,19 @@ def suite_platforms(config: dict, suite: dict) -> list[dict]:
     return [platform for platform in config["platforms"]
             if platform["name"] in suite.get("includes", [platform["name"]])
             and platform["name"] not in suite.get("excludes", [])]
+
+
+def unexpected_failures(returncode: int, states: object, failing: frozenset[str]) -> str:
+    """What is wrong with a highstate's outcome ("" when nothing): it must have returned
+    its states, and exactly the states `failing` failed (salt-call then exits non-zero)."""
+    if not isinstance(states, dict):
+        return ": no state return"
+    failed = {ret.get("__id__"): ret.get("comment") for ret in states.values()
+              if ret.get("result") is False}
+    if set(failed) == failing and (returncode != 0) == bool(failing):
+        return ""
+    expected = f" (expected to fail: {', '.join(sorted(failing)) or 'none'})"
+    return expected + "".join(f"\n  {name}: {comment}" for name, comment in failed.items())
 
 
 def expected_failures(provisioner: dict, platform: dict) -> frozenset[str]:

@@ -51,3 +51,33 @@ def test_a_passing_suite_passes(tmp_path, capsys):
     assert run.main(["--kitchen", str(kitchen_file(tmp_path, {}, "true"))]) == 0
     assert "kitchen: 1 passed, 0 failed" in capsys.readouterr().out
     assert not container_exists(INSTANCE)
+
+
+# --- states a platform must fail (`reliant_failing_states`) -----------------------------
+
+def state(name: str, result: bool) -> dict:
+    return {f"cmd_|-{name}_|-x_|-run": {"__id__": name, "result": result, "comment": name}}
+
+
+@pytest.mark.parametrize(("returncode", "states", "failing", "ok"), [
+    (0, {**state("a", True), **state("b", True)}, frozenset(), True),
+    (2, {**state("a", False), **state("b", True)}, frozenset(), False),
+    (2, {**state("a", False), **state("b", True)}, frozenset({"a"}), True),
+    (0, {**state("a", True), **state("b", True)}, frozenset({"a"}), False),  # did not fail
+    (2, {**state("a", False), **state("b", False)}, frozenset({"a"}), False),  # one more
+    (0, {**state("a", False)}, frozenset({"a"}), False),  # salt-call said all is well
+    (1, None, frozenset(), False),
+])
+def test_exactly_the_expected_states_fail(returncode, states, failing, ok):
+    assert (run.unexpected_failures(returncode, states, failing) == "") is ok
+
+
+def test_expected_failures_are_per_platform():
+    config = yaml.safe_load((ROOT / "kitchen.yml").read_text())
+    (isolation,) = [s for s in config["suites"] if s["name"] == "isolation"]
+    provisioner = run.merged(config["provisioner"], isolation["provisioner"])
+    platforms = {p["name"]: p for p in run.suite_platforms(config, isolation)}
+    assert set(platforms) == {"dom0-r4.2", "dom0-r4.3"}
+    assert "reliant-isolation-policy" in run.expected_failures(provisioner,
+                                                                platforms["dom0-r4.2"])
+    assert run.expected_failures(provisioner, platforms["dom0-r4.3"]) == frozenset()
