@@ -81,3 +81,14 @@ def test_expected_failures_are_per_platform():
     assert "reliant-isolation-policy" in run.expected_failures(provisioner,
                                                                 platforms["dom0-r4.2"])
     assert run.expected_failures(provisioner, platforms["dom0-r4.3"]) == frozenset()
+
+
+@pytest.mark.parametrize(("suite", "names"), [
+    ({"name": "s"}, ["dom0-r4.2", "dom0-r4.3"]),
+    ({"name": "s", "includes": ["dom0-r4.3"]}, ["dom0-r4.3"]),
+    ({"name": "s", "excludes": ["dom0-r4.3"]}, ["dom0-r4.2"]),
+    ({"name": "s", "includes": ["dom0-r4.2"], "excludes": ["dom0-r4.2"]}, []),
+])
+def test_suites_run_on_the_platforms_they_include_and_do_not_exclude(suite, names):
+    config = yaml.safe_load((ROOT / "kitchen.yml").read_text())
+    assert [p["name"] for p in run.suite_platforms(config, suite)] == names
