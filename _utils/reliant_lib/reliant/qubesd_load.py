@@ -1,0 +1,829 @@
+"""What qubesd loads: a model of qubes-core-admin's store loader, for checking a store
+before it is written.
+
+qubesd loads its whole store at start; any exception while loading stops it, and dom0 then
+has no qubes at all. This module says, for a ``<qubes>`` tree, which rules of the loader a
+store breaks, and which qube (or which store-wide item: label, pool, global property)
+breaks each, so that a writer can leave that qube out instead of writing a store that
+takes dom0 down.
+
+Read from qubes-core-admin (https://github.com/QubesOS/qubes-core-admin), branches
+``release4.2`` (``version`` file: 4.2.39, commit 702cc3f9) and ``release4.3`` (``version``
+file: 4.3.50, commit 68fc8b6b): ``qubes/__init__.py`` (property, its bool parsing,
+PropertyHolder), ``qubes/app.py`` (``Qubes.load`` and its stages, global properties,
+VMCollection, ``_get_pool``), ``qubes/vm/__init__.py`` (BaseVM, LocalVM, VMProperty, Tags,
+the qid and label setters, ``load_extras``), ``qubes/vm/qubesvm.py``, ``appvm.py``,
+``templatevm.py``, ``dispvm.py``, ``standalonevm.py``, ``adminvm.py``, ``qubes/vm/mix/net.py``
+and ``dvmtemplate.py``, ``qubes/features.py``, ``qubes/storage/__init__.py`` (Storage,
+Volume, Pool), ``file.py``, ``reflink.py``, ``lvm.py``, ``kernels.py``, and the
+``domain-load`` handlers of ``qubes/ext/`` (``gui.py``, ``audio.py``, ``services.py``,
+``block.py``, ``core_features.py``). Each rule below names the file it comes from; "(4.2)"
+or "(4.3)" marks a rule of one branch only. No code of qubes-core-admin is copied here.
+
+The model is conservative: where the loader's behaviour is not certain (order-dependent
+lookups, drivers and classes not modelled, legacy properties it migrates), a store is said
+not to load. A problem with ``fatal=False`` is one qubesd loads, but that no store written
+by qubesd itself contains (an invalid name, a duplicate uuid, a device assignment qubesd
+drops): a writer must not write those either.
+
+Which release: the two branches read a volume attribute ``"False"`` differently
+(``qubes/vm/qubesvm.py`` ``QubesVM.__init__``: 4.3 turns it into False, 4.2 keeps the
+string, which is true), and 4.3 stores write ``"False"`` where 4.2 stores omit it, so a
+store written by one release may not load on the other. Pass the release dom0 runs
+(``"4.2"`` or ``"4.3"``, e.g. from ``/etc/qubes-release``), or None for "every release
+here" (the strictest).
+
+API: ``problems(root, release)`` lists every problem; ``loads(root, release)`` says whether
+qubesd starts on the store; ``StoreContext(root, release)`` with ``check_domain(domain,
+context)`` checks one ``<domain>`` against the rest of the store, and ``check_store(context)``
+the store-wide items. Problems of one qube may come from qubes it references (a missing
+template): after leaving a qube out, check the remaining store again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from lxml import etree
+
+RELEASES = ("4.2", "4.3")
+
+#: qubes/config.py max_qid (both), used by qubes/vm/__init__.py _setter_qid.
+MAX_QID = 10000
+
+CLASSES = ("AdminVM", "AppVM", "TemplateVM", "DispVM", "StandaloneVM")
+QUBES_VM_CLASSES = ("AppVM", "TemplateVM", "DispVM", "StandaloneVM")
+#: Classes with DVMTemplateMixin (qubes/vm/appvm.py, standalonevm.py; both).
+DVM_TEMPLATE_CLASSES = ("AppVM", "StandaloneVM")
+
+_INT = re.compile(r"-?[0-9]+")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: qubes/vm/__init__.py Tags.add (both): ASCII letters, digits, "_" and "-".
+_TAG = re.compile(r"[A-Za-z0-9_-]+")
+#: qubes/api/admin.py vm_feature_set (4.3): the feature names qubesd itself accepts.
+_FEATURE_NAME = re.compile(r"[a-zA-Z0-9_.-]+")
+#: qubes/vm/mix/net.py _setter_mac (both), after lowering the case.
+_MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
+#: qubes/vm/qubesvm.py _setter_default_user (both).
+_USER = re.compile(r"[A-Za-z0-9_+,.-]*")
+#: qubes/vm/qubesvm.py _setter_kbd_layout (both): layout+variant+options.
+_KEYBOARD = re.compile(r"[A-Za-z]+\+[A-Za-z0-9_-]*\+[A-Za-z0-9_:,-]*")
+#: qubes/vm/qubesvm.py _setter_denied_list (4.3).
+_DENIED = re.compile(r"([bump*][0-9a-f*]{6})*")
+_LABEL_ID = re.compile(r"label-([0-9]+)")
+#: qubes/vm/__init__.py validate_name: 4.2 allows no dot, 4.3 allows dots after the first
+#: character.
+_NAME = {"4.2": re.compile(r"[a-zA-Z][a-zA-Z0-9_-]*"),
+         "4.3": re.compile(r"[a-zA-Z][a-zA-Z0-9_.-]*")}
+#: qubes/__init__.py property.bool (both): case-insensitive; None (an empty element) is False.
+_BOOL_WORDS = ("0", "no", "false", "off", "1", "yes", "true", "on")
+_TRUE_WORDS = ("1", "yes", "true", "on")
+
+#: qubes/vm/qubesvm.py QubesVM.__init__: volume attributes "True"/"False" become bools
+#: (4.3); 4.2 converts only "True" and keeps "False" as a (true) string.
+_VOLUME_BOOLS = ("rw", "save_on_stop", "snap_on_start", "ephemeral")
+#: qubes/storage/__init__.py Volume.__init__ keyword arguments (both); any other attribute
+#: reaches object.__init__ and raises TypeError.
+_VOLUME_ATTRIBUTES = ("name", "pool", "vid", "revisions_to_keep", "size", "source",
+                      *_VOLUME_BOOLS)
+#: Default volume configurations (qubes/vm/appvm.py, templatevm.py, dispvm.py,
+#: standalonevm.py; the same on both): name -> (snap_on_start, has a "source" key, rw).
+_DEFAULT_VOLUMES = {
+    "AppVM": {"root": (True, True, True), "private": (False, False, True),
+              "volatile": (False, False, True), "kernel": (False, False, False)},
+    "TemplateVM": {"root": (False, True, True), "private": (False, True, True),
+                   "volatile": (False, False, True), "kernel": (False, False, False)},
+    "StandaloneVM": {"root": (False, True, True), "private": (False, True, True),
+                     "volatile": (False, False, True), "kernel": (False, False, False)},
+    "DispVM": {"root": (True, True, True), "private": (True, True, True),
+               "volatile": (False, False, True), "kernel": (False, False, False)},
+}
+
+#: Pool drivers modelled (qubes/storage/file.py, reflink.py, lvm.py, kernels.py) ->
+#: (required attributes, optional attributes) of their constructors. Other drivers of
+#: setup.py (callback, zfs) are not modelled: a store using them is said not to load.
+_POOL_DRIVERS = {
+    "file": (("name", "dir_path"), ("revisions_to_keep", "ephemeral_volatile")),
+    "file-reflink": (("name", "dir_path"),
+                     ("revisions_to_keep", "ephemeral_volatile", "setup_check")),
+    "lvm_thin": (("name", "volume_group", "thin_pool"),
+                 ("revisions_to_keep", "ephemeral_volatile")),
+    "linux-kernel": (("name", "dir_path"), ()),
+}
+#: Pools whose ``volumes[vid]`` finds only volumes initialised before (file.py: the base
+#: Pool lookup over ``_volumes``; reflink.py ``get_volume``): a snapshot source must be a
+#: volume of the qube's template chain, initialised first by Storage.init_volume.
+_ORDERED_POOLS = ("file", "file-reflink")
+
+#: Global properties (qubes/app.py Qubes, all load stage 3) naming a qube, with the class
+#: the qube must have (None: any).
+_GLOBAL_QUBE_PROPERTIES = {
+    "default_guivm": None, "default_audiovm": None, "default_netvm": None,
+    "default_template": "TemplateVM", "updatevm": None, "clockvm": None,
+    "default_dispvm": None, "management_dispvm": None,
+}
+_GLOBAL_POOL_PROPERTIES = ("default_pool", "default_pool_private", "default_pool_root",
+                           "default_pool_volatile", "default_pool_kernel")
+_GLOBAL_INT_PROPERTIES = ("default_qrexec_timeout", "default_shutdown_timeout",
+                          "stats_interval")
+
+
+@dataclass(frozen=True)
+class LoadProblem:
+    """One rule of qubesd's loader that a store breaks.
+
+    ``qube`` names the qube (None: the store as a whole), ``item`` what breaks the rule
+    (``property template``, ``tag 'a b'``, ``volume private``, ``pool sflc_0_1``, ...),
+    ``rule`` the rule in words. ``fatal`` False: qubesd loads it, but must not be given it.
+    """
+
+    qube: Optional[str]
+    item: str
+    rule: str
+    fatal: bool = True
+
+    def __str__(self) -> str:
+        where = "store" if self.qube is None else f"qube {self.qube!r}"
+        kind = "" if self.fatal else " (qubesd loads it, but it must not be written)"
+        return f"{where}: {self.item}: {self.rule}{kind}"
+
+
+# --- reading a store --------------------------------------------------------------------
+def _value(node: etree._Element) -> Optional[str]:
+    """A property's value as PropertyHolder.load_properties reads it (qubes/__init__.py)."""
+    return node.get("ref") or node.text
+
+
+def _properties(element: etree._Element) -> list[etree._Element]:
+    return [node for node in element.iterfind("properties/property")]
+
+
+def _property_map(element: etree._Element) -> dict[str, Optional[str]]:
+    """Property name -> value (the last one wins, as repeated setattr does)."""
+    return {node.get("name"): _value(node) for node in _properties(element)
+            if node.get("name") is not None}
+
+
+def _is_bool(value: Optional[str]) -> bool:
+    return value is None or value.lower() in _BOOL_WORDS
+
+
+def _as_bool(value: Optional[str]) -> bool:
+    return value is not None and value.lower() in _TRUE_WORDS
+
+
+def _label(element: etree._Element) -> str:
+    """How problems name a <domain>: its name, else its position."""
+    if element.get("class") == "AdminVM":
+        return "dom0"
+    name = _property_map(element).get("name")
+    return name if name else f"<domain {element.get('id') or '?'}>"
+
+
+@dataclass(frozen=True)
+class _Qube:
+    """What other qubes' rules need to know about one <domain>."""
+
+    element: etree._Element
+    klass: str
+    name: str
+    provides_network: bool
+    template_for_dispvms: bool
+    template: Optional[str]
+    #: volume name -> (pool, vid attribute)
+    volumes: dict[str, tuple[Optional[str], Optional[str]]]
+
+
+class StoreContext:
+    """The store-wide facts that the rules for one qube need, for one release or all."""
+
+    def __init__(self, root: etree._Element, release: Optional[str] = None) -> None:
+        if release is not None and release not in RELEASES:
+            raise ValueError(f"unknown Qubes release {release!r}; known: {', '.join(RELEASES)}")
+        self.root = root
+        self.releases: tuple[str, ...] = RELEASES if release is None else (release,)
+        self.domains = list(root.iterfind("domains/domain"))
+        self.labels = self._labels()
+        #: pool name -> driver, for the pools qubesd creates (qubes/app.py load, stage 1)
+        self.pools = {pool.get("name"): pool.get("driver") for pool in root.iterfind("pools/pool")
+                      if pool.get("name") and pool.get("driver") in _POOL_DRIVERS}
+        self.globals = _property_map(root)
+        self.qubes: dict[str, _Qube] = {}
+        self.first_qid: dict[int, etree._Element] = {}
+        self.uuids: dict[str, etree._Element] = {}
+        self.admin_vms = [d for d in self.domains if d.get("class") == "AdminVM"]
+        for domain in self.domains:
+            self._index(domain)
+
+    def _labels(self) -> dict[str, int]:
+        labels: dict[str, int] = {}
+        for node in self.root.iterfind("labels/label"):
+            match = _LABEL_ID.fullmatch(node.get("id") or "")
+            if match and node.text:
+                labels.setdefault(node.text, int(match.group(1)))
+        return labels
+
+    def _index(self, domain: etree._Element) -> None:
+        props = _property_map(domain)
+        klass = domain.get("class") or ""
+        name = "dom0" if klass == "AdminVM" else props.get("name")
+        if name and name not in self.qubes:
+            volumes = {v.get("name"): (v.get("pool"), v.get("vid"))
+                       for v in domain.iterfind("volume-config/volume") if v.get("name")}
+            self.qubes[name] = _Qube(
+                element=domain, klass=klass, name=name,
+                provides_network=_as_bool(props.get("provides_network")),
+                template_for_dispvms=_as_bool(props.get("template_for_dispvms")),
+                template=props.get("template") or None, volumes=volumes)
+        qid = 0 if klass == "AdminVM" else props.get("qid")
+        if isinstance(qid, str) and _INT.fullmatch(qid):
+            qid = int(qid)
+        if isinstance(qid, int):
+            self.first_qid.setdefault(qid, domain)
+        uuid = props.get("uuid")
+        if uuid and _UUID.fullmatch(uuid):
+            self.uuids.setdefault(uuid.lower(), domain)
+
+    def qube(self, name: Optional[str]) -> Optional[_Qube]:
+        return self.qubes.get(name) if name else None
+
+    def label_exists(self, value: Optional[str]) -> bool:
+        """qubes/vm/__init__.py setter_label and qubes/app.py get_label (both): a label's
+        name, ``label-N`` or ``N`` for an existing index."""
+        if not value:
+            return False
+        indices = set(self.labels.values())
+        match = _LABEL_ID.fullmatch(value)
+        if match:
+            return int(match.group(1)) in indices
+        return value in self.labels or (value.isdigit() and int(value) in indices)
+
+    def template_chain(self, qube: _Qube) -> Iterator[_Qube]:
+        """The qube's template, its template's template, ... (qubes/storage/__init__.py
+        Storage.init_volume initialises them first)."""
+        seen = {qube.name}
+        current = self.qube(qube.template) if qube.klass in ("AppVM", "DispVM") else None
+        while current is not None and current.name not in seen:
+            seen.add(current.name)
+            yield current
+            current = (self.qube(current.template)
+                       if current.klass in ("AppVM", "DispVM") else None)
+
+
+# --- store-wide rules -------------------------------------------------------------------
+def check_store(context: StoreContext) -> list[LoadProblem]:
+    """Problems of the store as a whole: labels, pools, global properties, dom0."""
+    found: list[LoadProblem] = []
+    for release in context.releases:
+        found += _check_store(context, release)
+    return _unique(found)
+
+
+def _check_store(context: StoreContext, release: str) -> list[LoadProblem]:
+    found: list[LoadProblem] = []
+
+    def problem(item: str, rule: str) -> None:
+        found.append(LoadProblem(None, item, rule))
+
+    if context.root.tag != "qubes":
+        problem("root", f"the root element is <{context.root.tag}>, not <qubes>")
+    # qubes/__init__.py Label.fromxml (both): id "label-N", a name; the icon is built from it.
+    seen_ids: set[str] = set()
+    seen_names: set[str] = set()
+    for node in context.root.iterfind("labels/label"):
+        label_id, name = node.get("id") or "", node.text
+        if not _LABEL_ID.fullmatch(label_id):
+            problem(f"label {label_id!r}", "a label's id must be 'label-N'")
+        if not name:
+            problem(f"label {label_id!r}", "a label must have a name")
+        if label_id in seen_ids or (name and name in seen_names):
+            problem(f"label {label_id!r}", "labels must not repeat an id or a name")
+        seen_ids.add(label_id)
+        seen_names.add(name or "")
+    seen_pools: set[str] = set()
+    for pool in context.root.iterfind("pools/pool"):
+        found += check_pool(pool, release)
+        name = pool.get("name") or ""
+        if name in seen_pools:
+            problem(f"pool {name}", "pool names must be unique")
+        seen_pools.add(name)
+    # qubes/app.py Qubes.load (both): a store without an AdminVM gets one created; not
+    # modelled. Two AdminVMs share qid 0 and the name dom0.
+    if len(context.admin_vms) != 1:
+        problem("dom0", f"the store must hold exactly one AdminVM, not {len(context.admin_vms)}")
+    found += _check_globals(context)
+    return found
+
+
+def check_pool(pool: etree._Element, release: str) -> list[LoadProblem]:
+    """qubes/app.py Qubes._get_pool and the pool constructors (qubes/storage/*.py)."""
+    name = pool.get("name")
+    item = f"pool {name}"
+    found: list[LoadProblem] = []
+
+    def problem(rule: str) -> None:
+        found.append(LoadProblem(None, item, rule))
+
+    if not name:  # qubes/app.py Qubes.load asserts the name
+        return [LoadProblem(None, "pool", "a pool must have a name")]
+    driver = pool.get("driver")
+    if driver not in _POOL_DRIVERS:
+        problem(f"driver {driver!r} is not one this model knows "
+                f"({', '.join(sorted(_POOL_DRIVERS))})")
+        return found
+    required, optional = _POOL_DRIVERS[driver]
+    attributes = set(pool.attrib) - {"driver"}
+    for missing in sorted(set(required) - attributes):
+        problem(f"the {driver} driver requires the attribute {missing!r}")
+    for extra in sorted(attributes - set(required) - set(optional)):
+        problem(f"the {driver} driver takes no attribute {extra!r}")
+    revisions = pool.get("revisions_to_keep")
+    if revisions is not None:
+        if not _INT.fullmatch(revisions):
+            problem("revisions_to_keep must be an integer")
+        elif driver == "file" and not -1 <= int(revisions) <= 1:
+            # qubes/storage/file.py FilePool.revisions_to_keep; FileVolume accepts -1..1
+            problem("a file pool keeps at most 1 revision")
+    # qubes/storage/__init__.py Pool.__init__ (4.3: qubes.utils.parse_bool),
+    # reflink.py ReflinkPool (setup_check: property.bool)
+    for flag in ("ephemeral_volatile", "setup_check"):
+        if pool.get(flag) is not None and pool.get(flag) not in ("True", "False"):
+            problem(f"{flag} must be True or False")
+    return found
+
+
+def _check_globals(context: StoreContext) -> list[LoadProblem]:
+    """qubes/app.py Qubes properties, loaded at stage 3 (both); other names are ignored."""
+    found: list[LoadProblem] = []
+    for node in _properties(context.root):
+        name, value = node.get("name"), _value(node)
+        item = f"global property {name}"
+        rule = None
+        if name in _GLOBAL_QUBE_PROPERTIES:
+            # qubes/vm/__init__.py VMProperty.__set__: "" is None, else an existing qube
+            target = context.qube(value)
+            wanted = _GLOBAL_QUBE_PROPERTIES[name]
+            if value and target is None:
+                rule = f"names {value!r}, which is no qube of the store"
+            elif target is not None and wanted and target.klass != wanted:
+                rule = f"must name {_a(wanted)}, {value!r} is {_a(target.klass)}"
+        elif name in _GLOBAL_POOL_PROPERTIES:
+            if value not in context.pools:  # qubes/app.py _setter_pool
+                rule = f"names {value!r}, which is no pool of the store"
+        elif name in _GLOBAL_INT_PROPERTIES:
+            if value is None or not _INT.fullmatch(value):
+                rule = "must be an integer"
+        elif name == "check_updates_vm":
+            if not _is_bool(value):
+                rule = "must be a boolean"
+        elif name == "default_fw_netvm":
+            rule = "a legacy property qubesd migrates at load; not modelled"
+        if rule:
+            found.append(LoadProblem(None, item, rule))
+    return found
+
+
+# --- per-qube rules ---------------------------------------------------------------------
+def _int_rule(low: Optional[int], high: Optional[int] = None) -> Callable[[Optional[str]], Optional[str]]:
+    def rule(value: Optional[str]) -> Optional[str]:
+        if value is None or not _INT.fullmatch(value):
+            return "must be an integer"
+        number = int(value)
+        if low is not None and number < low:
+            return f"must be at least {low}"
+        if high is not None and number > high:
+            return f"must be at most {high}"
+        return None
+    return rule
+
+
+def _pattern_rule(pattern: re.Pattern, words: str, empty: bool = False,
+                  lower: bool = False) -> Callable[[Optional[str]], Optional[str]]:
+    def rule(value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None if empty else f"must be {words}"
+        text = value.lower() if lower else value
+        return None if pattern.fullmatch(text) else f"must be {words}"
+    return rule
+
+
+def _bool_rule(value: Optional[str]) -> Optional[str]:
+    return None if _is_bool(value) else "must be a boolean (0/1, no/yes, false/true, off/on)"
+
+
+def _any_rule(value: Optional[str]) -> Optional[str]:
+    return None
+
+
+def _name_rule(value: Optional[str]) -> Optional[str]:
+    # qubes/vm/__init__.py BaseVM.name: type str, no setter; an empty one would be "None"
+    return None if value else "must not be empty"
+
+
+def _uuid_rule(value: Optional[str]) -> Optional[str]:
+    return None if value and _UUID.fullmatch(value) else "must be a UUID"
+
+
+def _address_rule(kind: Callable[[str], object]) -> Callable[[Optional[str]], Optional[str]]:
+    def rule(value: Optional[str]) -> Optional[str]:
+        try:
+            kind(value or "")
+        except ValueError:
+            return f"must be an {kind.__name__}"
+        return None
+    return rule
+
+
+def _kernel_rule(value: Optional[str]) -> Optional[str]:
+    # qubes/vm/qubesvm.py _setter_kernel (both)
+    return "a kernel name cannot contain '/'" if value and "/" in value else None
+
+
+def _kernelopts_rule(value: Optional[str]) -> Optional[str]:
+    # qubes/vm/qubesvm.py _setter_kernelopts (both)
+    return "at most 512 characters" if value and len(value) > 512 else None
+
+
+def _virt_mode_rule(value: Optional[str]) -> Optional[str]:
+    # qubes/vm/qubesvm.py _setter_virt_mode (both); PCI devices are loaded after it
+    return None if str(value).lower() in ("hvm", "pv", "pvh") else "must be hvm, pv or pvh"
+
+
+_Rule = Callable[[Optional[str]], Optional[str]]
+#: Settable properties of QubesVM (qubes/vm/qubesvm.py, mix/net.py, vm/__init__.py; both)
+#: and the syntax their setters accept. Stateless properties (klass, icon, xid, ip
+#: gateways, ...) have a forbidding setter and are left out, like unknown names.
+_QUBESVM_PROPERTIES: dict[str, _Rule] = {
+    "name": _name_rule,
+    "qid": _int_rule(1, MAX_QID),  # _setter_qid: 0..max_qid; qid 0 is dom0's
+    "uuid": _uuid_rule,
+    "label": _any_rule,  # checked against the store's labels below
+    "autostart": _bool_rule, "debug": _bool_rule, "include_in_backups": _bool_rule,
+    "installed_by_rpm": _bool_rule, "provides_network": _bool_rule,
+    "backup_timestamp": _int_rule(None),
+    "default_user": _pattern_rule(_USER, "letters, digits and _-+,.", empty=True),
+    "ip": _address_rule(ipaddress.IPv4Address),
+    "ip6": _address_rule(ipaddress.IPv6Address),
+    "mac": _pattern_rule(_MAC, "a MAC address", lower=True),
+    "kernel": _kernel_rule, "kernelopts": _kernelopts_rule,
+    "keyboard_layout": _pattern_rule(_KEYBOARD, "layout+variant+options"),
+    "maxmem": _int_rule(0),
+    "memory": _int_rule(1), "vcpus": _int_rule(1), "qrexec_timeout": _int_rule(1),
+    "shutdown_timeout": _int_rule(1), "stubdom_mem": _int_rule(1),
+    "virt_mode": _virt_mode_rule,
+    "netvm": _any_rule, "guivm": _any_rule, "audiovm": _any_rule,
+    "default_dispvm": _any_rule, "management_dispvm": _any_rule,
+}
+_QUBESVM_PROPERTIES_43: dict[str, _Rule] = {
+    "bootmode": _any_rule,
+    "devices_denied": _pattern_rule(_DENIED, "interface codes (c + 6 hex digits or *)",
+                                    empty=True),
+}
+#: Per class (and release) additions; AdminVM's name, qid and uuid are forbidden
+#: (qubes/vm/adminvm.py).
+_CLASS_PROPERTIES: dict[str, dict[str, _Rule]] = {
+    "AppVM": {"template": _any_rule, "template_for_dispvms": _bool_rule},
+    "StandaloneVM": {"template_for_dispvms": _bool_rule},
+    "TemplateVM": {},
+    "DispVM": {"template": _any_rule, "dispid": _int_rule(None), "auto_cleanup": _bool_rule},
+}
+_ADMINVM_PROPERTIES: dict[str, _Rule] = {
+    "label": _any_rule, "default_dispvm": _any_rule, "include_in_backups": _bool_rule,
+    "keyboard_layout": _QUBESVM_PROPERTIES["keyboard_layout"],
+}
+#: Stage-4 properties naming a qube (qubes/vm/qubesvm.py, mix/net.py, appvm.py, dispvm.py).
+_REFERENCES = ("template", "netvm", "default_dispvm", "management_dispvm", "guivm", "audiovm")
+
+
+def _allowed_properties(klass: str, release: str) -> dict[str, _Rule]:
+    if klass == "AdminVM":
+        allowed = dict(_ADMINVM_PROPERTIES)
+        if release == "4.3":
+            allowed["devices_denied"] = _QUBESVM_PROPERTIES_43["devices_denied"]
+        return allowed
+    allowed = dict(_QUBESVM_PROPERTIES)
+    if release == "4.3":
+        allowed.update(_QUBESVM_PROPERTIES_43)
+        if klass == "TemplateVM":
+            allowed["appvm_default_bootmode"] = _any_rule
+    allowed.update(_CLASS_PROPERTIES[klass])
+    return allowed
+
+
+def check_domain(domain: etree._Element, context: StoreContext) -> list[LoadProblem]:
+    """Problems of one ``<domain>`` of ``context``'s store, every one naming this qube."""
+    found: list[LoadProblem] = []
+    for release in context.releases:
+        found += _Domain(domain, context, release).check()
+    return _unique(found)
+
+
+class _Domain:
+    """The rules for one <domain>, for one release."""
+
+    def __init__(self, domain: etree._Element, context: StoreContext, release: str) -> None:
+        self.domain = domain
+        self.context = context
+        self.release = release
+        self.klass = domain.get("class") or ""
+        admin = domain.get("class") == "AdminVM"
+        self.label = (f"<domain {domain.get('id') or '?'}>"
+                      if admin and context.admin_vms[0] is not domain else _label(domain))
+        self.props = _property_map(domain)
+        self.found: list[LoadProblem] = []
+
+    def problem(self, item: str, rule: str, fatal: bool = True) -> None:
+        self.found.append(LoadProblem(self.label, item, rule, fatal))
+
+    def check(self) -> list[LoadProblem]:
+        if self.klass not in CLASSES:
+            # qubes/app.py get_vm_class; RemoteVM (4.3) is not modelled
+            self.problem("class", f"no such qube class: {self.klass!r}")
+            return self.found
+        self._properties()
+        self._identity()
+        self._references()
+        if self.klass != "AdminVM":
+            self._volumes()
+        self._features()
+        self._tags()
+        self._devices()
+        return self.found
+
+    # -- properties ---------------------------------------------------------------------
+    def _properties(self) -> None:
+        """qubes/__init__.py PropertyHolder.__init__: a property the class does not take is
+        a TypeError; a forbidden setter (stateless properties, AdminVM's name, qid, uuid)
+        raises; each setter checks its value."""
+        allowed = _allowed_properties(self.klass, self.release)
+        seen: set[Optional[str]] = set()
+        for node in _properties(self.domain):
+            name = node.get("name")
+            item = f"property {name}"
+            if name in seen:  # name, qid, uuid are write-once; keep the rest simple
+                self.problem(item, "set twice")
+            seen.add(name)
+            if len(node):
+                self.problem(item, "a property holds text only")
+            if name not in allowed:
+                self.problem(item, f"not a property {_a(self.klass)} takes")
+                continue
+            rule = allowed[name](_value(node))
+            if rule:
+                self.problem(item, f"{_value(node)!r} {rule}" if rule.startswith("must")
+                             else rule)
+        if not self.context.label_exists(self.props.get("label")):
+            # qubes/vm/__init__.py setter_label; a qube without a label is not modelled
+            self.problem("property label",
+                         f"{self.props.get('label')!r} is no label of the store")
+        required = ["name", "qid"] if self.klass != "AdminVM" else []
+        required += {"AppVM": ["template"], "DispVM": ["template", "dispid"]}.get(self.klass, [])
+        for name in required:
+            # qubes/app.py VMCollection.add reads qid and name; appvm.py and dispvm.py
+            # assert the template at domain-load; dispid has no default (dispvm.py)
+            if name not in self.props:
+                self.problem(f"property {name}", "required, and it has no default")
+
+    def _identity(self) -> None:
+        context = self.context
+        name = "dom0" if self.klass == "AdminVM" else self.props.get("name")
+        if name and context.qubes.get(name) and context.qubes[name].element is not self.domain:
+            # qubes/app.py VMCollection.add: the later of two qubes is refused
+            self.problem("property name", f"another qube is already named {name!r}")
+        qid = 0 if self.klass == "AdminVM" else self.props.get("qid")
+        if isinstance(qid, str) and _INT.fullmatch(qid):
+            qid = int(qid)
+        if isinstance(qid, int) and context.first_qid.get(qid) is not self.domain:
+            self.problem("property qid", f"another qube already has qid {qid}")
+        if self.klass == "AdminVM":
+            return
+        if name and not _valid_name(name, self.release):
+            self.problem("property name", "not a qube name qubesd accepts "
+                         "(qubes/vm/__init__.py validate_name)", fatal=False)
+        uuid = self.props.get("uuid")
+        if uuid is None:
+            # qubes/app.py VMCollection.__contains__ reads the uuid of every qube already
+            # added; only the last qube may lack one (BaseVM gives it a new one at load)
+            last = context.domains[-1] is self.domain
+            self.problem("property uuid", "missing (qubesd makes a new one each start)"
+                         if last else "missing, and a later qube makes qubesd read it",
+                         fatal=not last)
+        elif _UUID.fullmatch(uuid) and context.uuids.get(uuid.lower()) is not self.domain:
+            self.problem("property uuid", "another qube has the same uuid", fatal=False)
+
+    # -- references ---------------------------------------------------------------------
+    def _references(self) -> None:
+        """VMProperty.__set__ (qubes/vm/__init__.py): "" is None, otherwise an existing
+        qube of the right class; then each property's setter."""
+        for prop in _REFERENCES:
+            if prop not in self.props:
+                continue
+            value = self.props[prop]
+            item = f"property {prop}"
+            if not value:
+                if prop == "template":  # not allow_none (appvm.py, dispvm.py)
+                    self.problem(item, "cannot be empty")
+                continue
+            target = self.context.qube(value)
+            if target is None:
+                self.problem(item, f"names {value!r}, which is no qube of the store")
+            elif prop == "template" and self.klass == "AppVM" and target.klass != "TemplateVM":
+                self.problem(item, f"must name a TemplateVM, {value!r} is {_a(target.klass)}")
+            elif prop == "template" and self.klass == "DispVM" and not (
+                    target.klass in DVM_TEMPLATE_CLASSES and target.template_for_dispvms):
+                # dispvm.py _setter_template
+                self.problem(item, f"{value!r} must have template_for_dispvms=True")
+            elif prop == "netvm" and not (target.klass in QUBES_VM_CLASSES
+                                          and target.provides_network):
+                # mix/net.py _setter_netvm
+                self.problem(item, f"{value!r} does not provide network")
+        if self.klass == "AdminVM":
+            return
+        for prop, tag in (("guivm", "guivm-"), ("audiovm", "audiovm-")):
+            # ext/gui.py, ext/audio.py at domain-load: tag the qube with its (default)
+            # guivm's and audiovm's name; Tags.add refuses other characters
+            target = self._effective(prop)
+            if target and not _TAG.fullmatch(target):
+                self.problem(f"property {prop}",
+                             f"the tag {tag + target!r} qubesd adds at load is invalid")
+
+    def _effective(self, prop: str) -> Optional[str]:
+        """Name of the guivm/audiovm the qube uses: its own, else the global default, else
+        dom0 (qubes/vm/qubesvm.py, qubes/app.py)."""
+        if prop in self.props:
+            return self.props[prop] or None
+        default = self.context.globals.get("default_" + prop, "dom0")
+        return default or None
+
+    # -- volumes ------------------------------------------------------------------------
+    def _volumes(self) -> None:
+        """QubesVM.__init__ reads <volume-config>; at domain-load Storage.init_volume
+        builds each volume in its pool (qubes/vm/qubesvm.py, qubes/storage/*.py)."""
+        defaults = _DEFAULT_VOLUMES[self.klass]
+        volumes: dict[str, etree._Element] = {}
+        for node in self.domain.iterfind("volume-config/volume"):
+            name = node.get("name")
+            if not name:  # QubesVM.__init__ asserts it
+                self.problem("volume", "a volume must have a name")
+                continue
+            if name in volumes:
+                self.problem(f"volume {name}", "given twice")
+            volumes[name] = node
+        for name in defaults:
+            if name not in volumes:
+                # Storage.init_volume would fall back to the global default pools
+                self.problem(f"volume {name}", "missing (the default pools are not modelled)")
+        for name, node in volumes.items():
+            self._volume(name, node, defaults.get(name))
+
+    def _volume(self, name: str, node: etree._Element,
+                default: Optional[tuple[bool, bool, bool]]) -> None:
+        item = f"volume {name}"
+        attributes = dict(node.attrib)
+        for extra in sorted(set(attributes) - set(_VOLUME_ATTRIBUTES)):
+            self.problem(item, f"no attribute {extra!r} (Volume takes no such argument)")
+        flags: dict[str, bool] = {}
+        for flag in _VOLUME_BOOLS:
+            value = attributes.get(flag)
+            if value is None:
+                continue
+            if value == "True" or (value == "False" and self.release == "4.3"):
+                flags[flag] = value == "True"
+            elif value == "False":
+                self.problem(item, f"{flag}='False' reads as true on R4.2")
+            else:
+                self.problem(item, f"{flag} must be True or False")
+        for number in ("revisions_to_keep", "size"):
+            if attributes.get(number) is not None and not _INT.fullmatch(attributes[number]):
+                self.problem(item, f"{number} must be an integer")
+        pool = attributes.get("pool")
+        driver = self.context.pools.get(pool) if pool else None
+        if driver is None:
+            self.problem(item, f"pool {pool!r} is not defined" if pool else "no pool")
+            return
+        snap = flags.get("snap_on_start", default[0] if default else False)
+        save = flags.get("save_on_stop", False)
+        rw = flags.get("rw", default[2] if default else None)
+        source = attributes.get("source")
+        # Storage.init_volume: a "source" key (a default one, or the attribute) makes it
+        # a snapshot of the template chain's volume, or of the named volume of its pool
+        has_source = source is not None or bool(default and default[1]
+                                                and self.klass in ("AppVM", "DispVM"))
+        if snap != has_source:  # Volume.__init__ (qubes/storage/__init__.py)
+            self.problem(item, "snap_on_start must be set exactly when the volume has a "
+                         "source (the template's volume)")
+        if source is not None and driver in _ORDERED_POOLS and not self._chain_has(pool, source):
+            self.problem(item, f"source {source!r} is no volume of its template in pool "
+                         f"{pool!r}, which finds only volumes loaded before")
+        if source is not None and driver == "linux-kernel":
+            self.problem(item, "a linux-kernel pool volume takes no source")
+        if driver == "file" and snap and save:  # file.py FilePool.init_volume
+            self.problem(item, "a file pool volume cannot have both snap_on_start and "
+                         "save_on_stop")
+        if driver == "file" and save and attributes.get("revisions_to_keep") is not None \
+                and _INT.fullmatch(attributes["revisions_to_keep"]) \
+                and not -1 <= int(attributes["revisions_to_keep"]) <= 1:
+            self.problem(item, "a file pool volume keeps at most 1 revision")  # FileVolume
+        if driver == "linux-kernel":  # kernels.py LinuxKernel.init_volume, LinuxModules
+            if rw is not False:
+                self.problem(item, "a linux-kernel pool volume must have rw False")
+            if save:
+                self.problem(item, "a linux-kernel pool volume cannot have save_on_stop")
+            if attributes.get("revisions_to_keep") not in (None, "0"):
+                self.problem(item, "a linux-kernel pool volume keeps 0 revisions")
+
+    def _chain_has(self, pool: str, vid: str) -> bool:
+        qube = self.context.qube("dom0" if self.klass == "AdminVM" else self.props.get("name"))
+        if qube is None or qube.element is not self.domain:
+            return False
+        return any(volume == (pool, vid) for template in self.context.template_chain(qube)
+                   for volume in template.volumes.values())
+
+    # -- features, tags, devices ----------------------------------------------------------
+    def _features(self) -> None:
+        """BaseVM.load_extras (qubes/vm/__init__.py): features[name] = text; a missing name
+        is a TypeError in qubes/features.py; names are those the Admin API accepts (dom0's
+        service.* features become file names in ext/services.py)."""
+        features: dict[str, Optional[str]] = {}
+        for node in self.domain.iterfind("features/feature"):
+            name = node.get("name")
+            if name is None or not _FEATURE_NAME.fullmatch(name):
+                self.problem(f"feature {name!r}", "feature names are letters, digits and _.-")
+                continue
+            features[name] = node.text
+        preload = features.get("preload-dispvm")
+        if (self.release == "4.3" and preload and self.klass in DVM_TEMPLATE_CLASSES
+                and _as_bool(self.props.get("template_for_dispvms"))):
+            # mix/dvmtemplate.py on_domain_loaded (4.3): names that are no qube are taken
+            # out and the store saved while loading; duplicates make it raise
+            names = preload.split(" ")
+            if len(names) != len(set(names)):
+                self.problem("feature preload-dispvm", "lists a disposable twice")
+            missing = [name for name in names if self.context.qube(name) is None]
+            if missing:
+                self.problem("feature preload-dispvm", f"lists {missing[0]!r}, which is no "
+                             "qube of the store (qubesd would rewrite it while loading)")
+
+    def _tags(self) -> None:
+        # qubes/vm/__init__.py Tags.add (both)
+        for node in self.domain.iterfind("tags/tag"):
+            name = node.get("name")
+            if name is None or not _TAG.fullmatch(name):
+                self.problem(f"tag {name!r}", "tags are letters, digits, _ and - only")
+
+    def _devices(self) -> None:
+        """LocalVM.load_extras (qubes/vm/__init__.py; 4.2: BaseVM.load_extras): an unknown
+        backend is logged and the assignment dropped; 4.3 parses the mode, and a manual
+        assignment fails an assertion in DeviceCollection.load_assignment."""
+        for devices in self.domain.iterfind("devices"):
+            devclass = devices.get("class")
+            for node in devices.iterfind("device"):
+                item = f"device {devclass}:{node.get('id')}"
+                if self.klass == "AdminVM" or not devclass:
+                    self.problem(item, "device assignments of dom0, or without a class, "
+                                 "are not modelled")
+                    continue
+                if self.release == "4.3":
+                    if node.get("required") is not None:
+                        self.problem(item, "the legacy 'required' attribute is not modelled")
+                    if node.get("mode", "required") not in ("required", "ask-to-attach",
+                                                            "auto-attach"):
+                        self.problem(item, f"mode {node.get('mode')!r} is not loaded")
+                backend = node.get("backend-domain")
+                if self.context.qube(backend) is None:
+                    self.problem(item, f"backend {backend!r} is no qube of the store: qubesd "
+                                 "drops the assignment", fatal=False)
+
+
+def _a(klass: str) -> str:
+    """The class name with its article."""
+    return ("an " if klass[:1] in "AEIOU" else "a ") + klass
+
+
+def _valid_name(name: str, release: str) -> bool:
+    """qubes/vm/__init__.py validate_name."""
+    return (len(name) <= 31 and bool(_NAME[release].fullmatch(name))
+            and name not in ("Domain-0", "none", "default") and not name.endswith("-dm"))
+
+
+def _unique(problems: Iterable[LoadProblem]) -> list[LoadProblem]:
+    return list(dict.fromkeys(problems))
+
+
+# --- the whole store --------------------------------------------------------------------
+def problems(root: etree._Element, release: Optional[str] = None) -> list[LoadProblem]:
+    """Every problem of the store: store-wide ones first, then each qube's in order."""
+    context = StoreContext(root, release)
+    found = check_store(context)
+    for domain in context.domains:
+        found += check_domain(domain, context)
+    return found
+
+
+def loads(root: etree._Element, release: Optional[str] = None) -> bool:
+    """True when qubesd would load the store (no fatal problem)."""
+    return not any(problem.fatal for problem in problems(root, release))
