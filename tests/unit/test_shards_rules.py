@@ -172,7 +172,7 @@ def test_missing_template_is_recovered_with_prohibit_start(tmp_path):
     result = scene.suture()
     assert kinds(result) == ["recovered"]
     secret = domain_of(load(scene.merged), "secret")
-    assert property_value(secret, "template") is None
+    assert property_value(secret, "template") == "fedora-42-xfce"  # the global default_template
     assert feature_value(secret, "reliant-recovered-template") == "gone-template"
     assert feature_value(secret, "prohibit-start").startswith("reliant: template 'gone-template'")
     scene.dissect(final=True)

@@ -28,6 +28,7 @@ from reliant.shards.records import (
     remove_device,
     set_feature,
 )
+from reliant.shards.recovery import CoreDefaults
 from reliant.shards.stubs import Facts, Stubs
 from reliant.vocab import (
     CORE,
@@ -101,15 +102,28 @@ def _visit(shard: Shard, path: tuple[str, ...], by_id: dict[str, Shard], done: s
     return ok
 
 
-def _recover(facts: Facts, domain: etree._Element, what: str, target: str, shard: Shard) -> None:
-    """Reset a missing reference to its default, keep the old value, prohibit start."""
+def _recover(facts: Facts, domain: etree._Element, what: str, target: str, shard: Shard,
+             defaults: CoreDefaults) -> Optional[str]:
+    """Reset a missing reference (a missing template: the global default one, see
+    `reliant.shards.recovery`), keep the old value, prohibit start. Returns why the
+    qube cannot be recovered (it is then left out), None when it was."""
     name = facts.name(domain)
-    facts.materialize(domain)
+    replaced = ""
+    if what == "template":
+        replacement = defaults.replacement(facts(domain).cls)
+        if replacement.template is None:
+            return replacement.reason
+        facts.materialize(domain)
+        for key, value in defaults.retarget(domain, replacement.template, name).items():
+            set_feature(domain, RECOVERED_PREFIX + key, value)
+        replaced = f"replaced by the global {replacement.prop} {replacement.template!r}"
+    else:
+        facts.materialize(domain)
     if what.startswith("device "):
         device = remove_device(domain, what)
         key = RECOVERED_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", what.replace(" ", "-"))
         set_feature(domain, key, etree.tostring(device, encoding="unicode", with_tail=False))
-    else:
+    elif what != "template":
         prop = properties(domain)[what]
         prop.getparent().remove(prop)
         set_feature(domain, RECOVERED_PREFIX + what, target)
@@ -118,8 +132,9 @@ def _recover(facts: Facts, domain: etree._Element, what: str, target: str, shard
     if current is None or current.startswith(RATIONALE_PREFIX):
         set_feature(domain, PROHIBIT_START,
                      f"{RATIONALE_PREFIX}{what} {target!r} was missing when shard {shard.id} was "
-                     f"opened and was reset to its default; check the qube, then run "
-                     f"'reliant-shard review {name}'")
+                     f"opened and was {replaced or 'reset to its default'}; check the qube, "
+                     f"then run 'reliant-shard review {name}'")
+    return None
 
 
 def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
@@ -149,10 +164,12 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                     if p.get("driver") == "linux-kernel"}
     merged_by_name: dict[str, QubeRecord] = {}
     used_vids: dict[tuple[str, str], str] = {}
+    core_elements: dict[str, etree._Element] = {}
     for domain in sections["domains"]:
         qube = facts(domain)
         name = qube.name
         owner[name] = CORE
+        core_elements.setdefault(name, domain)
         merged_by_name[name] = qube
         _note_volumes(qube, used_vids, kernel_pools)
         uuids.add(qube.uuid)
@@ -167,6 +184,8 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         if prop.get("name") in GLOBAL_REFERENCES and prop.text:
             core_refs.add(prop.text)
     owner.setdefault("dom0", CORE)
+    defaults = CoreDefaults(sections["properties"], core_elements, sections["pools"],
+                            lambda d: (facts.materialize(d), d)[1])
     detached = set(detached)
     state: dict[str, Any] = {"version": 1, "shards": {}, "detached": sorted(detached)}
     sutured: list[Shard] = []
@@ -192,7 +211,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         candidates = _own_volumes(facts, shard, candidates, merged_by_name, used_vids,
                                   kernel_pools, problems)
         candidates = _resolve_references(facts, shard, candidates, owner, allowed,
-                                         missing_reference, problems)
+                                         missing_reference, defaults, problems)
         candidates = _assign_qids(facts, shard, candidates, qids, problems)
         merged_uuids = []
         dirs[shard.id] = []
@@ -348,9 +367,10 @@ def _own_volumes(facts: Facts, shard: Shard, candidates: list[etree._Element],
 
 def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Element],
                         owner: dict[str, str],
-                        allowed: set[str], mode: str,
+                        allowed: set[str], mode: str, defaults: CoreDefaults,
                         problems: list[Problem]) -> list[etree._Element]:
-    """Recover (or skip) qubes whose references do not resolve to an allowed qube."""
+    """Recover (or skip) qubes whose references do not resolve to an allowed qube; a
+    qube that cannot be recovered (no valid default template) is left out."""
     while True:
         local = {facts(d).name for d in candidates}
         dropped = False
@@ -362,20 +382,30 @@ def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Elem
                     continue
                 where = ("is not visible" if target not in owner
                          else "belongs to a shard this one does not depend on")
-                if mode == "skip":
+                unrecoverable = None if mode == "skip" else _recover(
+                    facts, domain, what, target, shard, defaults)
+                if mode == "skip" or unrecoverable:
                     candidates.remove(domain)
                     dropped = True
+                    why = f", and {unrecoverable}" if unrecoverable else ""
                     problems.append(Problem("warning", "skipped", f"qube {name} of shard "
-                                            f"{shard.id} not merged: {what} {target!r} {where}; "
-                                            f"it stays intact in {shard.file}", shard.id, name))
+                                            f"{shard.id} not merged: {what} {target!r} {where}"
+                                            f"{why}; it stays intact in {shard.file}",
+                                            shard.id, name))
                     break
-                _recover(facts, domain, what, target, shard)
                 problems.append(Problem("warning", "recovered", f"qube {name} of shard "
-                                        f"{shard.id}: {what} {target!r} {where}; reset to its "
-                                        f"default, start prohibited until 'reliant-shard "
-                                        f"review {name}'", shard.id, name))
+                                        f"{shard.id}: {what} {target!r} {where}; "
+                                        f"{_recovered_how(facts(domain), what)}, start "
+                                        f"prohibited until 'reliant-shard review {name}'",
+                                        shard.id, name))
         if not dropped:
             return candidates
+
+
+def _recovered_how(qube: QubeRecord, what: str) -> str:
+    if what == "template":
+        return f"its template is now {dict(qube.refs).get('template')!r}"
+    return "reset to its default"
 
 
 def _assign_qids(facts: Facts, shard: Shard, candidates: list[etree._Element], qids: set[int],
