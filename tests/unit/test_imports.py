@@ -19,7 +19,7 @@ EXTENSION = ROOT / "salt" / "reliant" / "files" / "isolation" / "reliant_isolati
 MAX_LINES = 600
 #: Layers from the bottom up: a module imports modules of its own layer or below.
 LAYERS = (
-    ("reliant.vocab", "reliant.config"),
+    ("reliant.vocab", "reliant.config", "reliant.qubesd_load"),
     ("reliant.store", "reliant.chunks", "reliant.snapshot", "reliant.volatile."),
     ("reliant.shards.",),
     ("reliant.isolation.",),

@@ -21,6 +21,7 @@ from lxml import etree
 from reliant import chunks as chunking
 from reliant import store
 from reliant.isolation import guard, policy
+from reliant.shards.admission import admit
 from reliant.shards.dissect import plan_dissect
 from reliant.shards.dom0dirs import (
     QUBES_DIR,
@@ -38,6 +39,7 @@ from reliant.shards.files import (
     deps_closure,
     discover,
 )
+from reliant.shards.real_loader import RealLoader, dom0_release
 from reliant.shards.records import (
     QubeRecord,
     dom0_subdir,
@@ -95,8 +97,12 @@ def _without_gc() -> Iterator[None]:
 def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
            missing_reference: str = "recover", policy_dir: Optional[str] = None,
            services: Optional[list[str]] = None, qubes_dir: str = QUBES_DIR,
-           state_path: Optional[str] = None, detached: Iterable[str] = ()) -> Result:
+           state_path: Optional[str] = None, detached: Iterable[str] = (),
+           release: Optional[str] = None, real_loader: Optional[RealLoader] = None) -> Result:
     """Write the merged store `out` from `core` and the shards under `roots`.
+
+    Only what qubesd loads is merged (`reliant.shards.admission`: the model of its
+    loader for `release`, default dom0's, then `real_loader` if given).
 
     Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`;
     then the `isolation_problems` of the merged store are reported too),
@@ -107,12 +113,13 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
     state_path = state_path or default_state_path(out)
     with operation_lock(state_path), _without_gc():
         return _suture(core, roots, out, max_depth, missing_reference, policy_dir, services,
-                       qubes_dir, state_path, detached)
+                       qubes_dir, state_path, detached, release, real_loader)
 
 
 def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
-            qubes_dir: str, state_path: str, detached: Iterable[str]) -> Result:
+            qubes_dir: str, state_path: str, detached: Iterable[str], release: Optional[str],
+            real_loader: Optional[RealLoader]) -> Result:
     problems: list[Problem] = []
     known = merged_chunks(chunking.Memo(chunking.memo_dir(state_path),
                                                memo_version()))
@@ -127,6 +134,10 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
                 shard.use_root(root)
     plan = plan_suture(core_root, shards, core_source=core,
                        missing_reference=missing_reference, detached=detached, stubs=stubs)
+    scratch = os.path.dirname(os.path.abspath(out))
+    os.makedirs(scratch, mode=0o755, exist_ok=True)
+    data = admit(plan, release=release or dom0_release(), missing_reference=missing_reference,
+                 loader=real_loader, scratch=scratch)
     problems += plan.problems
     if policy_dir is not None:
         try:
@@ -151,8 +162,7 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             problems.append(Problem("error", "state", f"dissect memo beside {state_path} not "
                                     f"pruned ({exc}): remove it"))
         written = []
-        if store.write(out, plan.facts.expand(store.serialize(plan.merged)),
-                               mode=0o660):
+        if store.write(out, data, mode=0o660):
             written.append(out)
         plan.state["problems"] = [asdict(p) for p in problems]
         write_state(state_path, plan.state)
@@ -214,13 +224,18 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
 
 
 def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
-          missing_reference: str = "recover", detached: Iterable[str] = ()) -> Result:
+          missing_reference: str = "recover", detached: Iterable[str] = (),
+          release: Optional[str] = None, real_loader: Optional[RealLoader] = None,
+          scratch: Optional[str] = None) -> Result:
     """What suture would report, and the isolation problems of the merged store it
-    would write (`isolation_problems`), writing nothing."""
+    would write (`isolation_problems`), writing nothing (`real_loader` loads copies in
+    private directories under `scratch`, which must be on tmpfs)."""
     problems: list[Problem] = []
     shards = discover(roots, max_depth, problems)
     plan = plan_suture(load_core(core), shards, core_source=core,
                        missing_reference=missing_reference, detached=detached)
+    admit(plan, release=release or dom0_release(), missing_reference=missing_reference,
+          loader=real_loader, scratch=scratch)
     return Result(problems + plan.problems + isolation_problems(plan.merged, plan.facts), [],
                   plan.sutured)
 

@@ -57,6 +57,7 @@ class SuturePlan:
     problems: list[Problem]
     sutured: list[Shard]
     dirs: dict[str, list[tuple[str, str]]]  # shard id -> dom0 dirs of its merged qubes
+    defaults: Optional[CoreDefaults] = None  # what a qube whose template is gone gets
 
 
 def core_sections(root: etree._Element, source: str) -> dict[str, etree._Element]:
@@ -102,7 +103,7 @@ def _visit(shard: Shard, path: tuple[str, ...], by_id: dict[str, Shard], done: s
     return ok
 
 
-def _recover(facts: Facts, domain: etree._Element, what: str, target: str, shard: Shard,
+def recover_reference(facts: Facts, domain: etree._Element, what: str, target: str, shard: Shard,
              defaults: CoreDefaults) -> Optional[str]:
     """Reset a missing reference (a missing template: the global default one, see
     `reliant.shards.recovery`), keep the old value, prohibit start. Returns why the
@@ -238,7 +239,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                                      "merged": merged_uuids}
     state["problems"] = [asdict(p) for p in problems]
     state["refused"] = sorted({p.shard for p in problems if p.kind == "refused" and p.shard})
-    return SuturePlan(core_root, facts, state, problems, sutured, dirs)
+    return SuturePlan(core_root, facts, state, problems, sutured, dirs, defaults)
 
 
 def _refusal(shard: Shard, pool_owner: dict[str, str],
@@ -382,7 +383,7 @@ def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Elem
                     continue
                 where = ("is not visible" if target not in owner
                          else "belongs to a shard this one does not depend on")
-                unrecoverable = None if mode == "skip" else _recover(
+                unrecoverable = None if mode == "skip" else recover_reference(
                     facts, domain, what, target, shard, defaults)
                 if mode == "skip" or unrecoverable:
                     candidates.remove(domain)
@@ -395,14 +396,14 @@ def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Elem
                     break
                 problems.append(Problem("warning", "recovered", f"qube {name} of shard "
                                         f"{shard.id}: {what} {target!r} {where}; "
-                                        f"{_recovered_how(facts(domain), what)}, start "
+                                        f"{describe_recovery(facts(domain), what)}, start "
                                         f"prohibited until 'reliant-shard review {name}'",
                                         shard.id, name))
         if not dropped:
             return candidates
 
 
-def _recovered_how(qube: QubeRecord, what: str) -> str:
+def describe_recovery(qube: QubeRecord, what: str) -> str:
     if what == "template":
         return f"its template is now {dict(qube.refs).get('template')!r}"
     return "reset to its default"
