@@ -57,14 +57,17 @@ def build_app(qubes, root):
         kwargs = {"name": name} if cls is not vm_module.AdminVM else {}
         if cls is vm_module.DispVM:
             continue
+        if cls is not vm_module.AdminVM:
+            # QubesVM.__init__ (qubes/vm/qubesvm.py): <volume-config> as read, "True" and
+            # "False" turned into bools; the volumes themselves come at domain-load
+            kwargs["loading"] = True
+            kwargs["volume_config"] = {
+                volume.get("name"): {key: {"True": True, "False": False}.get(value, value)
+                                     for key, value in volume.items()}
+                for volume in domain.iterfind("volume-config/volume")}
         vm = cls(app, tags={t.get("name") for t in domain.iterfind("tags/tag")}, **kwargs)
         if props.get("template_for_dispvms") == "True":
             vm.template_for_dispvms = True
-        for volume in domain.iterfind("volume-config/volume"):
-            vm.volumes[volume.get("name")] = vm_module.Volume(
-                volume.get("name"), app.pools[volume.get("pool")],
-                volume.get("snap_on_start") == "True", volume.get("source"),
-                volume.get("rw") == "True")
         refs[name] = {p: props[p] for p in REFERENCES if p in props}
         app.domains.add(vm, _enable_events=False)
     for name, props in refs.items():
@@ -90,14 +93,16 @@ def app(qubes):
 
 
 def new_appvm(qubes, app, name, template="debian-13-xfce", pool="vm-pool"):
+    """A new AppVM as qubesd creates it: its volumes are built at domain-init."""
     import qubes.vm as vm_module
 
-    vm = vm_module.AppVM(app, name, template=template)
-    vm.volumes = {
-        "root": vm_module.Volume("root", app.pools["vm-pool"], True, "tpl-root"),
-        "private": vm_module.Volume("private", app.pools[pool]),
-        "volatile": vm_module.Volume("volatile", app.pools[pool]),
-    }
+    vm = vm_module.AppVM(app, name, template=template, volume_config={
+        "root": {"name": "root", "pool": "vm-pool", "snap_on_start": True, "rw": True,
+                 "source": "tpl-root"},
+        "private": {"name": "private", "pool": pool, "snap_on_start": False, "rw": True},
+        "volatile": {"name": "volatile", "pool": pool, "snap_on_start": False, "rw": True},
+    })
+    assert set(vm.volumes) == {"root", "private", "volatile"}
     return app.domains.add(vm)
 
 

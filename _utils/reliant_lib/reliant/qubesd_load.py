@@ -75,6 +75,10 @@ _KEYBOARD = re.compile(r"[A-Za-z]+\+[A-Za-z0-9_-]*\+[A-Za-z0-9_:,-]*")
 #: qubes/vm/qubesvm.py _setter_denied_list (4.3).
 _DENIED = re.compile(r"([bump*][0-9a-f*]{6})*")
 _LABEL_ID = re.compile(r"label-([0-9]+)")
+#: PCI port ids LocalVM.load_extras (4.3) accepts whatever the machine: a path from root
+#: bus 0000:00 (qubes/utils.py is_pci_path), or one device that sbdf_to_path can parse.
+_PCI_PORT = re.compile(r"\*|(0000_)?00_[0-9a-f]{2}\.[0-9a-f](-[0-9a-f]{2}_[0-9a-f]{2}\.[0-9a-f])*"
+                       r"|([0-9a-f]{4}_)?[0-9a-f]{2}_[0-9a-f]{2}\.[0-9a-f]")
 #: qubes/vm/__init__.py validate_name: 4.2 allows no dot, 4.3 allows dots after the first
 #: character.
 _NAME = {"4.2": re.compile(r"[a-zA-Z][a-zA-Z0-9_-]*"),
@@ -176,14 +180,6 @@ def _as_bool(value: Optional[str]) -> bool:
     return value is not None and value.lower() in _TRUE_WORDS
 
 
-def _label(element: etree._Element) -> str:
-    """How problems name a <domain>: its name, else its position."""
-    if element.get("class") == "AdminVM":
-        return "dom0"
-    name = _property_map(element).get("name")
-    return name if name else f"<domain {element.get('id') or '?'}>"
-
-
 @dataclass(frozen=True)
 class _Qube:
     """What other qubes' rules need to know about one <domain>."""
@@ -247,6 +243,19 @@ class StoreContext:
         uuid = props.get("uuid")
         if uuid and _UUID.fullmatch(uuid):
             self.uuids.setdefault(uuid.lower(), domain)
+
+    def label(self, domain: etree._Element) -> str:
+        """How problems name a <domain> (LoadProblem.qube): its name; dom0 for the first
+        AdminVM; ``<domain ID>`` (its id attribute) for a qube without a name or another
+        AdminVM."""
+        if domain.get("class") == "AdminVM":
+            if self.admin_vms and self.admin_vms[0] is domain:
+                return "dom0"
+        else:
+            name = _property_map(domain).get("name")
+            if name:
+                return name
+        return f"<domain {domain.get('id') or '?'}>"
 
     def qube(self, name: Optional[str]) -> Optional[_Qube]:
         return self.qubes.get(name) if name else None
@@ -530,9 +539,7 @@ class _Domain:
         self.context = context
         self.release = release
         self.klass = domain.get("class") or ""
-        admin = domain.get("class") == "AdminVM"
-        self.label = (f"<domain {domain.get('id') or '?'}>"
-                      if admin and context.admin_vms[0] is not domain else _label(domain))
+        self.label = context.label(domain)
         self.props = _property_map(domain)
         self.found: list[LoadProblem] = []
 
@@ -686,6 +693,10 @@ class _Domain:
         attributes = dict(node.attrib)
         for extra in sorted(set(attributes) - set(_VOLUME_ATTRIBUTES)):
             self.problem(item, f"no attribute {extra!r} (Volume takes no such argument)")
+        for key, value in attributes.items():
+            if key not in _VOLUME_BOOLS and value in ("True", "False"):
+                # QubesVM.__init__ turns these values of any attribute into bools
+                self.problem(item, f"{key} cannot be {value!r}")
         flags: dict[str, bool] = {}
         for flag in _VOLUME_BOOLS:
             value = attributes.get(flag)
@@ -759,11 +770,8 @@ class _Domain:
         if (self.release == "4.3" and preload and self.klass in DVM_TEMPLATE_CLASSES
                 and _as_bool(self.props.get("template_for_dispvms"))):
             # mix/dvmtemplate.py on_domain_loaded (4.3): names that are no qube are taken
-            # out and the store saved while loading; duplicates make it raise
-            names = preload.split(" ")
-            if len(names) != len(set(names)):
-                self.problem("feature preload-dispvm", "lists a disposable twice")
-            missing = [name for name in names if self.context.qube(name) is None]
+            # out and the store saved while loading, which raises if a name is repeated
+            missing = [name for name in preload.split(" ") if self.context.qube(name) is None]
             if missing:
                 self.problem("feature preload-dispvm", f"lists {missing[0]!r}, which is no "
                              "qube of the store (qubesd would rewrite it while loading)")
@@ -793,6 +801,8 @@ class _Domain:
                     if node.get("mode", "required") not in ("required", "ask-to-attach",
                                                             "auto-attach"):
                         self.problem(item, f"mode {node.get('mode')!r} is not loaded")
+                    if devclass == "pci" and not _PCI_PORT.fullmatch(node.get("id", "*")):
+                        self.problem(item, "not a PCI port id qubesd parses")
                 backend = node.get("backend-domain")
                 if self.context.qube(backend) is None:
                     self.problem(item, f"backend {backend!r} is no qube of the store: qubesd "

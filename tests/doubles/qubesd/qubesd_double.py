@@ -5,9 +5,12 @@ It is NOT qubesd. It reproduces only what reliant-formula depends on
 (qubes-core-admin `qubes/app.py`, `qubes/utils.py`, `qubes/tools/qubesd.py`; DESIGN.md section 3):
 
 - the store is the file named by `QUBES_XML_PATH` (default /var/lib/qubes/qubes.xml), read
-  at start under `fcntl.lockf`; a missing store, a syntax error, a duplicate domain name or
-  qid, a volume naming an undefined pool, a label or a domain reference (template, netvm,
-  default_dispvm, ..., device backend-domain) naming nothing stop the start (exit 1, message);
+  at start under `fcntl.lockf`; a missing store, a syntax error, or any store that the real
+  loader refuses stop the start (exit 1, message). What the real loader refuses is decided
+  by the library's model of it, `reliant.qubesd_load` (its docstring names the
+  qubes-core-admin versions it was read from), for the release in `QUBESD_DOUBLE_RELEASE`
+  (default 4.3); tests/fixtures/qubesd-load holds the real loader's verdicts it is checked
+  against;
 - every save takes `fcntl.lockf` on the store, refuses when the file's mtime is not the one
   seen at the last load or save ("Someone else modified qubes.xml in the meantime"), writes
   a temporary file in the same directory (name = store + "~" + random), fchmod 0660, fsync,
@@ -29,8 +32,9 @@ It is NOT qubesd. It reproduces only what reliant-formula depends on
 Left out: the Admin API protocol and qrexec (requests are JSON lines on a unix socket,
 `QUBESD_DOUBLE_SOCKET`, default /var/run/qubesd.sock), libvirt/Xen (no qube ever runs),
 storage (no volume is created), extensions and events (no tags are added except the
-guivm/audiovm ones every real qube carries), property validation beyond references,
-DispVM and other classes at creation, renaming, firewall rules other than one action.
+guivm/audiovm ones every real qube carries), validation of changes beyond references and
+labels (only the start is checked against the model), DispVM and other classes at
+creation, renaming, firewall rules other than one action.
 
 Usage: `qubesd_double.py serve` (the service), `qubesd_double.py ctl COMMAND ...` (client).
 """
@@ -55,9 +59,19 @@ from typing import Any, Optional
 
 import lxml.etree
 
+#: Where the library's model of the loader is: in the repository, and where the dom0
+#: container image puts it next to /usr/bin/qubesd-double.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _path in (os.path.join(_HERE, os.pardir, os.pardir, os.pardir, "_utils", "reliant_lib"),
+              "/usr/lib/qubesd-double"):
+    if os.path.isdir(os.path.join(_path, "reliant")) and os.path.normpath(_path) not in sys.path:
+        sys.path.append(os.path.normpath(_path))
+from reliant import qubesd_load  # noqa: E402 - found through the paths above
+
 DEFAULT_STORE = "/var/lib/qubes/qubes.xml"
 DEFAULT_SOCKET = "/var/run/qubesd.sock"
 DEFAULT_BASE_DIR = "/var/lib/qubes"
+DEFAULT_RELEASE = "4.3"
 MAX_QID = 10000
 GLOBAL_VM_PROPERTIES = ("default_template", "default_netvm", "default_dispvm",
                         "management_dispvm", "updatevm", "clockvm", "default_guivm",
@@ -81,9 +95,11 @@ def _parser() -> lxml.etree.XMLParser:
 class Store:
     """The store file, the tree loaded from it and the mtime seen at the last load/save."""
 
-    def __init__(self, path: str, base_dir: str = DEFAULT_BASE_DIR) -> None:
+    def __init__(self, path: str, base_dir: str = DEFAULT_BASE_DIR,
+                 release: str = DEFAULT_RELEASE) -> None:
         self.path = path
         self.base_dir = base_dir
+        self.release = release
         self.tree: Any = None
         self.mtime_ns: Optional[int] = None
 
@@ -107,7 +123,7 @@ class Store:
 
     # --- load -------------------------------------------------------------------------
     def load(self) -> None:
-        """Read and check the store under lockf, like qubesd's `Qubes.load`."""
+        """Read the store under lockf and refuse it where qubesd's `Qubes.load` would."""
         with self._locked() as handle:
             try:
                 tree = lxml.etree.parse(handle, _parser())
@@ -118,7 +134,7 @@ class Store:
             for element in tree.iter("property", "feature"):
                 if element.text is None:  # qubesd writes "" as <property ...></property>
                     element.text = ""
-            _check(tree.getroot())
+            _check(tree.getroot(), self.release)
             self.tree = tree
             self.mtime_ns = os.stat(self.path).st_mtime_ns
 
@@ -350,33 +366,15 @@ def _references(root: Any) -> list[tuple[str, str]]:
     return [(holder, value) for holder, value in found if value]
 
 
-def _check(root: Any) -> None:
-    """The load-time refusals of qubesd: duplicates and dangling names."""
+def _check(root: Any, release: str) -> None:
+    """Refuse the store when the model says qubesd does not load it (the first reason,
+    as qubesd stops at the first exception)."""
     if root.tag != "qubes":
         raise Refused(f"root element is <{root.tag}>, not <qubes>")
-    names: dict[str, int] = {}
-    qids: dict[int, str] = {}
-    pools = _pools(root)
-    labels = _labels(root)
-    for domain in root.iterfind("domains/domain"):
-        name, qid = _domain_name(domain), _domain_qid(domain)
-        if not name:
-            raise Refused(f"domain with qid {qid} has no name")
-        if name in names:
-            raise Refused(f"duplicate domain name {name!r} (qids {names[name]} and {qid})")
-        if qid in qids:
-            raise Refused(f"duplicate qid {qid} ({qids[qid]!r} and {name!r})")
-        names[name], qids[qid] = qid, name
-        label = _domain_property(domain, "label")
-        if label is not None and label not in labels:
-            raise Refused(f"domain {name!r}: no such label {label!r}")
-        for volume in domain.iterfind("volume-config/volume"):
-            if volume.get("pool") not in pools:
-                raise Refused(f"domain {name!r}: volume {volume.get('name')!r} names "
-                              f"undefined pool {volume.get('pool')!r}")
-    for holder, value in _references(root):
-        if value not in names:
-            raise Refused(f"{holder}: references missing domain {value!r}")
+    refusals = [problem for problem in qubesd_load.problems(root, release) if problem.fatal]
+    if refusals:
+        more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+        raise Refused(f"qubesd does not load this store: {refusals[0]}{more}")
 
 
 def _volume_config(domain: Any, name: str, klass: str, pools: dict[str, Any], pool: str,
@@ -460,9 +458,10 @@ def _notify_ready() -> None:
         notify.sendall(b"READY=1\nSTATUS=qubesd double online\n")
 
 
-def serve(store_path: str, socket_path: str, base_dir: str) -> int:
+def serve(store_path: str, socket_path: str, base_dir: str,
+          release: str = DEFAULT_RELEASE) -> int:
     """Load the store, answer requests until SIGTERM/SIGINT, then save and exit."""
-    store = Store(store_path, base_dir)
+    store = Store(store_path, base_dir, release)
     try:
         store.load()
     except Refused as error:
@@ -579,7 +578,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _arguments().parse_args(argv)
     if args.mode == "serve":
         return serve(os.environ.get("QUBES_XML_PATH", DEFAULT_STORE), args.socket,
-                     os.environ.get("QUBESD_DOUBLE_BASE_DIR", DEFAULT_BASE_DIR))
+                     os.environ.get("QUBESD_DOUBLE_BASE_DIR", DEFAULT_BASE_DIR),
+                     os.environ.get("QUBESD_DOUBLE_RELEASE", DEFAULT_RELEASE))
     try:
         reply = request(args.socket, _ctl_message(args))
     except OSError as error:

@@ -47,6 +47,23 @@ def load_settings():
         return policy.PolicySettings()
 
 
+def _data_pools(vm):
+    """Pools of the qube's own data, from its volume configuration.
+
+    Not from ``vm.volumes``: at ``domain-load`` qubesd fills them only after the handlers of
+    extensions ran (those attach to LocalVM; ``QubesVM.on_domain_init_loaded``, which builds
+    the storage, runs later: qubes/events.py calls handlers in reversed MRO order,
+    qubes/vm/qubesvm.py). ``volume_config`` holds the <volume-config> read from the store,
+    "True" as True, pools and sources by name until the storage replaces them by objects."""
+    pools = set()
+    for name, config in getattr(vm, "volume_config", {}).items():
+        pool = config.get("pool")
+        snap_on_start = config.get("snap_on_start") in (True, "True")
+        if pool is not None and vocab.is_data_volume(name, snap_on_start, config.get("source")):
+            pools.add(str(pool))
+    return frozenset(pools)
+
+
 def qube_facts(vm):
     """What the guard needs to know about a live qube."""
     references = {}
@@ -54,10 +71,7 @@ def qube_facts(vm):
         target = _name(getattr(vm, prop, None))
         if target:
             references[prop] = target
-    data_pools = frozenset(
-        str(volume.pool) for name, volume in getattr(vm, "volumes", {}).items()
-        if vocab.is_data_volume(name, bool(volume.snap_on_start), volume.source)
-    )
+    data_pools = _data_pools(vm)
     return guard.QubeFacts(
         name=vm.name,
         klass=type(vm).__name__,

@@ -45,6 +45,11 @@ class Volume:
         self.source, self.rw = source, rw
 
 
+def _flag(value):
+    """A volume-config value as qubes/vm/qubesvm.py QubesVM.__init__ reads it (4.3)."""
+    return value is True or value == "True"
+
+
 class BaseVM(qubes.PropertyHolder):
     name = qubes.property("name")
 
@@ -53,7 +58,6 @@ class BaseVM(qubes.PropertyHolder):
         self.app = app
         self.name = name
         self.tags = Tags(self, tags)
-        self.volumes = {}
         for key, value in properties.items():
             setattr(self, key, value)
 
@@ -65,7 +69,9 @@ class BaseVM(qubes.PropertyHolder):
 
 
 class LocalVM(BaseVM):
-    pass
+    def __init__(self, app, name, **kwargs):
+        super().__init__(app, name, **kwargs)
+        self.volumes = {}  # filled by QubesVM's storage, never at LocalVM level
 
 
 class AdminVM(LocalVM):
@@ -74,6 +80,12 @@ class AdminVM(LocalVM):
 
 
 class QubesVM(LocalVM):
+    """A qube with storage. Created new (``loading`` False), it enables its events and
+    fires ``domain-init``; loaded from the store, ``Qubes.load`` fires ``domain-load``
+    later. Either event builds ``volumes`` from ``volume_config`` in this class-bound
+    handler, which runs after handlers attached to LocalVM, as in qubes/vm/qubesvm.py
+    (``on_domain_init_loaded``) and qubes/events.py (reversed MRO)."""
+
     netvm = qubes.VMProperty("netvm", default=None)
     default_dispvm = qubes.VMProperty("default_dispvm",
                                       default=lambda self: self.app.default_dispvm)
@@ -82,12 +94,31 @@ class QubesVM(LocalVM):
     audiovm = qubes.VMProperty("audiovm", default=None)
     template_for_dispvms = qubes.property("template_for_dispvms", default=False)
 
+    def __init__(self, app, name, volume_config=None, loading=False, **kwargs):
+        #: volume name -> {attribute: value}, as read from <volume-config> (pools by name)
+        self.volume_config = {name: dict(config) for name, config in (volume_config or {}).items()}
+        super().__init__(app, name, **kwargs)
+        if not loading:
+            self.events_enabled = True
+            self.fire_event("domain-init")
+
+    @qubes.events.handler("domain-init", "domain-load")
+    def on_domain_init_loaded(self, event):
+        """The storage: one volume per volume_config entry, in its pool."""
+        self.volumes = {
+            name: Volume(name, self.app.pools[str(config["pool"])],
+                         _flag(config.get("snap_on_start")), config.get("source"),
+                         _flag(config.get("rw", True)))
+            for name, config in self.volume_config.items()}
+
     def create_on_disk(self, pool=None):
-        """Put the data volumes into `pool`, then fire domain-create-on-disk (qubesvm.py)."""
+        """Move the data volumes to `pool` in volume_config, rebuild the storage, then fire
+        domain-create-on-disk (qubes/vm/qubesvm.py create_on_disk, _patch_pool_config)."""
         if pool is not None:
-            for volume in self.volumes.values():
-                if not (volume.snap_on_start and volume.source) and volume.rw:
-                    volume.pool = pool
+            for config in self.volume_config.values():
+                if not _flag(config.get("snap_on_start")) and _flag(config.get("rw", True)):
+                    config["pool"] = str(pool)
+            self.on_domain_init_loaded("domain-create-on-disk")
         self.fire_event("domain-create-on-disk")
 
 
