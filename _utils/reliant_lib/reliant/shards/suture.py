@@ -28,7 +28,7 @@ from reliant.shards.records import (
     remove_device,
     set_feature,
 )
-from reliant.shards.recovery import CoreDefaults
+from reliant.shards.recovery import DEFAULT_FOR_CLASS, CoreDefaults
 from reliant.shards.stubs import Facts, Stubs
 from reliant.vocab import (
     CORE,
@@ -116,7 +116,8 @@ def recover_reference(facts: Facts, domain: etree._Element, what: str, target: s
             return replacement.reason
         facts.materialize(domain)
         for key, value in defaults.retarget(domain, replacement.template, name).items():
-            set_feature(domain, RECOVERED_PREFIX + key, value)
+            if feature_value(domain, RECOVERED_PREFIX + key) is None:  # keep the first
+                set_feature(domain, RECOVERED_PREFIX + key, value)
         replaced = f"replaced by the global {replacement.prop} {replacement.template!r}"
     else:
         facts.materialize(domain)
@@ -132,7 +133,8 @@ def recover_reference(facts: Facts, domain: etree._Element, what: str, target: s
     current = feature_value(domain, PROHIBIT_START)
     if current is None or current.startswith(RATIONALE_PREFIX):
         set_feature(domain, PROHIBIT_START,
-                     f"{RATIONALE_PREFIX}{what} {target!r} was missing when shard {shard.id} was "
+                     f"{RATIONALE_PREFIX}{what} {target or '(none)'!r} was missing when shard "
+                     f"{shard.id} was "
                      f"opened and was {replaced or 'reset to its default'}; check the qube, "
                      f"then run 'reliant-shard review {name}'")
     return None
@@ -378,10 +380,10 @@ def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Elem
         for domain in list(candidates):
             qube = facts(domain)
             name = qube.name
-            for what, target in qube.refs:
+            for what, target in _references_and_missing_template(qube):
                 if target in local or owner.get(target) in allowed:
                     continue
-                where = ("is not visible" if target not in owner
+                where = ("is not set" if not target else "is not visible" if target not in owner
                          else "belongs to a shard this one does not depend on")
                 unrecoverable = None if mode == "skip" else recover_reference(
                     facts, domain, what, target, shard, defaults)
@@ -401,6 +403,14 @@ def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Elem
                                         shard.id, name))
         if not dropped:
             return candidates
+
+
+def _references_and_missing_template(qube: QubeRecord) -> list[tuple[str, str]]:
+    """The qube's references, and ("template", "") for an AppVM or DispVM without one
+    (as an earlier suture left them: qubesd loads none)."""
+    if qube.cls in DEFAULT_FOR_CLASS and not any(what == "template" for what, _ in qube.refs):
+        return [*qube.refs, ("template", "")]
+    return qube.refs
 
 
 def describe_recovery(qube: QubeRecord, what: str) -> str:
