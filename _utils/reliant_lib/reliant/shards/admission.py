@@ -160,7 +160,8 @@ class _Admission:
                 what, target = hit
                 changed = True
                 why = None if self.mode == "skip" else recover_reference(
-                    self.plan.facts, domain, what, target, shard, self.plan.defaults)
+                    self.plan.facts, domain, what, target, shard, self.plan.defaults,
+                    [other for other, _ in self.shard_qubes.values()])
                 if self.mode == "skip" or why:
                     self.leave_out(name, f"{what} {target!r} was left out"
                                    + (f", and {why}" if why else ""), kind="skipped")

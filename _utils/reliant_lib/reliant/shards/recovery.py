@@ -110,6 +110,22 @@ class CoreDefaults:
                 del volume.attrib["revisions_to_keep"]
         return old
 
+    def follow(self, disposable: etree._Element, template: etree._Element, name: str) -> None:
+        """Make the snapshot volumes of `disposable` (named `name`) snapshots of the
+        volumes `template` (its disposable template, just retargeted) has now, as qubesd
+        does for a disposable template's disposables (qubes/vm/appvm.py
+        ``on_property_set_template``)."""
+        by_name = {v.get("name"): v for v in template.iterfind("volume-config/volume")}
+        for volume in disposable.iterfind("volume-config/volume"):
+            origin = by_name.get(volume.get("name"))
+            if volume.get("snap_on_start") != "True" or volume.get("source") is None \
+                    or origin is None:
+                continue
+            pool = origin.get("pool") or ""
+            volume.set("pool", pool)
+            volume.set("source", origin.get("source") or origin.get("vid") or "")
+            volume.set("vid", self._vid(pool, name, volume.get("name") or ""))
+
     def _origin(self, template: str, volume: str) -> Optional[etree._Element]:
         """The volume `volume` of `template`, followed up its template chain while it is
         a snapshot itself (Storage._update_volume_config_source)."""

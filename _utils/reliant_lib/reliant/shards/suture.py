@@ -104,10 +104,12 @@ def _visit(shard: Shard, path: tuple[str, ...], by_id: dict[str, Shard], done: s
 
 
 def recover_reference(facts: Facts, domain: etree._Element, what: str, target: str, shard: Shard,
-             defaults: CoreDefaults) -> Optional[str]:
+                      defaults: CoreDefaults, others: Iterable[etree._Element] = ()
+                      ) -> Optional[str]:
     """Reset a missing reference (a missing template: the global default one, see
-    `reliant.shards.recovery`), keep the old value, prohibit start. Returns why the
-    qube cannot be recovered (it is then left out), None when it was."""
+    `reliant.shards.recovery`; the disposables among `others` whose template it is
+    follow), keep the old value, prohibit start. Returns why the qube cannot be
+    recovered (it is then left out), None when it was."""
     name = facts.name(domain)
     replaced = ""
     if what == "template":
@@ -118,6 +120,11 @@ def recover_reference(facts: Facts, domain: etree._Element, what: str, target: s
         for key, value in defaults.retarget(domain, replacement.template, name).items():
             if feature_value(domain, RECOVERED_PREFIX + key) is None:  # keep the first
                 set_feature(domain, RECOVERED_PREFIX + key, value)
+        for other in others:
+            if facts(other).cls == "DispVM" and ("template", name) in facts(other).refs:
+                facts.materialize(other)
+                defaults.follow(other, domain, facts.name(other))
+                facts.forget(other)
         replaced = f"replaced by the global {replacement.prop} {replacement.template!r}"
     else:
         facts.materialize(domain)
@@ -386,7 +393,7 @@ def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Elem
                 where = ("is not set" if not target else "is not visible" if target not in owner
                          else "belongs to a shard this one does not depend on")
                 unrecoverable = None if mode == "skip" else recover_reference(
-                    facts, domain, what, target, shard, defaults)
+                    facts, domain, what, target, shard, defaults, candidates)
                 if mode == "skip" or unrecoverable:
                     candidates.remove(domain)
                     dropped = True
