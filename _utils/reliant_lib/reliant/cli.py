@@ -3,8 +3,8 @@
 ``main(argv, host=None) -> int``: 0 done, 1 refused (a message on stderr says why),
 2 bad usage or configuration. Defaults come from the JSON file named by
 ``$RELIANT_CONFIG`` (default /etc/reliant/reliant.json, optional; keys: core,
-merged, roots, max_depth, missing_reference, policy_dir, services, libdir,
-qubes_dir), then from flags. `host` is how the CLI sees qubesd and running qubes
+merged, roots, max_depth, missing_reference, real_loader_check, policy_dir, services,
+libdir, qubes_dir), then from flags. `host` is how the CLI sees qubesd and running qubes
 (`Host`); tests pass their own.
 
 Commands: init, suture, dissect, check, status, rename, review, attach, detach, audit.
@@ -29,6 +29,7 @@ from typing import Any
 from reliant import audit, operations, store
 from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import FIRST_SHARD_QID, RANGE_SIZE, Shard, discover, init_shard, parse_range
+from reliant.shards.real_loader import RealLoader
 from reliant.shards.records import qube_name
 from reliant.shards.runtime import default_detached_path, read_detached, write_detached
 from reliant.shards.suture import MISSING_REFERENCE_MODES
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "roots": ["/run/shufflecake"],
     "max_depth": 3,
     "missing_reference": "recover",
+    "real_loader_check": True,
     "policy_dir": "/run/qubes/policy.d",
     "services": None,
     "libdir": "/usr/lib/reliant",
@@ -225,6 +227,11 @@ def _settings(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any
     return settings
 
 
+def _real_loader(settings: dict[str, Any]) -> RealLoader | None:
+    """qubes-core-admin's loader, unless the setting turns it off."""
+    return RealLoader() if settings["real_loader_check"] is True else None
+
+
 def _refuse_if_qubesd_runs(host: Host, what: str) -> None:
     if host.qubesd_active():
         raise ShardError(f"qubesd is running: {what} needs it stopped "
@@ -334,7 +341,8 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
             settings["core"], roots, settings["merged"], max_depth=depth,
             missing_reference=settings["missing_reference"],
             policy_dir=settings["policy_dir"] or None, services=settings["services"],
-            qubes_dir=settings["qubes_dir"], detached=detached)
+            qubes_dir=settings["qubes_dir"], detached=detached,
+            real_loader=_real_loader(settings))
         _print_problems(result.problems)
         return 0
     if args.command == "dissect":
@@ -350,7 +358,9 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
             default_detached_path(settings["merged"]))
         result = operations.check(settings["core"], roots, max_depth=depth,
                                       missing_reference=settings["missing_reference"],
-                                      detached=detached)
+                                      detached=detached, real_loader=_real_loader(settings),
+                                      scratch=os.path.dirname(os.path.abspath(
+                                          settings["merged"])))
         _print_problems(result.problems)
         bad = [p for p in result.problems if p.severity != "info"]
         print(f"{len(result.shards)} shard(s) can be merged; {len(bad)} problem(s)")

@@ -234,6 +234,8 @@ def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
     shards = discover(roots, max_depth, problems)
     plan = plan_suture(load_core(core), shards, core_source=core,
                        missing_reference=missing_reference, detached=detached)
+    if real_loader is not None and scratch is not None:
+        os.makedirs(scratch, mode=0o755, exist_ok=True)
     admit(plan, release=release or dom0_release(), missing_reference=missing_reference,
           loader=real_loader, scratch=scratch)
     return Result(problems + plan.problems + isolation_problems(plan.merged, plan.facts), [],

@@ -16,6 +16,7 @@
 {%- set config = {
       "core": shards.core, "merged": shards.merged, "roots": shards.roots,
       "max_depth": shards.max_depth, "missing_reference": shards.missing_reference,
+      "real_loader_check": shards.real_loader_check,
       "libdir": shards.libdir,
       "policy_dir": isolation.policy_dir if isolation.enabled else "",
       "services": isolation.services if isolation.enabled else None} %}
