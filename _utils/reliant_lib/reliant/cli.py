@@ -7,7 +7,8 @@ merged, roots, max_depth, missing_reference, real_loader_check, policy_dir, serv
 libdir, qubes_dir), then from flags. `host` is how the CLI sees qubesd and running qubes
 (`Host`); tests pass their own.
 
-Commands: init, suture, dissect, check, status, rename, review, attach, detach, audit.
+Commands: init, suture, dissect, check, status, rename, review, attach, detach, audit,
+started (the qubesd unit's: qubesd is ready; see `reliant.shards.startup`).
 Offline commands (suture, rename, review, dissect --final) refuse while qubesd is
 active: they would race the store qubesd holds.
 
@@ -23,10 +24,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from reliant import audit, operations, store
+from reliant.shards import startup
 from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import FIRST_SHARD_QID, RANGE_SIZE, Shard, discover, init_shard, parse_range
 from reliant.shards.real_loader import RealLoader
@@ -64,6 +67,15 @@ class Host:
         except OSError as exc:
             raise ShardError(f"cannot tell whether qubesd runs: systemctl: "
                                             f"{exc.strerror}") from None
+
+    def wait_active(self, seconds: int = 60) -> bool:
+        """Whether qubesd becomes active within `seconds` (its unit restarts it after a
+        failed start: on core only, if the fallback took over)."""
+        for _ in range(seconds):
+            if self.qubesd_active():
+                return True
+            time.sleep(1)
+        return self.qubesd_active()
 
     def running_qubes(self) -> set[str]:
         """Names of running qubes; ShardError if no tool can tell."""
@@ -205,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = command(name, text, roots=True, merged="merged")
         cmd.add_argument("shards", nargs="*", metavar="SHARD", help="shard id or directory")
 
+    command("started", "the qubesd unit says qubesd is ready on the merged store",
+            merged="merged")
+
     audit = command("audit", "look for traces of the visible shards outside them",
                     core=True, roots=True)
     audit.add_argument("--json", action="store_true")
@@ -294,7 +309,11 @@ def _attach(settings: dict[str, Any], args: argparse.Namespace, host: Host) -> i
     else:
         detached = set()
     write_detached(path, detached)
+    startup.clear_fallback(settings["merged"])
     _restart(host)
+    reason = startup.fallback(settings["merged"])
+    if reason:
+        raise ShardError(reason)
     return 0
 
 
@@ -302,12 +321,18 @@ def _restart(host: Host) -> None:
     """Stop qubesd (its unit dissects), then start it (its unit sutures)."""
     if host.qubesd_active():
         host.qubesd("stop")
-    host.qubesd("start")
+    try:
+        host.qubesd("start")
+    except ShardError:
+        if not host.wait_active():  # its unit restarts it, on core only after a failed merge
+            raise
 
 
 def _status_text(report: dict[str, Any]) -> str:
     lines = [f"core: {report['core']}",
              f"merged: {report['merged']} ({'present' if report['merged_exists'] else 'absent'})"]
+    if report.get("fallback"):
+        lines.insert(0, f"FALLBACK: {report['fallback']}")
     for shard in report["shards"]:
         state = "merged" if shard["merged"] else (
             "detached" if shard["id"] in report["detached"] else "not merged")
@@ -335,6 +360,13 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
         return 0
     if args.command == "suture":
         _refuse_if_qubesd_runs(host, "suture")
+        reason = startup.failed_merge(settings["merged"])
+        if reason:  # qubesd did not start on the last merged store: core only now
+            visible = discover(roots, depth, problems=[])
+            path = default_detached_path(settings["merged"])
+            write_detached(path, read_detached(path) | {s.id for s in visible})
+            startup.fall_back(settings["merged"], reason)
+            print(f"reliant-shard: error: {reason}", file=sys.stderr)
         detached = read_detached(
             default_detached_path(settings["merged"]))
         result = operations.suture(
@@ -343,11 +375,13 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
             policy_dir=settings["policy_dir"] or None, services=settings["services"],
             qubes_dir=settings["qubes_dir"], detached=detached,
             real_loader=_real_loader(settings))
+        startup.begin(settings["merged"], [shard.id for shard in result.shards])
         _print_problems(result.problems)
         return 0
     if args.command == "dissect":
         if args.final:
             _refuse_if_qubesd_runs(host, "dissect --final")
+            startup.stopped(settings["merged"], os.environ)
         result = operations.dissect(settings["merged"], settings["core"], roots,
                                         max_depth=depth, qubes_dir=settings["qubes_dir"],
                                         final=args.final)
@@ -381,6 +415,9 @@ def run(args: argparse.Namespace, settings: dict[str, Any], host: Host) -> int:
         _refuse_if_qubesd_runs(host, "review")
         operations.review_qube(roots, args.qube, shard_id=args.shard, max_depth=depth)
         print(f"{args.qube}: start allowed again")
+        return 0
+    if args.command == "started":
+        startup.started(settings["merged"])
         return 0
     if args.command == "attach":
         return _attach(settings, args, host)

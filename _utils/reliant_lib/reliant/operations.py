@@ -48,6 +48,7 @@ from reliant.shards.records import (
     strip_reliant_tags,
 )
 from reliant.shards.runtime import default_state_path, operation_lock, read_state, write_state
+from reliant.shards.startup import fallback
 from reliant.shards.stubs import (
     Stubs,
     load_core,
@@ -268,6 +269,7 @@ def status(core: str, merged: str, roots: Sequence[str], *, max_depth: int = 3,
     report: dict[str, Any] = {"core": core, "merged": merged,
                               "merged_exists": os.path.exists(merged), "shards": [],
                               "recovered": [], "detached": state.get("detached", []),
+                              "fallback": fallback(merged),
                               "problems": [asdict(p) for p in problems]
                               + list(state.get("problems", []))}
     for shard in shards:

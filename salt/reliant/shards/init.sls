@@ -133,9 +133,13 @@ reliant-shards-daemon-reload:
       - file: reliant-shards-dissect-path
       - file: reliant-shards-dissect-path-wanted
 
+{#- A failed start on a merged store is followed by qubesd's own restart on core only
+    (reliant.shards.startup): wait for it rather than fail. #}
 reliant-shards-qubesd-start:
   cmd.run:
-    - name: systemctl start qubesd.service
+    - name: >-
+        systemctl start qubesd.service || { for i in $(seq 60); do sleep 1;
+        systemctl is-active --quiet qubesd.service && exit 0; done; exit 1; }
     - onchanges:
       - cmd: reliant-shards-qubesd-stop
     - require:

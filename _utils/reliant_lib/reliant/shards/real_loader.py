@@ -38,6 +38,7 @@ After loading, the child reads each qube's ``template``, ``netvm`` and
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -111,6 +112,9 @@ class RealLoader:
 
     def load(self, data: bytes, scratch: str) -> Verdict:
         """Load the store `data` from a private directory made under `scratch`."""
+        if self._available is None and not self.pythonpath \
+                and importlib.util.find_spec("qubes") is None:
+            self._available = False  # the child would have the same path: no need to ask
         if self._available is False:
             return Verdict(None, "qubes-core-admin is not importable")
         workdir = tempfile.mkdtemp(prefix="reliant-loadcheck-", dir=scratch)
