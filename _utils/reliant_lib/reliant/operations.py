@@ -21,7 +21,7 @@ from lxml import etree
 from reliant import chunks as chunking
 from reliant import store
 from reliant.isolation import guard, policy
-from reliant.shards.admission import admit
+from reliant.shards.admission import admit, loadable_outputs
 from reliant.shards.dissect import plan_dissect
 from reliant.shards.dom0dirs import (
     QUBES_DIR,
@@ -179,21 +179,24 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
 
 def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
             qubes_dir: str = QUBES_DIR, state_path: Optional[str] = None,
-            final: bool = False) -> Result:
+            final: bool = False, release: Optional[str] = None) -> Result:
     """Write core and every merged shard back from the merged store (only files whose
     content changed). With `final` (qubesd stopped), the dom0 directories of shard
     qubes leave `qubes_dir` once saved in their shard.
 
     Order: dom0 directories into shards, runtime state, shard files gaining qubes,
-    those losing qubes, core, then (final) removal of saved directories.
+    those losing qubes, core, then (final) removal of saved directories. A file the model
+    of qubesd's loader (for `release`, default dom0's) says would not load is not written
+    (`reliant.shards.admission.loadable_outputs`).
     """
     state_path = state_path or default_state_path(merged)
     with operation_lock(state_path), _without_gc():
-        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final)
+        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final,
+                        release or dom0_release())
 
 
 def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes_dir: str,
-             state_path: str, final: bool) -> Result:
+             state_path: str, final: bool, release: str) -> Result:
     problems: list[Problem] = []
     memo = chunking.Memo(chunking.memo_dir(state_path), memo_version())
     stubs = Stubs()
@@ -206,8 +209,14 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
     saved = [sid for sid, shard in plan.shards.items()
              if save_dom0_dirs(shard, plan.dirs[sid], plan.keep_dirs[sid], qubes_dir, problems)]
     write_state(state_path, plan.state)
-    written = [path for path, content, mode in plan.outputs
-               if store.write(path, content, mode=mode)]
+    outputs = plan.outputs
+    if any(p.kind in ("violation", "unplaceable") for p in plan.problems):
+        # the plan changed what qubesd saved (qubesd loaded it, then checked each change):
+        # only then may a file hold what would not load
+        outputs, refused = loadable_outputs(outputs, core_path=core, shards=plan.shards,
+                                            release=release)
+        problems += refused
+    written = [path for path, content, mode in outputs if store.write(path, content, mode=mode)]
     try:  # the memo only saves time: not saving it fails nothing
         if chunks is not None:
             memo.save(chunks, memo_group_of)

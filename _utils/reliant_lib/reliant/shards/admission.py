@@ -20,13 +20,15 @@ store is written as the model admitted it.
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Iterable
 from typing import Optional
 
 from lxml import etree
 
 from reliant import qubesd_load, store
-from reliant.shards.files import Shard
+from reliant.shards.files import Shard, deps_closure
 from reliant.shards.real_loader import RealLoader
 from reliant.shards.records import QubeRecord
 from reliant.shards.suture import SuturePlan, describe_recovery, recover_reference
@@ -39,11 +41,11 @@ def admit(plan: SuturePlan, *, release: Optional[str], missing_reference: str = 
     returns the merged store's bytes. `release`: the Qubes release dom0 runs (None:
     every release the model knows); `loader` and `scratch` (a private directory is made
     in it for each load: tmpfs, beside the merged store): the real loader, if any."""
+    if loader is not None and scratch is None:
+        raise ShardError("the real loader needs a scratch directory on tmpfs")
     admission = _Admission(plan, release, missing_reference)
     data = admission.settle()
-    if loader is not None:
-        if scratch is None:
-            raise ShardError("the real loader needs a scratch directory on tmpfs")
+    if loader is not None and scratch is not None:
         data = admission.last_word(loader, data, scratch)
     return data
 
@@ -68,10 +70,11 @@ class _Admission:
         self.reported_core: set[qubesd_load.LoadProblem] = set()
 
     # -- the model --------------------------------------------------------------------
-    def settle(self) -> bytes:
-        """Leave out what the model refuses until it refuses nothing of a shard."""
+    def settle(self, data: Optional[bytes] = None) -> bytes:
+        """Leave out what the model refuses until it refuses nothing of a shard (`data`:
+        the plan's store, if serialized already)."""
         while True:
-            data = self.plan.facts.expand(store.serialize(self.plan.merged))
+            data = data or self.plan.facts.expand(store.serialize(self.plan.merged))
             context = qubesd_load.StoreContext(store.parse(data, "merged store"), self.release)
             changed = False
             for problem in qubesd_load.check_store(context):
@@ -91,6 +94,7 @@ class _Admission:
             if not changed:
                 return data
             self.knock_on()
+            data = None
 
     def _store_problem(self, problem: qubesd_load.LoadProblem) -> bool:
         """A store-wide problem: a shard's pool refuses the shard; others are core's."""
@@ -220,3 +224,93 @@ def _without(data: bytes, names: set[str]) -> bytes:
                 gone.add(qube.name)
                 changed = True
     return store.serialize(root)
+
+
+# --- dissect: never write a file that would not load ------------------------------------
+def loadable_outputs(outputs: list[tuple[str, bytes, int]], *, core_path: str,
+                     shards: dict[str, Shard], release: Optional[str]
+                     ) -> tuple[list[tuple[str, bytes, int]], list[Problem]]:
+    """The outputs of a dissect plan (path, content, mode) that it may write: a core or
+    shard file in which the model of qubesd's loader finds a problem the file on disk
+    does not have is refused (reported; the previous file stays), and so is, when one
+    is refused, every file that would lose a qube (it may have moved to the refused one).
+    A shard file is checked with core, its own pools and qubes and its dependencies'."""
+    current = {path: store.read_if_exists(path) for path, _, _ in outputs}
+    new = {path: content for path, content, _ in outputs}
+    by_file = {shard.file: shard for shard in shards.values()}
+
+    def now(path: str) -> Optional[bytes]:
+        return new[path] if path in new else store.read_if_exists(path)
+
+    problems: list[Problem] = []
+    refused: set[str] = set()
+    for path, content, _ in outputs:
+        if current[path] == content:
+            continue
+        if path == core_path:
+            added = _store_problems(content, release) - _store_problems(current[path], release)
+            what = "core"
+        elif path in by_file:
+            shard = by_file[path]
+            parts = [now(shards[dep].file) for dep in sorted(deps_closure(shard.id, shards))
+                     if dep in shards]
+            core = now(core_path)
+            added = _shard_problems(content, core, parts, release) - _shard_problems(
+                current[path], core, parts, release)
+            what = f"shard {shard.id}"
+        else:
+            continue
+        if added:
+            refused.add(path)
+            problems.append(Problem("error", "unplaceable", f"{path} not written: qubesd would "
+                                    f"not load {what} ({sorted(added)[0]}); the previous file "
+                                    "stays", None if path == core_path else by_file[path].id))
+    if not refused:
+        return outputs, problems
+    kept = []
+    for path, content, mode in outputs:
+        if path in refused:
+            continue
+        if _uuids(current[path]) - _uuids(content):
+            problems.append(Problem("error", "unplaceable", f"{path} not written: it would "
+                                    "lose qubes while another file of this dissect is refused"))
+            continue
+        kept.append((path, content, mode))
+    return kept, problems
+
+
+_UUID = re.compile(rb'<property name="uuid">([^<]*)</property>')
+
+
+def _uuids(data: Optional[bytes]) -> set[bytes]:
+    return set(_UUID.findall(data or b""))
+
+
+def _store_problems(data: Optional[bytes], release: Optional[str]) -> set[str]:
+    """What the model finds fatal in a store (in words), empty for no file."""
+    if data is None:
+        return set()
+    return {str(p) for p in qubesd_load.problems(store.parse(data, "store"), release)
+            if p.fatal}
+
+
+def _shard_problems(data: Optional[bytes], core: Optional[bytes], others: list[Optional[bytes]],
+                    release: Optional[str]) -> set[str]:
+    """What the model finds fatal in a shard file's pools and qubes, with `core` and the
+    files of the shards it depends on (`others`) around them."""
+    if data is None or core is None:
+        return set()
+    root = store.parse(core, "core")
+    own = store.parse(data, "shard")
+    for part in [own, *(store.parse(o, "shard") for o in others if o is not None)]:
+        for section in ("pools", "domains"):
+            root.find(section).extend(copy.deepcopy(part.findall(f"{section}/*")))
+    names = {QubeRecord(d).name for d in own.iterfind("domains/domain")}
+    pools = [p.get("name") for p in own.iterfind("pools/pool")]
+    context = qubesd_load.StoreContext(root, release)
+    found = [p for pool in root.iterfind("pools/pool") if pool.get("name") in pools
+             for release_ in context.releases for p in qubesd_load.check_pool(pool, release_)]
+    for domain in context.domains:
+        if QubeRecord(domain).name in names:
+            found += qubesd_load.check_domain(domain, context)
+    return {str(p) for p in found if p.fatal}
