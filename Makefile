@@ -49,6 +49,7 @@ kitchen: deps $(VENV)/.installed
 bench: deps $(VENV)/.installed
 	$(PY) bench/shards.py
 	$(PY) bench/highstate.py
+	$(PY) bench/loadcheck.py
 
 # Lay the formula out as a dom0 package does (FORMULA: formula-files, pillar-files).
 install:

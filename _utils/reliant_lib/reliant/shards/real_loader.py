@@ -106,7 +106,7 @@ class RealLoader:
     def __init__(self, python: str = sys.executable, pythonpath: Sequence[str] = (),
                  timeout: float = 600) -> None:
         self.python = python
-        self.pythonpath = list(pythonpath)
+        self.pythonpath = [os.path.abspath(path) for path in pythonpath]  # the child runs elsewhere
         self.timeout = timeout
         self._available: Optional[bool] = None
 
