@@ -61,6 +61,7 @@ QUBES_VM_CLASSES = ("AppVM", "TemplateVM", "DispVM", "StandaloneVM")
 DVM_TEMPLATE_CLASSES = ("AppVM", "StandaloneVM")
 
 _INT = re.compile(r"-?[0-9]+")
+_DIGITS = re.compile(r"[0-9]+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: qubes/vm/__init__.py Tags.add (both): ASCII letters, digits, "_" and "-".
 _TAG = re.compile(r"[A-Za-z0-9_-]+")
@@ -158,8 +159,9 @@ class LoadProblem:
 
 # --- reading a store --------------------------------------------------------------------
 def _value(node: etree._Element) -> Optional[str]:
-    """A property's value as PropertyHolder.load_properties reads it (qubes/__init__.py)."""
-    return node.get("ref") or node.text
+    """A property's value as PropertyHolder.load_properties reads it (qubes/__init__.py)
+    from the written store, where an empty text reads as None."""
+    return node.get("ref") or node.text or None
 
 
 def _properties(element: etree._Element) -> list[etree._Element]:
@@ -266,10 +268,10 @@ class StoreContext:
         if not value:
             return False
         indices = set(self.labels.values())
-        match = _LABEL_ID.fullmatch(value)
-        if match:
-            return int(match.group(1)) in indices
-        return value in self.labels or (value.isdigit() and int(value) in indices)
+        if value.startswith("label-"):  # looked up by index only, int() of the rest
+            match = _LABEL_ID.fullmatch(value)
+            return bool(match) and int(match.group(1)) in indices
+        return value in self.labels or (bool(_DIGITS.fullmatch(value)) and int(value) in indices)
 
     def template_chain(self, qube: _Qube) -> Iterator[_Qube]:
         """The qube's template, its template's template, ... (qubes/storage/__init__.py
