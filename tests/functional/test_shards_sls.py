@@ -170,7 +170,8 @@ def test_sls_config_for_the_cli(salt_minion, dom0: dict) -> None:
     shards = dom0["shards"]
     assert dataset == {"core": shards["core"], "merged": shards["merged"],
                        "roots": shards["roots"], "max_depth": 3,
-                       "missing_reference": "recover", "libdir": shards["libdir"],
+                       "missing_reference": "recover", "real_loader_check": True,
+                       "libdir": shards["libdir"],
                        "policy_dir": "", "services": None}
     dropin = shown["reliant-shards-qubesd-dropin"]["file"]
     assert {"name": "/etc/systemd/system/qubesd.service.d/reliant-shards.conf"} in dropin
