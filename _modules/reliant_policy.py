@@ -8,11 +8,11 @@ Nothing here reads a shard: the deny rules between shards are written by
 from __future__ import annotations
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
+import reliant_salt
 
 # isort: split
 import reliant.config
 import reliant.isolation.policy
-from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_policy"
 
@@ -43,11 +43,9 @@ def settings(services: list | None = None, directions: list | None = None, notif
                        ("shard_roots", shard_roots)):
         if value is not None:
             values[key] = value
-    try:
+    with reliant_salt.salt_errors(reliant.isolation.policy.PolicyError):
         checked = reliant.isolation.policy.settings_from_mapping(values)
         return reliant.isolation.policy.settings_to_mapping(checked)
-    except reliant.isolation.policy.PolicyError as exc:
-        raise CommandExecutionError(str(exc)) from None
 
 
 def site_packages(python: str = "/usr/bin/python3") -> str:
@@ -55,10 +53,8 @@ def site_packages(python: str = "/usr/bin/python3") -> str:
 
     CLI Example: ``qubesctl reliant_policy.site_packages``
     """
-    try:
+    with reliant_salt.salt_errors(reliant.isolation.policy.PolicyError):
         return reliant.isolation.policy.python_purelib(python)
-    except reliant.isolation.policy.PolicyError as exc:
-        raise CommandExecutionError(str(exc)) from None
 
 
 def extension_paths(libdir: str) -> str:
@@ -66,7 +62,5 @@ def extension_paths(libdir: str) -> str:
 
     CLI Example: ``qubesctl reliant_policy.extension_paths /usr/lib/reliant``
     """
-    try:
+    with reliant_salt.salt_errors(reliant.isolation.policy.PolicyError):
         return reliant.isolation.policy.render_extension_paths(libdir)
-    except reliant.isolation.policy.PolicyError as exc:
-        raise CommandExecutionError(str(exc)) from None

@@ -1,11 +1,13 @@
-"""Execution module: shards of qubes.xml (thin wrappers over reliant_shards and reliant_declare).
+"""Execution module: shards of qubes.xml (thin wrappers over reliant.commands and reliant.declare).
 
 Settings come from the reliant-shard configuration (``/etc/reliant/reliant.json``,
 written by the ``reliant.shards`` state; ``config=PATH`` names another one), and any
 of ``core``, ``merged``, ``roots`` (list or comma-separated), ``max_depth`` given as
 arguments override it. Refusals raise CommandExecutionError with the library's
 message (salt-call exits 1). Offline operations (suture, dissect final=True, rename,
-review) refuse while qubesd runs, as the CLI does.
+review) refuse while qubesd runs, as the CLI does. Off the volatile root, suture merges
+core alone unless ``require_volatile`` is false (reliant.volatile.interlock); status
+reports the root's mode and warns.
 
 CLI Examples::
 
@@ -19,28 +21,31 @@ CLI Examples::
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Optional
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
+import reliant_salt
 
 # isort: split
-import reliant.cli
+import reliant.commands
 import reliant.config
 import reliant.declare
 import reliant.operations
 import reliant.shards.files
-import reliant.shards.runtime
-import reliant.store
-import reliant.vocab
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_shard"
-REFUSALS = (reliant.vocab.ShardError, reliant.store.StoreError, reliant.cli.UsageError)
+#: Settings an argument may set.
+OVERRIDES = ("core", "merged", "roots", "max_depth")
 
 
 def __virtual__():
     return reliant.config.virtual(__virtualname__, __opts__)
+
+
+def _refusals():
+    """Refusals of the library as Salt's CommandExecutionError."""
+    return reliant_salt.salt_errors(*reliant.commands.REFUSALS)
 
 
 def settings(config: Optional[str] = None, **overrides: Any) -> dict:
@@ -48,32 +53,14 @@ def settings(config: Optional[str] = None, **overrides: Any) -> dict:
 
     CLI Example: ``salt-call reliant_shard.settings roots=/run/shufflecake,/mnt/hidden``
     """
-    path = config or os.environ.get("RELIANT_CONFIG", reliant.cli.CONFIG_PATH)
-    try:
-        found = reliant.cli.load_config(path)
-    except reliant.cli.UsageError as exc:
-        raise CommandExecutionError(str(exc)) from None
-    for key in ("core", "merged", "roots", "max_depth"):
-        value = overrides.get(key)
-        if value is not None:
-            found[key] = value
-    if isinstance(found["roots"], str):
-        found["roots"] = [root for root in found["roots"].split(",") if root]
-    return found
-
-
-def _problems(problems: list) -> list[dict]:
-    return [dataclasses.asdict(problem) for problem in problems]
+    with _refusals():
+        return reliant.commands.settings(config, {key: overrides.get(key) for key in OVERRIDES})
 
 
 def _result(result: reliant.operations.Result) -> dict:
     return {"written": result.written, "shards": [shard.id for shard in result.shards],
-            "problems": _problems(result.problems), "errors": len(result.errors)}
-
-
-def _refuse_if_qubesd_runs(what: str) -> None:
-    if reliant.cli.Host().qubesd_active():
-        raise CommandExecutionError(f"qubesd is running: {what} needs it stopped")
+            "problems": [dataclasses.asdict(problem) for problem in result.problems],
+            "errors": len(result.errors)}
 
 
 def status(config: Optional[str] = None, **overrides: Any) -> dict:
@@ -82,11 +69,8 @@ def status(config: Optional[str] = None, **overrides: Any) -> dict:
     CLI Example: ``salt-call reliant_shard.status``
     """
     found = settings(config, **overrides)
-    try:
-        return reliant.operations.status(found["core"], found["merged"], found["roots"],
-                                     max_depth=found["max_depth"])
-    except REFUSALS as exc:
-        raise CommandExecutionError(str(exc)) from None
+    with _refusals():
+        return reliant.commands.status(found, reliant.commands.Host())
 
 
 def check(config: Optional[str] = None, **overrides: Any) -> dict:
@@ -95,15 +79,8 @@ def check(config: Optional[str] = None, **overrides: Any) -> dict:
     CLI Example: ``salt-call reliant_shard.check``
     """
     found = settings(config, **overrides)
-    detached = reliant.shards.runtime.read_detached(
-        reliant.shards.runtime.default_detached_path(found["merged"]))
-    try:
-        result = reliant.operations.check(found["core"], found["roots"],
-                                      max_depth=found["max_depth"],
-                                      missing_reference=found["missing_reference"],
-                                      detached=detached)
-    except REFUSALS as exc:
-        raise CommandExecutionError(str(exc)) from None
+    with _refusals():
+        result = reliant.commands.check(found)
     report = _result(result)
     report["ok"] = all(problem.severity == "info" for problem in result.problems)
     return report
@@ -115,18 +92,8 @@ def suture(config: Optional[str] = None, **overrides: Any) -> dict:
     CLI Example: ``salt-call reliant_shard.suture``
     """
     found = settings(config, **overrides)
-    _refuse_if_qubesd_runs("suture")
-    detached = reliant.shards.runtime.read_detached(
-        reliant.shards.runtime.default_detached_path(found["merged"]))
-    try:
-        result = reliant.operations.suture(
-            found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
-            missing_reference=found["missing_reference"],
-            policy_dir=found["policy_dir"] or None, services=found["services"],
-            qubes_dir=found["qubes_dir"], detached=detached)
-    except REFUSALS as exc:
-        raise CommandExecutionError(str(exc)) from None
-    return _result(result)
+    with _refusals():
+        return _result(reliant.commands.suture(found, reliant.commands.Host()))
 
 
 def dissect(final: bool = False, config: Optional[str] = None, **overrides: Any) -> dict:
@@ -136,14 +103,8 @@ def dissect(final: bool = False, config: Optional[str] = None, **overrides: Any)
     CLI Example: ``salt-call reliant_shard.dissect``
     """
     found = settings(config, **overrides)
-    if final:
-        _refuse_if_qubesd_runs("dissect final=True")
-    try:
-        result = reliant.operations.dissect(found["merged"], found["core"], found["roots"],
-                                        max_depth=found["max_depth"],
-                                        qubes_dir=found["qubes_dir"], final=final)
-    except REFUSALS as exc:
-        raise CommandExecutionError(str(exc)) from None
+    with _refusals():
+        result = reliant.commands.dissect(found, reliant.commands.Host(), final=final)
     if result.errors:
         raise CommandExecutionError("; ".join(str(problem) for problem in result.errors))
     return _result(result)
@@ -159,12 +120,10 @@ def init(directory: str, qid_range: Optional[str] = None, depends_on: Any = None
     found = settings(config, **overrides)
     if isinstance(depends_on, str):
         depends_on = [dep for dep in depends_on.split(",") if dep]
-    try:
-        shard = reliant.shards.files.init_shard(
-            directory, reliant.shards.files.parse_range(qid_range) if qid_range else None,
-            depends_on or (), shard_id, found["roots"], found["max_depth"])
-    except REFUSALS as exc:
-        raise CommandExecutionError(str(exc)) from None
+    with _refusals():
+        shard = reliant.commands.init(
+            found, directory, reliant.shards.files.parse_range(qid_range) if qid_range else None,
+            depends_on or (), shard_id)
     return {"id": shard.id, "path": shard.path,
             "qid_range": f"{shard.qid_range[0]}-{shard.qid_range[1]}",
             "depends_on": list(shard.depends_on)}
@@ -177,13 +136,8 @@ def rename(qube: str, new: str, shard: Optional[str] = None, config: Optional[st
     CLI Example: ``salt-call reliant_shard.rename work work-hidden``
     """
     found = settings(config, **overrides)
-    _refuse_if_qubesd_runs("rename")
-    try:
-        result = reliant.operations.rename_qube(found["roots"], qube, new, core=found["core"],
-                                            shard_id=shard, max_depth=found["max_depth"])
-    except REFUSALS as exc:
-        raise CommandExecutionError(str(exc)) from None
-    return _result(result)
+    with _refusals():
+        return _result(reliant.commands.rename(found, reliant.commands.Host(), qube, new, shard))
 
 
 def review(qube: str, shard: Optional[str] = None, config: Optional[str] = None,
@@ -193,13 +147,8 @@ def review(qube: str, shard: Optional[str] = None, config: Optional[str] = None,
     CLI Example: ``salt-call reliant_shard.review mail``
     """
     found = settings(config, **overrides)
-    _refuse_if_qubesd_runs("review")
-    try:
-        result = reliant.operations.review_qube(found["roots"], qube, shard_id=shard,
-                                            max_depth=found["max_depth"])
-    except REFUSALS as exc:
-        raise CommandExecutionError(str(exc)) from None
-    return _result(result)
+    with _refusals():
+        return _result(reliant.commands.review(found, reliant.commands.Host(), qube, shard))
 
 
 def declarations(config: Optional[str] = None, **overrides: Any) -> list:

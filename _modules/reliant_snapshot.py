@@ -1,8 +1,9 @@
-"""Execution module: read-only loop snapshots (reliant's create-snapshot + qubesd extension).
+"""Execution module: read-only loop snapshots (reliant's create-snapshot; the state
+``reliant.snapshots`` installs the qubesd extension beside it, into `site_packages`).
 
-``settings`` is the ``reliant:snapshots`` pillar mapping (defaults.yaml merged with
-pillar); the files to install are read from the Salt fileserver
-(``salt://reliant/files/snapshots/``).
+``settings`` is the ``reliant:snapshots`` pillar mapping (default: defaults.yaml merged
+with pillar); the script to install is read from the Salt fileserver
+(``salt://reliant/files/snapshots/create-snapshot``).
 
 CLI Examples::
 
@@ -15,6 +16,7 @@ CLI Examples::
 from __future__ import annotations
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
+import reliant_salt
 
 # isort: split
 import reliant.config
@@ -22,7 +24,7 @@ import reliant.snapshot
 
 __virtualname__ = "reliant_snapshot"
 
-SOURCES = "salt://reliant/files/snapshots/"
+SCRIPT_SOURCE = "salt://reliant/files/snapshots/create-snapshot"
 
 
 def __virtual__():
@@ -30,10 +32,9 @@ def __virtual__():
 
 
 def _settings(settings: dict | None) -> dict:
-    if settings is None:
-        # __pillar__, not pillar.get: Salt 3008's pillar.get redacts the values it returns.
-        settings = (__pillar__.get("reliant") or {}).get("snapshots") or {}
-    return {**reliant.snapshot.DEFAULTS, **settings}
+    """`settings` over pillar `reliant:snapshots` over its defaults (defaults.yaml)."""
+    return {**reliant_salt.formula_settings(__salt__, __pillar__)["snapshots"],
+            **(settings or {})}
 
 
 def _layout(settings: dict, removing: bool = False) -> reliant.snapshot.Layout:
@@ -44,29 +45,31 @@ def _layout(settings: dict, removing: bool = False) -> reliant.snapshot.Layout:
         except reliant.snapshot.SnapshotError:
             if not removing:
                 raise
-            # No qubes package: no extension to remove; the script may still be restored.
+            # No qubes package: the script may still be restored.
             site_packages = ""
     return reliant.snapshot.Layout(script=settings["script"], site_packages=site_packages,
                                    backup_dir=settings["backup_dir"])
 
 
-def _source(name: str) -> bytes:
-    cached = __salt__["cp.cache_file"](SOURCES + name)
-    if not cached:
-        raise reliant.snapshot.SnapshotError(f"{SOURCES}{name} not found on the fileserver")
-    with open(cached, "rb") as handle:
-        return handle.read()
+def _script() -> bytes:
+    return reliant_salt.formula_file(__salt__, SCRIPT_SOURCE)
 
 
-def _sources() -> tuple[bytes, bytes]:
-    return _source("create-snapshot"), _source(reliant.snapshot.EXTENSION_MODULE + ".py")
+def site_packages(settings: dict | None = None, missing_ok: bool = False) -> str:
+    """Where the qubesd extension goes: ``site_packages`` of the settings, else the one
+    site-packages holding the `qubes` package ("" if there is none and `missing_ok`).
+
+    CLI Example: ``qubesctl reliant_snapshot.site_packages``
+    """
+    with reliant_salt.salt_errors(reliant.snapshot.SnapshotError):
+        return _layout(_settings(settings), removing=missing_ok).site_packages
 
 
 def _install_plan(settings: dict) -> tuple[reliant.snapshot.Layout, reliant.snapshot.Plan]:
     layout = _layout(settings)
-    script, extension = _sources()
+    script = _script()
     extra = frozenset(settings["extra_known_sha256"])
-    return layout, reliant.snapshot.plan_install(layout, script, extension, extra)
+    return layout, reliant.snapshot.plan_install(layout, script, extra)
 
 
 def plan(settings: dict | None = None, remove: bool = False) -> dict:
@@ -82,7 +85,7 @@ def plan(settings: dict | None = None, remove: bool = False) -> dict:
 
 
 def install(settings: dict | None = None) -> dict:
-    """Install reliant's create-snapshot and the qubesd extension; return the changes.
+    """Install reliant's create-snapshot; return the changes.
 
     Refuses, changing nothing, on a Qubes version it does not know.
     """
@@ -92,7 +95,7 @@ def install(settings: dict | None = None) -> dict:
 
 
 def remove(settings: dict | None = None) -> dict:
-    """Put the original create-snapshot back, remove the extension and the marks."""
+    """Put the original create-snapshot back, remove the marks."""
     layout = _layout(_settings(settings), removing=True)
     result = reliant.snapshot.plan_remove(layout)
     reliant.snapshot.apply_remove(layout, result)
@@ -101,5 +104,4 @@ def remove(settings: dict | None = None) -> dict:
 
 def verify(settings: dict | None = None) -> list:
     """Problems that make the installed files not reliant's or not intact ([] = fine)."""
-    script, extension = _sources()
-    return reliant.snapshot.verify(_layout(_settings(settings)), script, extension)
+    return reliant.snapshot.verify(_layout(_settings(settings)), _script())

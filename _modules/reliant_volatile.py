@@ -6,6 +6,7 @@ Every function takes `settings` (pillar `reliant:volatile` form); without it, pi
 from __future__ import annotations
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
+import reliant_salt
 
 # isort: split
 import reliant.config
@@ -47,7 +48,7 @@ def pending(settings: dict | None = None) -> dict:
     CLI Example: ``qubesctl reliant_volatile.pending '{"default_entry": "maintenance"}'``
     """
     resolved = _settings(settings)
-    return reliant.volatile.boot.plan_configured(resolved).changes(resolved)
+    return reliant.volatile.boot.plan_configured(resolved, grub_body()).changes(resolved)
 
 
 def grub_script(settings: dict | None = None) -> str:
@@ -55,4 +56,12 @@ def grub_script(settings: dict | None = None) -> str:
 
     CLI Example: ``qubesctl reliant_volatile.grub_script``
     """
-    return reliant.volatile.files.grub_script(_settings(settings))
+    return reliant.volatile.files.grub_script(_settings(settings), grub_body())
+
+
+def grub_body() -> str:
+    """The body of the grub.d script (salt://reliant/files/volatile/grub-entries.sh).
+
+    CLI Example: ``qubesctl reliant_volatile.grub_body``
+    """
+    return reliant_salt.formula_file(__salt__, reliant.volatile.files.GRUB_BODY).decode()

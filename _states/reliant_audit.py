@@ -31,11 +31,12 @@ def clean(name: str, audit: dict | None = None, shards: dict | None = None,
     except Exception as exc:  # any failure of the audit fails the state
         ret["comment"] = f"audit could not run: {type(exc).__name__}: {exc}"
         return ret
+    warnings = list(report.get("warnings", ()))  # about the root: they name no shard
     disk = report["summary"].get("disk", {})
     ram = report["summary"].get("ram", {})
     if not report["shards"]:
         ret["result"] = True
-        ret["comment"] = "no shard is open: nothing to look for"
+        ret["comment"] = "; ".join(["no shard is open: nothing to look for", *warnings])
         return ret
     parts = []
     if disk:
@@ -45,9 +46,9 @@ def clean(name: str, audit: dict | None = None, shards: dict | None = None,
         parts.append(f"{sum(ram.values())} in RAM only, gone at shutdown ({_counts(ram)})")
     if not disk:
         ret["result"] = True
-        ret["comment"] = "; ".join(parts) or (
-            f"no trace of the {report['shards']} open shard(s) on dom0's disk")
+        ret["comment"] = "; ".join([*parts, *warnings] if parts else [
+            f"no trace of the {report['shards']} open shard(s) on dom0's disk", *warnings])
         return ret
-    ret["comment"] = ("; ".join(parts) + ". See them with `qubesctl reliant_audit.run` or "
+    ret["comment"] = ("; ".join([*parts, *warnings]) + ". See them with `qubesctl reliant_audit.run` or "
                       "`reliant-shard audit` (they name hidden qubes: not logged here)")
     return ret

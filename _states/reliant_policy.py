@@ -9,6 +9,7 @@ are written at suture by ``reliant-shard``.
 from __future__ import annotations
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
+import reliant_salt
 
 # isort: split
 import reliant.isolation.policy
@@ -24,32 +25,19 @@ def __virtual__():
     return __virtualname__
 
 
-def _converge(ret: dict, plan: dict, done: str) -> dict:
-    try:
-        changes = reliant.isolation.policy.pending_changes(plan)
-    except reliant.isolation.policy.PolicyError as exc:
-        ret["result"], ret["comment"] = False, str(exc)
-        return ret
-    if not changes:
-        ret["comment"] = done
-        return ret
-    if __opts__["test"]:
-        ret["result"], ret["changes"] = None, changes
-        ret["comment"] = f"{len(changes)} file(s) would change"
-        return ret
-    try:
-        reliant.isolation.policy.apply_plan(plan)
-        left = reliant.isolation.policy.pending_changes(plan)
-    except (OSError, reliant.isolation.policy.PolicyError, reliant.store.StoreError) as exc:
-        ret["result"], ret["comment"] = False, f"failed: {exc}"
-        return ret
-    ret["changes"] = changes
-    if left:
-        ret["result"] = False
-        ret["comment"] = "still different after writing: " + ", ".join(sorted(left))
-    else:
-        ret["comment"] = f"{len(changes)} file(s) changed"
-    return ret
+def _converge(name: str, plan: dict, done: str) -> dict:
+    policy = reliant.isolation.policy
+
+    def left() -> list:
+        still = policy.pending_changes(plan)
+        return ["still different after writing: " + ", ".join(sorted(still))] if still else []
+
+    return reliant_salt.converge(
+        name, __opts__["test"], pending=lambda: policy.pending_changes(plan),
+        apply=lambda: policy.apply_plan(plan), left=left,
+        errors=(OSError, policy.PolicyError, reliant.store.StoreError), done=done,
+        would=lambda changes: f"{len(changes)} file(s) would change",
+        changed=lambda changes: f"{len(changes)} file(s) changed", failed="failed: {}")
 
 
 def installed(name: str, services: list | None = None, directions: list | None = None,
@@ -57,7 +45,6 @@ def installed(name: str, services: list | None = None, directions: list | None =
               shard_roots: list | None = None,
               settings_path: str = reliant.isolation.policy.SETTINGS_PATH) -> dict:
     """The persistent policy file in directory `name` and the settings file are in place."""
-    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     try:
         values = __salt__["reliant_policy.settings"](
             services=services, directions=directions, notify=notify,
@@ -65,9 +52,9 @@ def installed(name: str, services: list | None = None, directions: list | None =
         settings = reliant.isolation.policy.settings_from_mapping(values)
         plan = reliant.isolation.policy.install_plan(name, settings, settings_path)
     except (CommandExecutionError, reliant.isolation.policy.PolicyError) as exc:
-        ret["result"], ret["comment"] = False, f"reliant:isolation: {exc}"
-        return ret
-    return _converge(ret, plan, "policy and settings files are in place")
+        return {"name": name, "result": False, "changes": {},
+                "comment": f"reliant:isolation: {exc}"}
+    return _converge(name, plan, "policy and settings files are in place")
 
 
 def absent(name: str, policy_dir: str = reliant.isolation.policy.RUNTIME_DIR,
@@ -75,6 +62,5 @@ def absent(name: str, policy_dir: str = reliant.isolation.policy.RUNTIME_DIR,
            settings_path: str = reliant.isolation.policy.SETTINGS_PATH) -> dict:
     """No policy file of reliant.isolation in `name` (persistent) or `policy_dir` (runtime),
     and no settings file."""
-    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     plan = reliant.isolation.policy.removal_plan(name, policy_dir, policy_file, settings_path)
-    return _converge(ret, plan, "no policy or settings file of reliant.isolation")
+    return _converge(name, plan, "no policy or settings file of reliant.isolation")

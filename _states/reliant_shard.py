@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
+import reliant_salt
 
 # isort: split
 import reliant.declare
@@ -27,7 +28,7 @@ import reliant.vocab
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "reliant_shard"
-_ERRORS = (reliant.vocab.ShardError, reliant.store.StoreError, CommandExecutionError)
+_ERRORS = (reliant.vocab.ShardError, reliant.store.StoreError, CommandExecutionError, OSError)
 
 
 def __virtual__():
@@ -60,28 +61,35 @@ def present(name: str, qid_range: Any, depends_on: Optional[list] = None,
             - qid_range: 1500-1999
             - depends_on: [../FIRST]
     """
-    ret: dict[str, Any] = {"name": name, "changes": {}, "result": True, "comment": ""}
-    try:
-        found = _settings(config)
+    seen: dict = {}
+
+    def pending() -> dict:
+        seen["found"] = found = _settings(config)
         wanted = reliant.declare.declaration(name, qid_range, depends_on or (), shard_id)
-        change = reliant.declare.plan(wanted, found["core"], found["roots"], found["max_depth"])
-    except _ERRORS as exc:
-        return {**ret, "result": False, "comment": str(exc)}
-    if change.action is None:
-        return {**ret, "comment": f"Shard {name} is as declared"}
-    verb = "created" if change.action == "init" else "updated"
-    ret["changes"] = {"old": change.old, "new": change.new}
-    if __opts__["test"]:
-        return {**ret, "result": None, "comment": f"Shard {name} would be {verb}"}
-    try:
-        reliant.declare.apply(change, found["roots"], found["max_depth"], _state_path(found))
-    except _ERRORS as exc:
-        return {**ret, "changes": {}, "result": False, "comment": str(exc)}
-    try:
-        reliant.declare.verify(change)
-    except _ERRORS as exc:
-        return {**ret, "result": False, "comment": f"Shard {name} {verb}, but: {exc}"}
-    return {**ret, "comment": f"Shard {name} {verb}"}
+        seen["change"] = change = reliant.declare.plan(wanted, found["core"], found["roots"],
+                                                       found["max_depth"])
+        return {} if change.action is None else {"old": change.old, "new": change.new}
+
+    def verb() -> str:
+        return "created" if seen["change"].action == "init" else "updated"
+
+    def apply() -> None:
+        found = seen["found"]
+        reliant.declare.apply(seen["change"], found["roots"], found["max_depth"],
+                              _state_path(found))
+
+    def left() -> list:
+        try:
+            reliant.declare.verify(seen["change"])
+        except _ERRORS as exc:
+            return [f"Shard {name} {verb()}, but: {exc}"]
+        return []
+
+    return reliant_salt.converge(
+        name, __opts__["test"], pending=pending, apply=apply, left=left, errors=_ERRORS,
+        done=f"Shard {name} is as declared",
+        would=lambda changes: f"Shard {name} would be {verb()}",
+        changed=lambda changes: f"Shard {name} {verb()}")
 
 
 def declared(name: str, max_depth: Optional[int] = None, config: Optional[str] = None) -> dict:

@@ -1,5 +1,6 @@
-"""States: reliant's create-snapshot and qubesd extension (`installed`) and their removal
-(`removed`, which puts the original create-snapshot back exactly).
+"""States: reliant's create-snapshot (`installed`) and its removal (`removed`, which puts
+the original create-snapshot back exactly). The qubesd extension beside it is a file
+tree the ``reliant.snapshots`` sls installs once this state succeeded.
 
 Both compute the difference first, return early when there is none, predict it
 exactly with test=True, act, then verify. A Qubes version the formula does not
@@ -9,6 +10,7 @@ know is refused before anything is changed.
 from __future__ import annotations
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
+import reliant_salt
 
 # isort: split
 import reliant.config
@@ -22,47 +24,35 @@ def __virtual__():
 
 
 def _converge(name: str, settings: dict | None, remove: bool) -> dict:
-    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     what = "removal of reliant's create-snapshot" if remove else "reliant's create-snapshot"
-    try:
+
+    def pending() -> dict:
         plan = __salt__["reliant_snapshot.plan"](settings, remove=remove)
-    except (reliant.snapshot.SnapshotError, OSError) as exc:
-        ret["comment"] = str(exc)
-        return ret
-    if plan["problems"]:
-        ret["comment"] = "; ".join(plan["problems"])
-        return ret
-    if not plan["changes"]:
-        problems = [] if remove else __salt__["reliant_snapshot.verify"](settings)
-        ret["result"] = not problems
-        ret["comment"] = "; ".join(problems) or f"{what}: nothing to do"
-        return ret
-    if __opts__["test"]:
-        ret["result"] = None
-        ret["changes"] = plan["changes"]
-        ret["comment"] = f"{what}: would change {len(plan['changes'])} file(s)"
-        return ret
-    try:
-        ret["changes"] = __salt__[
-            "reliant_snapshot.remove" if remove else "reliant_snapshot.install"](settings)
-        left = __salt__["reliant_snapshot.plan"](settings, remove=remove)
-        problems = left["problems"] + [f"{path} still to be {change}"
-                                       for path, change in left["changes"].items()]
-        if not remove:
-            problems += __salt__["reliant_snapshot.verify"](settings)
-    except (reliant.snapshot.SnapshotError, OSError) as exc:
-        ret["comment"] = (f"{what} failed (each file is either as before or complete; the next "
-                          f"run resumes): {exc}")
-        return ret
-    ret["result"] = not problems
-    ret["comment"] = "; ".join(problems) or f"{what}: done"
-    if ret["result"]:
-        ret["comment"] += "; qubesd (re)loads its extensions when it next starts"
-    return ret
+        problems = plan["problems"] or ([] if remove or plan["changes"]
+                                        else __salt__["reliant_snapshot.verify"](settings))
+        if problems:
+            raise reliant.snapshot.SnapshotError("; ".join(problems))
+        return plan["changes"]
+
+    def left() -> list:
+        plan = __salt__["reliant_snapshot.plan"](settings, remove=remove)
+        problems = plan["problems"] + [f"{path} still to be {change}"
+                                       for path, change in plan["changes"].items()]
+        return problems if problems or remove else __salt__["reliant_snapshot.verify"](settings)
+
+    return reliant_salt.converge(
+        name, __opts__["test"], pending=pending, left=left,
+        apply=lambda: __salt__[
+            "reliant_snapshot.remove" if remove else "reliant_snapshot.install"](settings),
+        errors=(reliant.snapshot.SnapshotError, OSError), done=f"{what}: nothing to do",
+        would=lambda changes: f"{what}: would change {len(changes)} file(s)",
+        changed=lambda changes: f"{what}: done",
+        failed=f"{what} failed (each file is either as before or complete; the next run "
+               "resumes): {}")
 
 
 def installed(name: str, settings: dict | None = None) -> dict:
-    """reliant's create-snapshot at ``settings.script`` and the qubesd extension, verified.
+    """reliant's create-snapshot at ``settings.script``, verified.
 
     name
         a label for the state

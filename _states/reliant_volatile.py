@@ -11,6 +11,7 @@ reaches the disk) fails `configured` until dom0 reboots into a working setup.
 from __future__ import annotations
 
 import reliant_lib_path  # noqa: F401 - puts _utils/reliant_lib on sys.path
+import reliant_salt
 
 # isort: split
 import reliant.config
@@ -27,46 +28,42 @@ def __virtual__():
 
 def _converge(name: str, settings: dict | None, planner, done: str,
               boot_must_work: bool) -> dict:
-    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
-    try:
-        resolved = reliant.volatile.settings.Settings.from_pillar(settings or {})
-        plan = planner(resolved)
-        running = reliant.volatile.running.status(resolved)
-    except (reliant.volatile.settings.VolatileError, OSError, UnicodeDecodeError) as exc:
-        ret["comment"] = str(exc)
-        return ret
-    # a volatile-failed boot is not reported as converged: the user believes in RAM-only
-    alarm = running["problems"] if boot_must_work and running["mode"] == "volatile-failed" \
-        else []
-    if plan.empty():
-        ret["result"] = not alarm
-        ret["comment"] = "; ".join([done, *alarm])
-        return ret
-    changes = plan.changes(resolved)
-    if running["mode"] == "volatile":
-        ret["comment"] = ("dom0 runs in volatile mode: a change to the boot setup would be lost "
-                          "at shutdown; boot the maintenance entry and apply again. Pending: "
-                          + ", ".join(f"{k}: {v}" for k, v in changes.items()))
-        return ret
-    if __opts__["test"]:
-        ret["result"] = None if not alarm else False
-        ret["changes"] = changes
-        ret["comment"] = "; ".join(["would change the boot setup", *alarm])
-        return ret
-    try:
-        reliant.volatile.boot.apply(plan, resolved, reliant.volatile.boot.run_command)
-        left = planner(resolved)
-    except (reliant.volatile.settings.VolatileError, OSError) as exc:
-        ret["changes"] = changes
-        ret["comment"] = f"failed half-way (the next run resumes): {exc}"
-        return ret
-    ret["changes"] = changes
-    if not left.empty():
-        ret["comment"] = f"still differs after applying: {left.changes(resolved)}"
-        return ret
-    ret["result"] = not alarm
-    ret["comment"] = "; ".join([done, *alarm])
-    return ret
+    seen: dict = {}
+
+    def pending() -> dict:
+        seen["settings"] = resolved = reliant.volatile.settings.Settings.from_pillar(settings or {})
+        seen["plan"] = plan = planner(resolved)
+        seen["running"] = reliant.volatile.running.status(resolved)
+        return plan.changes(resolved)
+
+    def alarm() -> list:
+        # a volatile-failed boot is not reported as converged: the user believes in RAM-only
+        running = seen["running"]
+        return running["problems"] if boot_must_work and running["mode"] == "volatile-failed" \
+            else []
+
+    def refuse(changes: dict) -> str | None:
+        if seen["running"]["mode"] != "volatile":
+            return None
+        return ("dom0 runs in volatile mode: a change to the boot setup would be lost at "
+                "shutdown; boot the maintenance entry and apply again. Pending: "
+                + ", ".join(f"{k}: {v}" for k, v in changes.items()))
+
+    def apply() -> None:
+        reliant.volatile.boot.apply(seen["plan"], seen["settings"],
+                                    reliant.volatile.boot.run_command)
+
+    def left() -> list:
+        remaining = planner(seen["settings"]).changes(seen["settings"])
+        return [f"still differs after applying: {remaining}"] if remaining else []
+
+    return reliant_salt.converge(
+        name, __opts__["test"], pending=pending, apply=apply, left=left, alarm=alarm,
+        refuse=refuse, errors=(reliant.volatile.settings.VolatileError, OSError,
+                               UnicodeDecodeError),
+        done=done, would=lambda changes: "would change the boot setup",
+        changed=lambda changes: done, failed="failed half-way (the next run resumes): {}",
+        changes_on_failure=True)
 
 
 def configured(name: str, settings: dict | None = None) -> dict:
@@ -76,7 +73,12 @@ def configured(name: str, settings: dict | None = None) -> dict:
     settings: pillar `reliant:volatile` (map.jinja merges the defaults).
     """
     default = (settings or {}).get("default_entry", "volatile")
-    return _converge(name, settings, reliant.volatile.boot.plan_configured,
+
+    def planner(resolved):
+        body = __salt__["reliant_volatile.grub_body"]()  # the grub.d script's, from the files
+        return reliant.volatile.boot.plan_configured(resolved, body)
+
+    return _converge(name, settings, planner,
                      f"volatile boot setup in place (default entry: {default})",
                      boot_must_work=True)
 

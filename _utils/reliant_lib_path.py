@@ -1,8 +1,9 @@
-"""Put the reliant library (`reliant_lib/`, beside this file) on sys.path.
+"""Put the reliant library (the package `reliant` in `reliant_lib/`, beside this file)
+on sys.path.
 
 The formula's execution and state modules import this first: while Salt loads them,
-its utils directories (the synced `_utils/`) are on sys.path, and the library's
-modules import each other by plain name from `reliant_lib/`.
+its utils directories (the synced `_utils/`) are on sys.path; then they import
+`reliant.<module>`.
 """
 
 import os

@@ -38,10 +38,14 @@ from reliant.shards.runtime import default_state_path
 LABELS = ("red", "orange", "yellow", "green", "gray", "blue", "purple", "black")
 
 
-def domain(name: str, qid: int, pool: str, template: str | None, netvm: str | None) -> str:
-    """One qube in qubesd's format (properties, features, tags, devices, volumes)."""
+def domain(name: str, qid: int, pool: str, template: str | None, netvm: str | None,
+           template_pool: str = "vm-pool") -> str:
+    """One qube in qubesd's format (properties, features, tags, devices, volumes); an
+    AppVM's root is a snapshot of its template's, in the template's pool."""
     ident = uuid.uuid5(uuid.NAMESPACE_DNS, name)
-    root_volume = (f'<volume name="root" pool="vm-pool" vid="qubes_dom0/vm-{name}-root" '
+    root_vid = (f"qubes_dom0/vm-{name}-root" if template_pool == "vm-pool"
+                else f"appvms/{name}/root")
+    root_volume = (f'<volume name="root" pool="{template_pool}" vid="{root_vid}" '
                    'revisions_to_keep="2" rw="True" save_on_stop="False" snap_on_start="True" '
                    f'size="10737418240" source="vm-templates/{template}/root"/>' if template
                    else f'<volume name="root" pool="{pool}" vid="vm-templates/{name}/root" '
@@ -102,7 +106,7 @@ def generate(base: str, qubes: int, shards: int) -> tuple[str, list[str]]:
                 'revisions_to_keep="1" ephemeral_volatile="False"/>')
         items = [domain(f"{sid}-tmpl", first, sid, None, None)]
         items += [domain(f"{sid}-q{i}", first + i, sid, f"{sid}-tmpl" if i % 2 else "tmpl-core",
-                         "sys-net") for i in range(1, per_shard)]
+                         "sys-net", sid if i % 2 else "vm-pool") for i in range(1, per_shard)]
         pools = [etree.fromstring(pool)]
         domains = sorted((etree.fromstring(item) for item in items),
                          key=qube_name)  # in the order dissect writes

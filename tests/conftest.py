@@ -1,4 +1,5 @@
-"""Shared test setup: the library in _utils/reliant_lib/ is importable by plain name."""
+"""Shared test setup: the package `reliant` (in _utils/reliant_lib/), the Salt glue in
+_utils/, the doubles and tests/support are importable."""
 
 import sys
 from pathlib import Path

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from reliant.shards.files import discover, identifiers, init_shard, load_shard
+from reliant.volatile.settings import Settings as VolatileSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -172,7 +173,10 @@ def test_sls_config_for_the_cli(salt_minion, dom0: dict) -> None:
                        "roots": shards["roots"], "max_depth": 3,
                        "missing_reference": "recover", "real_loader_check": True,
                        "libdir": shards["libdir"],
-                       "policy_dir": "", "services": None}
+                       "policy_dir": "", "services": None, "require_volatile": True,
+                       "volatile_title": VolatileSettings.volatile_title,
+                       "upper_warn_percent": 90,
+                       "dom0_dir_max_bytes": 16777216}
     dropin = shown["reliant-shards-qubesd-dropin"]["file"]
     assert {"name": "/etc/systemd/system/qubesd.service.d/reliant-shards.conf"} in dropin
 

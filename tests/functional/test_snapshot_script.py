@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from snapshot_harness import ROOT, SCRIPT, Scenario, loops_usable
 
 MARKERS = "/run/reliant/read-only"
@@ -213,7 +211,7 @@ def test_extension_mark_makes_the_script_attach_read_only(scenario: Scenario):
     img = sparse(scenario.work / "private.img", 64 * MIB)
     cow = sparse(scenario.work / "private-cow.img", 64 * MIB)
     (scenario.work / "qubesd_start.py").write_text(QUBESD_START)
-    extension = SCRIPT.parent / "reliant_snapshots_ext.py"
+    extension = SCRIPT.parent / "extension" / "reliant_snapshots_ext" / "__init__.py"
     doubles = ROOT / "tests" / "doubles" / "qubes_ext"
     done = scenario.run(
         f"mount -t tmpfs reliant-test /run && PYTHONPATH={doubles} {sys.executable} "

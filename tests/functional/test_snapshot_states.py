@@ -47,20 +47,30 @@ def dom0(tmp_path: Path, salt_minion):
     return root, script, settings
 
 
+def by_id(states: dict) -> dict:
+    return {ret["__id__"]: ret for ret in states.values()}
+
+
 def test_apply_is_predicted_idempotent_and_clean_restores(salt_minion, dom0):
-    root, script, _ = dom0
+    root, script, settings = dom0
+    site = Path(settings["site_packages"])
     before = files(root)
     dry = salt_minion.run("state.apply", "reliant.snapshots", "test=True")
     assert dry.returncode == 0, dry.data
-    (predicted,) = dry.changed().values()
+    predicted = by_id(dry.changed())
+    assert set(predicted) == {"reliant-snapshots-installed", "reliant-snapshots-extension"}
     assert files(root) == before, "test=True changes nothing"
 
     applied = salt_minion.run("state.apply", "reliant.snapshots")
     assert applied.returncode == 0, applied.data
-    (state,) = applied.changed().values()
+    states = by_id(applied.changed())
+    state = states["reliant-snapshots-installed"]
     assert state["result"] is True
-    assert state["changes"] == predicted["changes"]
+    assert state["changes"] == predicted["reliant-snapshots-installed"]["changes"]
     assert script.read_bytes() == OURS
+    extension = ROOT / "salt/reliant/files/snapshots/extension"
+    assert {str(p.relative_to(extension)) for p in extension.rglob("*") if p.is_file()} <= {
+        str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
 
     for args in (("reliant.snapshots",), ("reliant.snapshots", "test=True")):
         again = salt_minion.run("state.apply", *args)
@@ -68,8 +78,9 @@ def test_apply_is_predicted_idempotent_and_clean_restores(salt_minion, dom0):
 
     clean = salt_minion.run("state.apply", "reliant.snapshots.clean")
     assert clean.returncode == 0, clean.data
-    (removal,) = clean.changed().values()
-    assert removal["changes"][str(script)] == "original restored"
+    removal = by_id(clean.changed())
+    assert removal["reliant-snapshots-removed"]["changes"][str(script)] == "original restored"
+    assert "reliant-snapshots-extension-absent" in removal
     assert files(root) == before
     assert salt_minion.run("state.apply", "reliant.snapshots.clean").changed() == {}
 

@@ -61,6 +61,8 @@ def test_volatile_converges_once_and_switches_only_the_default(salt_minion, boot
 def test_volatile_refuses_to_change_boot_setup_from_a_volatile_dom0(salt_minion, boot):
     Path(boot["cmdline"]).write_text("ro systemd.volatile=overlay\n")
     Path(boot["mountinfo"]).write_text("30 1 0:31 / / rw - overlay overlay rw,lowerdir=/sysroot\n")
+    Path(boot["volatile_root"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(boot["volatile_root"]).symlink_to("/dev/dm-0")
     salt_minion.set_pillar({"volatile": boot})
     result = salt_minion.run("state.apply", "reliant.volatile")
     ret = only_state(result, "reliant-volatile-boot")

@@ -110,6 +110,20 @@ LEAKS = [
      "content names qube name 'secret-vpn' of shard sflc_0_1 (as 'secret--vpn')"),
     ("/etc/lvm/backup/qubes_dom0", 'tags = ["reliant-shard-sflc_0_2"]\n',
      "content names tag 'reliant-shard-sflc_0_2' of shard sflc_0_2"),
+    # autostart link, as qubes-core-admin's autostart setter makes it (qubesvm.py)
+    ("/etc/systemd/system/multi-user.target.wants/qubes-vm@secret-vpn.service",
+     ("symlink", "/usr/lib/systemd/system/qubes-vm@.service"),
+     "name contains qube name 'secret-vpn' of shard sflc_0_1"),
+    # libxl's record of a running domain: userdata-d.DOMID.UUID.libxl-json
+    ("/var/lib/xen/userdata-d.7.274890a6-1ab1-445f-9cfe-a36e5e75c30f.libxl-json",
+     '{"c_info": {"type": "pvh"}}\n',
+     "name contains qube uuid '274890a6-1ab1-445f-9cfe-a36e5e75c30f' of shard sflc_0_1"),
+    # app menu files: the (escaped) qube name after "directory_"
+    ("/home/user/.local/share/desktop-directories/qubes-vm-directory_secret_dvpn.directory",
+     "[Desktop Entry]\n", "name contains qube name 'secret-vpn' of shard sflc_0_1 "
+                          "(as 'secret_dvpn')"),
+    ("/home/user/.config/menus/applications-merged/user-qubes-vm-directory_deep_dnotes.menu",
+     "<Menu/>\n", "name contains qube name 'deep-notes' of shard sflc_0_2 (as 'deep_dnotes')"),
 ]
 
 
@@ -120,5 +134,9 @@ def plant(root: Path, path: str, data) -> None:
     elif data == "dir":
         (root / path.lstrip("/")).mkdir(parents=True)
         write(root, path + "/firewall.xml", '<firewall version="2"/>\n')
+    elif isinstance(data, tuple):  # ("symlink", target)
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(data[1])
     else:
         write(root, path, data)

@@ -1,7 +1,7 @@
 """Load the formula's execution and state modules for loader-mocked unit tests.
 
-`_modules/reliant_x.py` shares its name with the library `_utils/reliant_lib/reliant_x.py`, so
-it is imported under another name (`salt_modules_reliant_x`, `salt_states_reliant_x`).
+`_modules/reliant_x.py` and `_states/reliant_x.py` share a name, so each is imported under
+another (`salt_modules_reliant_x`, `salt_states_reliant_x`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ from pathlib import Path
 from reliant.volatile.settings import Settings
 
 BOOT_DOUBLES = Path(__file__).resolve().parents[1] / "doubles" / "dom0-boot"
+#: The body of the grub.d script, as the states read it from the formula's files.
+GRUB_BODY = (Path(__file__).resolve().parents[2] / "salt/reliant/files/volatile/grub-entries.sh"
+             ).read_text()
 
 
 def install(root: Path, logs: Path) -> dict[str, str]:

@@ -5,19 +5,24 @@ import subprocess
 import sys
 
 import pytest
-from reliant import cli
+from reliant import cli, commands
 from reliant.shards.files import init_shard, load_shard
 from reliant.shards.records import qube_name
 from repo_paths import ROOT
 from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
 
 
-class FakeHost(cli.Host):
-    """Test double of systemctl/xl: records qubesd actions, reports chosen running qubes."""
+class FakeHost(commands.Host):
+    """Test double of systemctl/xl: records qubesd actions, reports chosen running qubes
+    and the root's mode (volatile by default: the interlock lets shards be merged)."""
 
-    def __init__(self, active=False, running=(), on_stop=None, on_start=None):
+    def __init__(self, active=False, running=(), on_stop=None, on_start=None,
+                 mode="volatile"):
         self.active, self.running, self.actions = active, set(running), []
-        self.on_stop, self.on_start = on_stop, on_start
+        self.on_stop, self.on_start, self.mode = on_stop, on_start, mode
+
+    def volatile_status(self, settings):
+        return {"mode": self.mode, "root_fstype": "overlay", "problems": []}
 
     def qubesd_active(self):
         return self.active
@@ -39,7 +44,8 @@ def scene(tmp_path, monkeypatch):
     config = tmp_path / "reliant.json"
     config.write_text(json.dumps({"core": str(scene.core), "merged": str(scene.merged),
                                   "roots": scene.roots, "qubes_dir": str(scene.qubes_dir),
-                                  "policy_dir": None}))
+                                  "policy_dir": None, "systemd_dir": str(tmp_path / "systemd"),
+                                  "libvirt_dir": str(tmp_path / "libxl")}))
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
     return scene
 
@@ -180,7 +186,7 @@ def test_the_real_host_reads_xl_list(tmp_path, monkeypatch):
                   "echo 'Domain-0 0 4096 4 r----- 10.0'\necho 'secret 3 400 2 -b---- 1.0'\n")
     xl.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert cli.Host().running_qubes() == {"secret"}
+    assert commands.Host().running_qubes() == {"secret"}
 
 
 def test_status_text_names_merged_detached_and_recovered(scene, capsys):

@@ -58,20 +58,6 @@ def test_is_dom0_follows_the_marker(tmp_path):
     assert config.is_dom0(str(marker))
 
 
-def test_readme_documents_every_pillar_key_with_its_default():
-    readme = (ROOT / "README.md").read_text()
-    for component, settings in DEFAULTS.items():
-        title = f"(`reliant:{component}`"
-        assert title in readme, f"README has no pillar table for reliant:{component}"
-        section = readme[readme.index(title):]
-        section = section[:section.index("\n#")]
-        for key, default in settings.items():
-            row = next((line for line in section.splitlines() if line.startswith(f"| `{key}`")), None)
-            assert row, f"README does not document reliant:{component}:{key}"
-            if isinstance(default, bool):
-                assert f"`{str(default).lower()}`" in row, f"README gives another default for {key}"
-
-
 def test_virtual_names_the_module_on_dom0_only(tmp_path):
     marker = tmp_path / "qubes-release"
     opts = {"reliant_dom0_marker": str(marker)}

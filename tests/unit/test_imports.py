@@ -15,7 +15,7 @@ from repo_paths import ROOT
 
 LIBRARY = ROOT / "_utils" / "reliant_lib"
 PACKAGE = LIBRARY / "reliant"
-EXTENSION = ROOT / "salt" / "reliant" / "files" / "isolation" / "reliant_isolation" / "__init__.py"
+EXTENSION = ROOT / "salt/reliant/files/isolation/extension/reliant_isolation/__init__.py"
 MAX_LINES = 600
 #: Layers from the bottom up: a module imports modules of its own layer or below.
 LAYERS = (
@@ -23,13 +23,14 @@ LAYERS = (
     ("reliant.store", "reliant.chunks", "reliant.snapshot", "reliant.volatile."),
     ("reliant.shards.",),
     ("reliant.isolation.",),
-    ("reliant.operations", "reliant.declare", "reliant.audit"),
-    ("reliant.cli",),
+    ("reliant.operations", "reliant.declare", "reliant.audit", "reliant.adopt",
+     "reliant.adopt_plan", "reliant.menus"),
+    ("reliant.commands", "reliant.cli"),
 )
 #: What the qubesd extension may load (qubesd runs it: the rest of the engine stays out).
 EXTENSION_MAY_LOAD = {"reliant", "reliant.vocab", "reliant.store", "reliant.shards",
-                      "reliant.shards.records", "reliant.isolation", "reliant.isolation.guard",
-                      "reliant.isolation.policy"}
+                      "reliant.shards.records", "reliant.shards.confine", "reliant.isolation",
+                      "reliant.isolation.guard", "reliant.isolation.policy"}
 
 
 def module_name(path: Path) -> str:
@@ -124,3 +125,14 @@ def test_a_circle_would_be_found(monkeypatch):
     monkeypatch.setitem(GRAPH, "reliant.vocab", {"reliant.shards.records"})
     with pytest.raises(AssertionError, match=re.escape("reliant.vocab -> reliant.shards.records")):
         test_imports_form_no_circle()
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """What modules share is public in the module that owns it."""
+    private = [f"{name}: {node.module}.{alias.name}"
+               for name, path in MODULES.items()
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ImportFrom) and node.module
+               and node.module.startswith("reliant")
+               for alias in node.names if alias.name.startswith("_")]
+    assert private == []

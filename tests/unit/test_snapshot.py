@@ -1,4 +1,4 @@
-"""reliant_snapshot: install / verify / remove of create-snapshot and the qubesd extension.
+"""reliant.snapshot: install / verify / remove of create-snapshot; the qubesd extension.
 
 A temporary dom0 tree holds stand-ins planted by the tests: a stand-in for the
 stock create-snapshot and a stand-in for qubes/storage/file.py (no Qubes file is
@@ -11,17 +11,17 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from reliant import snapshot
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "salt" / "reliant" / "files" / "snapshots"
 OURS = (FILES / "create-snapshot").read_bytes()
-EXTENSION = (FILES / "reliant_snapshots_ext.py").read_bytes()
+EXTENSION_MODULE = FILES / "extension" / "reliant_snapshots_ext" / "__init__.py"
+EXTENSION = EXTENSION_MODULE.read_bytes()
 STOCK_STAND_IN = b"#!/bin/bash\n# test stand-in for the stock /usr/lib/qubes/create-snapshot\nexit 0\n"
 FILE_PY_STAND_IN = b"# test stand-in for qubes/storage/file.py\nCREATE_SCRIPT = 'create-snapshot'\n"
 OLD_MTIME_NS = 1_600_000_000_123_456_789
@@ -56,14 +56,14 @@ def tree(root: Path) -> dict[str, tuple]:
 
 
 def install(dom0: SimpleNamespace) -> snapshot.Plan:
-    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, dom0.known)
     snapshot.apply_install(dom0.layout, plan)
     return plan
 
 
 def test_install_then_remove_restores_the_files_exactly(dom0):
     before = tree(dom0.root)
-    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, dom0.known)
     assert not plan.problems
     predicted = plan.changes()
     snapshot.apply_install(dom0.layout, plan)
@@ -73,38 +73,42 @@ def test_install_then_remove_restores_the_files_exactly(dom0):
     assert touched == set(predicted), "test=True predicts exactly what install changes"
     assert dom0.script.read_bytes() == OURS
     assert oct(dom0.script.stat().st_mode) == oct(0o100755)
-    assert snapshot.verify(dom0.layout, OURS, EXTENSION) == []
+    assert snapshot.verify(dom0.layout, OURS) == []
 
-    again = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    again = snapshot.plan_install(dom0.layout, OURS, dom0.known)
     assert not again.problems and again.changes() == {}
 
     removal = snapshot.plan_remove(dom0.layout)
     assert removal.restore and removal.drop_backup
     snapshot.apply_remove(dom0.layout, removal)
     assert tree(dom0.root) == before
-    assert not Path(dom0.layout.dist_info).exists()
     assert snapshot.plan_remove(dom0.layout).changes() == {}
 
 
-def test_extension_is_registered_for_qubesd(dom0):
-    install(dom0)
-    dist = Path(dom0.layout.dist_info)
-    entry_points = (dist / "entry_points.txt").read_text()
-    assert entry_points == "[qubes.ext]\nreliant_snapshots = reliant_snapshots_ext:ReadOnlyVolumes\n"
-    sys.path.insert(0, str(dom0.site))
-    try:
-        from importlib.metadata import distribution
-        found = distribution(snapshot.EXTENSION_MODULE)
-        assert [ep.value for ep in found.entry_points if ep.group == "qubes.ext"] == [
-            "reliant_snapshots_ext:ReadOnlyVolumes"]
-    finally:
-        sys.path.remove(str(dom0.site))
+@pytest.mark.parametrize(("component", "name", "entry_point"), [
+    ("snapshots", "reliant_snapshots_ext", "reliant_snapshots_ext:ReadOnlyVolumes"),
+    ("isolation", "reliant-isolation", "reliant_isolation:ReliantIsolation"),
+])
+def test_each_extension_is_a_package_qubesd_finds_by_its_entry_point(component, name,
+                                                                      entry_point, monkeypatch):
+    """Both qubesd extensions are installed the same way: the tree under
+    files/<component>/extension (a package and its .dist-info) copied into site-packages."""
+    tree_dir = ROOT / "salt" / "reliant" / "files" / component / "extension"
+    monkeypatch.syspath_prepend(str(tree_dir))
+    from importlib.metadata import distribution
+    found = distribution(name)
+    assert [ep.value for ep in found.entry_points if ep.group == "qubes.ext"] == [entry_point]
+    package = entry_point.split(":")[0]
+    assert sorted(p.name for p in tree_dir.iterdir()) == sorted(
+        [package, f"{package}-0.1.0.dist-info"])
+    assert sorted(p.name for p in (tree_dir / f"{package}-0.1.0.dist-info").iterdir()) == [
+        "INSTALLER", "METADATA", "entry_points.txt"]
 
 
 def test_unknown_qubes_version_changes_nothing(dom0):
     Path(dom0.layout.file_py).write_bytes(FILE_PY_STAND_IN + b"# changed\n")
     before = tree(dom0.root)
-    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, dom0.known)
     assert len(plan.problems) == 1
     assert dom0.layout.file_py in plan.problems[0] and "nothing was changed" in plan.problems[0]
     with pytest.raises(snapshot.SnapshotError):
@@ -113,7 +117,7 @@ def test_unknown_qubes_version_changes_nothing(dom0):
 
 
 def test_known_release_checksum_is_accepted_without_extra(dom0):
-    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION)
+    plan = snapshot.plan_install(dom0.layout, OURS)
     assert [problem.split(" (sha256")[0] for problem in plan.problems] == [
         dom0.layout.file_py, dom0.layout.script], "stand-ins are not Qubes releases"
     assert all(len(digest) == 64 for digest in (*snapshot.KNOWN_FILE_PY, *snapshot.KNOWN_STOCK_SCRIPT))
@@ -122,20 +126,20 @@ def test_known_release_checksum_is_accepted_without_extra(dom0):
 def test_missing_qubes_files_are_named(dom0):
     os.unlink(dom0.layout.file_py)
     os.unlink(dom0.layout.script)
-    problems = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known).problems
+    problems = snapshot.plan_install(dom0.layout, OURS, dom0.known).problems
     assert problems == [f"{dom0.layout.file_py} not found: is qubes-core-dom0 installed?",
                         f"{dom0.layout.script} not found: is qubes-core-dom0 installed?"]
 
 
 def test_unknown_script_is_refused(dom0):
     dom0.script.write_bytes(b"#!/bin/sh\n# someone else's\n")
-    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, dom0.known)
     assert len(plan.problems) == 1 and "neither reliant's nor a stock" in plan.problems[0]
 
 
 def test_ours_without_backup_is_refused(dom0):
     dom0.script.write_bytes(OURS)
-    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, dom0.known)
     assert plan.problems == [f"{dom0.layout.script} is reliant's but {dom0.layout.manifest} is "
                              "missing: the original cannot be restored; reinstall qubes-core-dom0"]
 
@@ -143,10 +147,10 @@ def test_ours_without_backup_is_refused(dom0):
 def test_damaged_backup_is_refused_both_ways(dom0):
     install(dom0)
     Path(dom0.layout.original).write_bytes(b"truncated")
-    for plan in (snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known),
+    for plan in (snapshot.plan_install(dom0.layout, OURS, dom0.known),
                  snapshot.plan_remove(dom0.layout)):
         assert len(plan.problems) == 1 and dom0.layout.original in plan.problems[0]
-    assert snapshot.verify(dom0.layout, OURS, EXTENSION) == [snapshot.plan_remove(dom0.layout).problems[0]]
+    assert snapshot.verify(dom0.layout, OURS) == [snapshot.plan_remove(dom0.layout).problems[0]]
 
 
 def test_updated_stock_script_is_backed_up_again_and_kept_on_remove(dom0):
@@ -154,9 +158,9 @@ def test_updated_stock_script_is_backed_up_again_and_kept_on_remove(dom0):
     update = STOCK_STAND_IN + b"# a newer qubes-core-dom0\n"
     known = dom0.known | {snapshot.sha256_bytes(update)}
     dom0.script.write_bytes(update)  # what an update of qubes-core-dom0 does
-    assert snapshot.verify(dom0.layout, OURS, EXTENSION) == [
+    assert snapshot.verify(dom0.layout, OURS) == [
         f"{dom0.layout.script} is not reliant's (sha256 {snapshot.sha256_bytes(update)})"]
-    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, known)
+    plan = snapshot.plan_install(dom0.layout, OURS, known)
     assert plan.changes() == {dom0.layout.original: "original create-snapshot saved",
                               dom0.layout.manifest: "written", dom0.layout.script: "installed"}
     snapshot.apply_install(dom0.layout, plan)
@@ -176,30 +180,24 @@ def test_remove_after_an_update_keeps_the_newer_script(dom0):
 
 
 def test_crash_before_the_script_was_replaced_resumes(dom0):
-    plan = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    plan = snapshot.plan_install(dom0.layout, OURS, dom0.known)
     plan.write.pop(dom0.layout.script)  # the run stopped before the last file
     snapshot.apply_install(dom0.layout, plan)
     assert dom0.script.read_bytes() == STOCK_STAND_IN
-    resumed = snapshot.plan_install(dom0.layout, OURS, EXTENSION, dom0.known)
+    resumed = snapshot.plan_install(dom0.layout, OURS, dom0.known)
     assert set(resumed.write) == {dom0.layout.script}
     snapshot.apply_install(dom0.layout, resumed)
-    assert snapshot.verify(dom0.layout, OURS, EXTENSION) == []
+    assert snapshot.verify(dom0.layout, OURS) == []
 
 
-def test_remove_takes_bytecode_and_marks_too(dom0):
+def test_remove_takes_the_marks_too(dom0):
     install(dom0)
-    cache = dom0.site / "__pycache__"
-    cache.mkdir()
-    (cache / "reliant_snapshots_ext.cpython-313.pyc").write_bytes(b"\0")
-    (cache / "other.cpython-313.pyc").write_bytes(b"\0")
     marks = Path(dom0.layout.marker_dir)
     marks.mkdir(parents=True)
     (marks / "fd01:12").touch()
     plan = snapshot.plan_remove(dom0.layout)
-    assert str(cache / "reliant_snapshots_ext.cpython-313.pyc") in plan.remove
-    assert str(marks / "fd01:12") in plan.remove
+    assert plan.remove == [str(marks / "fd01:12")]
     snapshot.apply_remove(dom0.layout, plan)
-    assert [path.name for path in cache.iterdir()] == ["other.cpython-313.pyc"]
     assert not marks.exists()
 
 
@@ -231,8 +229,7 @@ def test_script_and_extension_use_the_library_marker_dir():
 def extension(tmp_path, monkeypatch):
     """reliant's extension loaded as qubesd loads it; its handlers unregistered afterwards."""
     monkeypatch.syspath_prepend(str(ROOT / "tests" / "doubles" / "qubes_ext"))
-    spec = importlib.util.spec_from_file_location("reliant_snapshots_ext",
-                                                  FILES / "reliant_snapshots_ext.py")
+    spec = importlib.util.spec_from_file_location("reliant_snapshots_ext", EXTENSION_MODULE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "MARKERS", str(tmp_path / "marks"))
@@ -284,42 +281,14 @@ def test_extension_marks_read_only_origin_volumes_as_the_script_names_them(tmp_p
     assert list(marks.iterdir()) == []
 
 
-def test_remove_without_qubes_package_removes_what_the_manifest_names(dom0):
+def test_remove_without_qubes_package_restores_the_script(dom0):
     before_install = tree(dom0.root)
     install(dom0)
     os.unlink(dom0.layout.file_py)  # qubes-core-dom0 gone: site-packages is not found any more
     bare = snapshot.Layout(script=dom0.layout.script, site_packages="",
-                     backup_dir=dom0.layout.backup_dir, marker_dir=dom0.layout.marker_dir)
+                           backup_dir=dom0.layout.backup_dir, marker_dir=dom0.layout.marker_dir)
     plan = snapshot.plan_remove(bare)
-    assert plan.restore and sorted(plan.remove) == sorted(
-        path for path in snapshot.desired_files(dom0.layout, b"", b"") if path != dom0.layout.script)
+    assert plan.restore and plan.remove == []
     snapshot.apply_remove(bare, plan)
     del before_install[str(Path(dom0.layout.file_py).relative_to(dom0.root))]
     assert tree(dom0.root) == before_install
-
-
-def test_files_left_where_site_packages_was_are_removed(dom0):
-    install(dom0)
-    old_cache = dom0.site / "__pycache__"
-    old_cache.mkdir()
-    (old_cache / "reliant_snapshots_ext.cpython-311.pyc").write_bytes(b"\0")
-    new_site = dom0.root / "usr/lib/python3.14/site-packages"  # a dom0 upgrade moved qubes
-    before_site = tree(dom0.site)
-    (new_site / "qubes/storage").mkdir(parents=True)
-    os.rename(dom0.layout.file_py, new_site / "qubes/storage/file.py")
-    moved = snapshot.Layout(script=dom0.layout.script, site_packages=str(new_site),
-                      backup_dir=dom0.layout.backup_dir, marker_dir=dom0.layout.marker_dir)
-    plan = snapshot.plan_install(moved, OURS, EXTENSION, dom0.known)
-    old_files = [path for path in snapshot.desired_files(dom0.layout, b"", b"")
-                 if path != dom0.layout.script]
-    assert sorted(plan.remove) == sorted([*old_files,
-                                          str(old_cache / "reliant_snapshots_ext.cpython-311.pyc")])
-    snapshot.apply_install(moved, plan)
-    assert not any(os.path.exists(path) for path in old_files)
-    assert not Path(dom0.layout.dist_info).exists()
-    assert not old_cache.exists(), "a __pycache__ that held only our bytecode goes too"
-    assert set(tree(dom0.site)) == set(before_site) - {
-        str(Path(path).relative_to(dom0.site)) for path in plan.remove} - {
-        "qubes/storage/file.py"}
-    assert snapshot.verify(moved, OURS, EXTENSION) == []
-    assert snapshot.plan_install(moved, OURS, EXTENSION, dom0.known).changes() == {}

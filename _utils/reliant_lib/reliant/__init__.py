@@ -6,15 +6,19 @@ Imports point one way, from the vocabulary up to the commands:
                      which groups may reference which, qube names, Problem, ShardError
     store, chunks    qubesd stores read and written safely; a store cut at its domains
     config           the `reliant` pillar checked against the defaults; dom0 detection
-    shards/          the shard engine: records, files, runtime, suture, dissect,
-                     stubs (reading in chunks), dom0dirs
+    shards/          the shard engine: records, files, runtime, confine (where volumes
+                     may live), suture, dissect, stubs (reading in chunks), dom0dirs
     isolation/       guard (groups and references) and policy (qrexec rules); the
                      qubesd extension imports only these
     operations       suture, dissect, check, status, rename, review on the files
+    adopt_plan       what adopt and release move between core and a shard, and refuse
+    adopt            adopt and release: the moves written (offline)
+    menus            application menus of shard qubes (attach makes, detach removes)
     declare          shard declarations converged by Salt
     audit            traces of open shards in dom0's storage
     snapshot         read-only loop snapshots (create-snapshot and its extension)
     volatile/        volatile dom0: settings, files, boot plan, running mode
+    commands         the runtime commands over the settings (CLI and Salt share them)
     cli              the reliant-shard command line
 
 The execution and state modules (`_modules/`, `_states/`) and `bin/reliant-shard` sit on

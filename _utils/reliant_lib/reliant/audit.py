@@ -5,12 +5,14 @@ identifiers``: qube names and uuids, pool names and directories, the shard tag
 and directory) in file and directory names, in the raw bytes of files, and in the
 entries of binary journals as journalctl decodes them, under
 the locations where dom0 keeps traces (the core store, /var/lib/qubes, /srv,
-Salt's cache, /var/log with the binary journal, /etc/qubes, LVM metadata
-backups, home directories), and reports every shard qube volume that writes
-into a pool of the core store. Qube names are also looked for in the two forms
-dom0 derives from them: the app-menu escape of desktop-linux-common (``_`` ->
-``_u``, ``-`` -> ``_d``, ``.`` -> ``_p``) and the device-mapper form that doubles
-dashes.
+Salt's cache, /var/log with the binary journal, /etc/qubes, libvirt's
+definitions, /etc/systemd with the autostart links, /var/lib/xen with libxl's
+userdata-d.* files of running domains, LVM metadata backups, home directories), and
+reports every shard qube volume that writes into a pool of the core store. Qube names
+are also looked for in the two forms dom0 derives from them: the app-menu escape of
+desktop-linux-common (``_`` -> ``_u``, ``-`` -> ``_d``, ``.`` -> ``_p``; the menu files
+are ``qubes-vm-directory_NAME.directory`` and ``user-qubes-vm-directory_NAME.menu``)
+and the device-mapper form that doubles dashes.
 
 Scanning is bounded (bytes per file, files, depth) and follows no symlink; a
 bound that is hit is itself a finding, since the audit cannot vouch for what it
@@ -44,8 +46,8 @@ from reliant.vocab import shard_tag
 from reliant.volatile.running import Mount, parse_mountinfo
 
 DEFAULT_PATHS = ("/var/lib/qubes", "/srv", "/var/cache/salt", "/var/log", "/etc/qubes",
-                 "/etc/qubes-rpc", "/etc/libvirt", "/var/lib/libvirt", "/etc/lvm/archive",
-                 "/etc/lvm/backup", "/home", "/root")
+                 "/etc/qubes-rpc", "/etc/libvirt", "/var/lib/libvirt", "/etc/systemd",
+                 "/var/lib/xen", "/etc/lvm/archive", "/etc/lvm/backup", "/home", "/root")
 DEFAULT_SKIP_GLOBS = ("*.img", "*.img.*", "*.img@*")
 # The formula's own code, installed and cached by Salt: its examples are not traces.
 DEFAULT_EXCLUDE = ("/srv/formulas/base/reliant-formula", "/var/cache/salt/minion/extmods",
@@ -179,10 +181,11 @@ class Needles:
         body = b"|".join(re.escape(a.encode()) for a in alternatives)
         # a match may not continue a longer word: no letter or digit on either side,
         # nor a word joined by one underscore ("client_secret" does not name "secret";
-        # "vm._secret.firefox" does)
+        # "vm._secret.firefox" does), except after "directory_", where the app menus
+        # put the qube's name ("qubes-vm-directory_secret.directory")
         self.pattern = re.compile(
-            rb"(?<![A-Za-z0-9])(?<![A-Za-z0-9]_)(?:" + body + rb")(?![A-Za-z0-9])(?!_[A-Za-z0-9])",
-            re.IGNORECASE) if alternatives else None
+            rb"(?:(?<=directory_)|(?<![A-Za-z0-9])(?<![A-Za-z0-9]_))(?:" + body
+            + rb")(?![A-Za-z0-9])(?!_[A-Za-z0-9])", re.IGNORECASE) if alternatives else None
 
     def find(self, data: bytes) -> set[str]:
         """The labels of every identifier in `data`."""

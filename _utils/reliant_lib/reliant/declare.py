@@ -328,6 +328,8 @@ def converge(declarations: Sequence[Declaration], core: str, roots: Sequence[str
                 verify(outcome.plan)
         except (ShardError, store.StoreError) as exc:
             outcome.error = str(exc)
+        except OSError as exc:
+            outcome.error = store.os_message(exc)
         outcomes.append(outcome)
     return outcomes
 

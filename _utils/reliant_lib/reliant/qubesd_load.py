@@ -142,7 +142,7 @@ class LoadProblem:
     """One rule of qubesd's loader that a store breaks.
 
     ``qube`` names the qube (None: the store as a whole), ``item`` what breaks the rule
-    (``property template``, ``tag 'a b'``, ``volume private``, ``pool sflc_0_1``, ...),
+    (``property template``, ``tag 'a b'``, ``volume private``, ``pool shardpool``, ...),
     ``rule`` the rule in words. ``fatal`` False: qubesd loads it, but must not be given it.
     """
 
@@ -287,14 +287,8 @@ class StoreContext:
 
 # --- store-wide rules -------------------------------------------------------------------
 def check_store(context: StoreContext) -> list[LoadProblem]:
-    """Problems of the store as a whole: labels, pools, global properties, dom0."""
-    found: list[LoadProblem] = []
-    for release in context.releases:
-        found += _check_store(context, release)
-    return _unique(found)
-
-
-def _check_store(context: StoreContext, release: str) -> list[LoadProblem]:
+    """Problems of the store as a whole: labels, pools, global properties, dom0 (the same
+    on both releases)."""
     found: list[LoadProblem] = []
 
     def problem(item: str, rule: str) -> None:
@@ -317,7 +311,7 @@ def _check_store(context: StoreContext, release: str) -> list[LoadProblem]:
         seen_names.add(name or "")
     seen_pools: set[str] = set()
     for pool in context.root.iterfind("pools/pool"):
-        found += check_pool(pool, release)
+        found += check_pool(pool)
         name = pool.get("name") or ""
         if name in seen_pools:
             problem(f"pool {name}", "pool names must be unique")
@@ -330,7 +324,7 @@ def _check_store(context: StoreContext, release: str) -> list[LoadProblem]:
     return found
 
 
-def check_pool(pool: etree._Element, release: str) -> list[LoadProblem]:
+def check_pool(pool: etree._Element) -> list[LoadProblem]:
     """qubes/app.py Qubes._get_pool and the pool constructors (qubes/storage/*.py)."""
     name = pool.get("name")
     item = f"pool {name}"
@@ -399,7 +393,11 @@ def _check_globals(context: StoreContext) -> list[LoadProblem]:
 
 
 # --- per-qube rules ---------------------------------------------------------------------
-def _int_rule(low: Optional[int], high: Optional[int] = None) -> Callable[[Optional[str]], Optional[str]]:
+#: A property's syntax: the value (None for an empty element) -> what is wrong, or None.
+_Rule = Callable[[Optional[str]], Optional[str]]
+
+
+def _int_rule(low: Optional[int], high: Optional[int] = None) -> _Rule:
     def rule(value: Optional[str]) -> Optional[str]:
         if value is None or not _INT.fullmatch(value):
             return "must be an integer"
@@ -413,7 +411,7 @@ def _int_rule(low: Optional[int], high: Optional[int] = None) -> Callable[[Optio
 
 
 def _pattern_rule(pattern: re.Pattern, words: str, empty: bool = False,
-                  lower: bool = False) -> Callable[[Optional[str]], Optional[str]]:
+                  lower: bool = False) -> _Rule:
     def rule(value: Optional[str]) -> Optional[str]:
         if value is None:
             return None if empty else f"must be {words}"
@@ -439,7 +437,7 @@ def _uuid_rule(value: Optional[str]) -> Optional[str]:
     return None if value and _UUID.fullmatch(value) else "must be a UUID"
 
 
-def _address_rule(kind: Callable[[str], object]) -> Callable[[Optional[str]], Optional[str]]:
+def _address_rule(kind: Callable[[str], object]) -> _Rule:
     def rule(value: Optional[str]) -> Optional[str]:
         try:
             kind(value or "")
@@ -464,7 +462,6 @@ def _virt_mode_rule(value: Optional[str]) -> Optional[str]:
     return None if str(value).lower() in ("hvm", "pv", "pvh") else "must be hvm, pv or pvh"
 
 
-_Rule = Callable[[Optional[str]], Optional[str]]
 #: Settable properties of QubesVM (qubes/vm/qubesvm.py, mix/net.py, vm/__init__.py; both)
 #: and the syntax their setters accept. Stateless properties (klass, icon, xid, ip
 #: gateways, ...) have a forbidding setter and are left out, like unknown names.

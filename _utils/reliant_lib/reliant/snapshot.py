@@ -5,14 +5,16 @@ What is installed in dom0 (see README.md, Read-only loop snapshots):
 * reliant's ``create-snapshot`` over Qubes' ``/usr/lib/qubes/create-snapshot``, whose
   original is kept in the backup directory with a manifest (checksum, mode, owner,
   times) so that removal puts it back exactly;
-* a qubesd extension (module ``reliant_snapshots_ext`` plus a ``.dist-info`` whose
-  entry point in group ``qubes.ext`` makes qubesd load it) next to the ``qubes``
-  package: it marks the save_on_stop volumes with ``rw=False`` for create-snapshot.
+* a qubesd extension that marks the save_on_stop volumes with ``rw=False`` for
+  create-snapshot: a package with its ``.dist-info`` (entry point in group
+  ``qubes.ext``), installed next to the ``qubes`` package by the ``reliant.snapshots``
+  state once the script is in place, as reliant.isolation installs its own.
 
 Nothing is changed unless the installed ``qubes/storage/file.py`` and the stock
 create-snapshot are versions whose calling convention this module knows (sha256
 below, read from qubes-core-admin's release tags); otherwise `plan_install`
-reports a problem and no file is touched.
+reports a problem and no file is touched. The manifest names every file an earlier
+version installed, so that an update or a removal takes away what is not wanted.
 """
 
 import glob
@@ -48,16 +50,6 @@ KNOWN_STOCK_SCRIPT = {
 #: Where the extension leaves its marks for create-snapshot (the same literal is in
 #: both installed files; a unit test checks it).
 MARKER_DIR = "/run/reliant/read-only"
-EXTENSION_MODULE = "reliant_snapshots_ext"
-EXTENSION_VERSION = "0.1.0"
-ENTRY_POINT = "reliant_snapshots = reliant_snapshots_ext:ReadOnlyVolumes"
-#: The settings (pillar reliant:snapshots) and their defaults, as in defaults.yaml.
-DEFAULTS = {
-    "script": "/usr/lib/qubes/create-snapshot",
-    "site_packages": "",
-    "backup_dir": "/var/lib/reliant/snapshots",
-    "extra_known_sha256": [],
-}
 ORIGINAL_NAME = "create-snapshot.orig"
 MANIFEST_NAME = "manifest.json"
 SITE_PACKAGES_GLOBS = ("/usr/lib/python3*/site-packages", "/usr/lib64/python3*/site-packages")
@@ -98,15 +90,6 @@ class Layout:
         return os.path.join(self.site_packages, "qubes", "storage", "file.py")
 
     @property
-    def extension(self) -> str:
-        return os.path.join(self.site_packages, EXTENSION_MODULE + ".py")
-
-    @property
-    def dist_info(self) -> str:
-        return os.path.join(self.site_packages,
-                            f"{EXTENSION_MODULE}-{EXTENSION_VERSION}.dist-info")
-
-    @property
     def original(self) -> str:
         return os.path.join(self.backup_dir, ORIGINAL_NAME)
 
@@ -115,29 +98,9 @@ class Layout:
         return os.path.join(self.backup_dir, MANIFEST_NAME)
 
 
-def with_bytecode(paths: list[str]) -> list[str]:
-    """`paths` and, after each module among them, the bytecode Python compiled from it."""
-    found = []
-    for path in paths:
-        found.append(path)
-        if path.endswith(".py"):
-            stem = os.path.basename(path)[:-3]
-            found += sorted(glob.glob(os.path.join(os.path.dirname(path), "__pycache__",
-                                                   stem + ".*.pyc")))
-    return found
-
-
-def desired_files(layout: Layout, script: bytes, extension: bytes) -> dict[str, bytes]:
-    """Every file the component installs (path -> content), the script last."""
-    metadata = (f"Metadata-Version: 2.1\nName: {EXTENSION_MODULE}\nVersion: {EXTENSION_VERSION}\n"
-                "Summary: reliant-formula: marks read-only volumes for create-snapshot\n")
-    return {
-        layout.extension: extension,
-        os.path.join(layout.dist_info, "METADATA"): metadata.encode(),
-        os.path.join(layout.dist_info, "entry_points.txt"):
-            f"[qubes.ext]\n{ENTRY_POINT}\n".encode(),
-        layout.script: script,
-    }
+def desired_files(layout: Layout, script: bytes) -> dict[str, bytes]:
+    """Every file this module installs (path -> content)."""
+    return {layout.script: script}
 
 
 @dataclass
@@ -218,7 +181,7 @@ def check_qubes_version(layout: Layout, extra_known: frozenset[str]) -> list[str
             "reliant:snapshots:extra_known_sha256"]
 
 
-def plan_install(layout: Layout, script: bytes, extension: bytes,
+def plan_install(layout: Layout, script: bytes,
                  extra_known: frozenset[str] = frozenset()) -> Plan:
     """Compute what installing the component changes; problems mean: change nothing."""
     plan = Plan(layout)
@@ -228,7 +191,7 @@ def plan_install(layout: Layout, script: bytes, extension: bytes,
     except SnapshotError as exc:
         plan.problems.append(str(exc))
         return plan
-    wanted = desired_files(layout, script, extension)
+    wanted = desired_files(layout, script)
     current = store.read_or_none(layout.script)
     ours = sha256_bytes(script)
     if current is None:
@@ -251,9 +214,6 @@ def plan_install(layout: Layout, script: bytes, extension: bytes,
     if plan.problems:
         return plan
     plan.write = {path: data for path, data in wanted.items() if store.read_or_none(path) != data}
-    # Files of an earlier installation that are no longer wanted (site-packages moved).
-    stale = [path for path in (manifest.installed if manifest else {}) if path not in wanted]
-    plan.remove = [path for path in with_bytecode(stale) if os.path.lexists(path)]
     installed = {path: sha256_bytes(data) for path, data in wanted.items()}
     if manifest is not None and (plan.write or manifest.installed != installed):
         manifest.installed = installed
@@ -269,13 +229,9 @@ def plan_remove(layout: Layout) -> Plan:
     except SnapshotError as exc:
         plan.problems.append(str(exc))
         return plan
-    ours = [path for path in (manifest.installed if manifest else {}) if path != layout.script]
-    if layout.site_packages:  # '' when there is no qubes package: only what the manifest names
-        ours += [path for path in desired_files(layout, b"", b"") if path != layout.script]
-    plan.remove = [path for path in dict.fromkeys(with_bytecode(ours)) if os.path.lexists(path)]
     if os.path.isdir(layout.marker_dir):
-        plan.remove += [os.path.join(layout.marker_dir, name)
-                        for name in sorted(os.listdir(layout.marker_dir))]
+        plan.remove = [os.path.join(layout.marker_dir, name)
+                       for name in sorted(os.listdir(layout.marker_dir))]
     if manifest is None:
         return plan
     # Only reliant's script is replaced: one that a qubes-core-dom0 update wrote since stays.
@@ -288,7 +244,7 @@ def plan_remove(layout: Layout) -> Plan:
 
 
 def apply_install(layout: Layout, plan: Plan) -> None:
-    """Back up the original, record the manifest, then install the files (script last)."""
+    """Back up the original, record the manifest, then install the script."""
     if plan.problems:
         raise SnapshotError("; ".join(plan.problems))
     if plan.backup:
@@ -303,24 +259,7 @@ def apply_install(layout: Layout, plan: Plan) -> None:
         store.replace(layout.manifest, plan.manifest.dump(), 0o600)
     manifest = plan.manifest or Manifest.load(layout)
     for path, data in plan.write.items():
-        if path == layout.script:
-            store.replace(path, data, manifest.mode, manifest.uid, manifest.gid)
-        else:
-            store.replace(path, data, 0o644)
-    remove_files(plan.remove)
-
-
-def remove_files(paths: list[str], directories: tuple[str, ...] = ()) -> None:
-    """Unlink `paths`, then `directories` and those of ours they leave empty: our
-    .dist-info, and a __pycache__ that only held the bytecode of our module."""
-    for path in paths:
-        os.unlink(path)
-    ours = {os.path.dirname(path) for path in paths
-            if os.path.basename(os.path.dirname(path)).startswith(EXTENSION_MODULE + "-")
-            or os.path.basename(os.path.dirname(path)) == "__pycache__"}
-    for directory in sorted(ours.union(directories)):
-        if os.path.isdir(directory) and not os.listdir(directory):
-            os.rmdir(directory)
+        store.replace(path, data, manifest.mode, manifest.uid, manifest.gid)
 
 
 def apply_remove(layout: Layout, plan: Plan) -> None:
@@ -333,7 +272,10 @@ def apply_remove(layout: Layout, plan: Plan) -> None:
             original = handle.read()
         store.replace(layout.script, original, manifest.mode, manifest.uid, manifest.gid,
                      manifest.mtime_ns)
-    remove_files(plan.remove, (layout.marker_dir,))
+    for path in plan.remove:
+        os.unlink(path)
+    if os.path.isdir(layout.marker_dir) and not os.listdir(layout.marker_dir):
+        os.rmdir(layout.marker_dir)
     if plan.drop_backup:
         os.unlink(layout.manifest)
         os.unlink(layout.original)
@@ -341,7 +283,7 @@ def apply_remove(layout: Layout, plan: Plan) -> None:
             os.rmdir(layout.backup_dir)
 
 
-def verify(layout: Layout, script: bytes, extension: bytes) -> list[str]:
+def verify(layout: Layout, script: bytes) -> list[str]:
     """Problems that make the installed component not ours or not intact ([] = fine)."""
     problems = []
     try:
@@ -350,7 +292,7 @@ def verify(layout: Layout, script: bytes, extension: bytes) -> list[str]:
         return [str(exc)]
     if manifest is None:
         problems.append(f"{layout.manifest} missing: the original create-snapshot is not saved")
-    for path, data in desired_files(layout, script, extension).items():
+    for path, data in desired_files(layout, script).items():
         current = store.read_or_none(path)
         if current is None:
             problems.append(f"{path} missing")

@@ -17,8 +17,13 @@ Public API (used by the shard engine and, through it, by the CLI and Salt module
 - ``write(path, data, mode)``: atomic replace like qubesd (temp file in the same
   directory, fchmod, fsync, rename, directory fsync) under an exclusive
   ``lockf`` of the current file; writes nothing and returns False when the file
-  already holds exactly ``data``.
+  already holds exactly ``data`` (compared under a shared lock first: a file that
+  does not change is never opened for writing, so a read-only volume is no error).
 - ``fsync_dir(path)``: make a rename or unlink in a directory durable.
+- ``open_regular(path, flags)``: open without following a symlink or blocking on a
+  FIFO, and refuse anything but a regular file (every store is opened so).
+- ``os_message(exc)``: an OSError as "PATH: reason", never a traceback;
+  ``blame(path)``: OSErrors raised on an fd (no file name) name `path`.
 
 Locking follows qubesd (qubes/app.py ``_acquire_lock``): ``fcntl.lockf`` on the
 store file itself, retried when the file was replaced while we waited.
@@ -27,8 +32,10 @@ store file itself, retried when the file was replaced while we waited.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -109,17 +116,55 @@ def serialize(root: etree._Element) -> bytes:
     return etree.tostring(root, encoding="utf-8", pretty_print=True, with_tail=False)
 
 
+def os_message(exc: OSError) -> str:
+    """`exc` as "PATH: reason" (both paths of a rename), or the reason alone."""
+    reason = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(map(os.fsdecode, paths))}: {reason}" if paths else reason
+
+
+@contextlib.contextmanager
+def blame(path: str) -> Iterator[None]:
+    """Give an OSError raised without a file name (a read, write or fsync on an fd)
+    `path` as its file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from None
+        raise
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY, mode: int = 0o600,
+                 dir_fd: Optional[int] = None) -> int:
+    """An fd of the regular file `path`: never through a symlink (ELOOP), never blocking
+    on a FIFO or a device (O_NONBLOCK, which regular files ignore), and anything but a
+    regular file is closed again and refused (OSError EINVAL naming `path`)."""
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, mode,
+                 dir_fd=dir_fd)
+    try:
+        kind = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd
+
+
 @contextlib.contextmanager
 def locked(path: str, exclusive: bool, create: bool = False) -> Iterator[int | None]:
     """Hold `lockf` on `path` like qubesd; yield the fd (None if absent and not `create`).
 
-    A symlink is refused (ELOOP): stores are regular files, never links to elsewhere."""
+    Only a regular file is opened (`open_regular`): a symlink is refused (ELOOP), a FIFO
+    or device is refused without blocking."""
     while True:
         flags = os.O_RDWR if exclusive else os.O_RDONLY
         if create:
             flags |= os.O_CREAT
         try:
-            fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fd = open_regular(path, flags)
         except FileNotFoundError:
             if create:
                 raise
@@ -172,18 +217,12 @@ def load(path: str, max_bytes: int = MAX_BYTES) -> etree._Element:
     return parse(read(path, max_bytes), path)
 
 
-def read_if_exists(path: str, max_bytes: int = MAX_BYTES) -> bytes | None:
-    """Like `read`, but None when the file does not exist."""
-    if not os.path.lexists(path):
-        return None
-    return read(path, max_bytes)
-
-
 def fsync_dir(path: str) -> None:
     """fsync the directory `path` so that renames and unlinks in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        with blame(path):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -241,6 +280,9 @@ def write(path: str, data: bytes, mode: int = 0o600, max_bytes: int = MAX_BYTES)
     previous file is intact and StoreError names `path`.
     """
     try:
+        with locked(path, exclusive=False) as fd:
+            if fd is not None and _read_fd(fd, path, max(max_bytes, len(data))) == data:
+                return False
         with locked(path, exclusive=True) as fd:
             if fd is not None:
                 current = _read_fd(fd, path, max(max_bytes, len(data)))

@@ -29,7 +29,7 @@ reliant-isolation-policy:
 reliant-isolation-extension:
   file.recurse:
     - name: {{ site | json }}
-    - source: salt://{{ tplroot }}/files/isolation
+    - source: salt://{{ tplroot }}/files/isolation/extension
     - exclude_pat: 'E@(__pycache__|\.pyc$)'
     - makedirs: true
     - user: root

@@ -11,15 +11,19 @@
 {#- reliant-shard's messages name hidden qubes: the units send them to tmpfs. #}
 {%- set rundir = salt["file.dirname"](shards.merged) %}
 {%- set log = rundir ~ "/reliant-shard.log" %}
-{#- The CLI's settings. Without isolation, suture writes no runtime policy (""). #}
+{#- The CLI's settings. Without isolation, suture writes no runtime policy (""). The
+    volatile entry's title names the boot entry when the interlock refuses shards. #}
 {%- set isolation = reliant.isolation %}
 {%- set config = {
       "core": shards.core, "merged": shards.merged, "roots": shards.roots,
       "max_depth": shards.max_depth, "missing_reference": shards.missing_reference,
       "real_loader_check": shards.real_loader_check,
-      "libdir": shards.libdir,
+      "dom0_dir_max_bytes": shards.dom0_dir_max_bytes, "libdir": shards.libdir,
       "policy_dir": isolation.policy_dir if isolation.enabled else "",
-      "services": isolation.services if isolation.enabled else None} %}
+      "services": isolation.services if isolation.enabled else None,
+      "require_volatile": shards.require_volatile,
+      "volatile_title": reliant.volatile.volatile_title,
+      "upper_warn_percent": reliant.volatile.upper_warn_percent} %}
 
 {#- The merged store names the qubes of every open shard: it must live in RAM. #}
 {%- if not shards.merged.startswith("/run/") %}

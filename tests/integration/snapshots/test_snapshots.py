@@ -100,6 +100,7 @@ def installed(host):
 
 def test_highstate_installs_and_converges(host, installed):
     assert set(changed(installed["first"])) == {"reliant-snapshots-installed",
+                                                 "reliant-snapshots-extension",
                                                  "reliant-snapshots-qubesd-restart"}
     assert qubesd_main_pid(host) != installed["qubesd_pid"], "qubesd restarted: extension loaded"
     assert changed(highstate(host)) == {}, "a second highstate changes nothing"

@@ -8,11 +8,11 @@ import json
 import pytest
 from admission_scene import SHARD_QUBES, domains, shard_scene
 from qubesd.qubesd_double import Refused, Store
-from reliant import cli, store
+from reliant import cli, commands, store
 from reliant.vocab import ShardError
 
 
-class UnitHost(cli.Host):
+class UnitHost(commands.Host):
     """systemd with the qubesd unit and the formula's drop-in: ExecStartPre suture,
     qubesd (the double, which here also refuses any store holding a qube named in
     `refuse`: what no check before it foresaw), ExecStartPost started, ExecStopPost
@@ -21,6 +21,12 @@ class UnitHost(cli.Host):
     def __init__(self, merged, base):
         self.merged, self.base, self.active, self.refuse = merged, base, False, set()
         self.exits = []
+
+    def volatile_status(self, settings):  # the volatile root: shards may be merged
+        return {"mode": "volatile", "root_fstype": "overlay", "problems": []}
+
+    def desktop(self):  # no desktop: no menus
+        return None
 
     def qubesd_active(self):
         return self.active
@@ -58,7 +64,8 @@ def unit(tmp_path, monkeypatch):
     config = tmp_path / "reliant.json"
     config.write_text(json.dumps({
         "core": str(scene.core), "merged": str(scene.merged), "roots": scene.roots,
-        "qubes_dir": str(scene.qubes_dir), "policy_dir": "", "real_loader_check": False}))
+        "qubes_dir": str(scene.qubes_dir), "policy_dir": "", "real_loader_check": False,
+        "systemd_dir": str(tmp_path / "systemd"), "libvirt_dir": str(tmp_path / "libxl")}))
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
     monkeypatch.setenv("SERVICE_RESULT", "exit-code")
     monkeypatch.setenv("EXIT_CODE", "exited")

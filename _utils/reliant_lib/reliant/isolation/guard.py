@@ -11,7 +11,11 @@ Rules (DESIGN.md sections 3 and 4):
   (volumes with rw and without snap_on_start); volumes in core pools do not count,
   volumes in two different shards are an error;
 - core qubes and global properties never reference a shard qube; a shard qube may
-  reference core qubes, qubes of its own shard and of shards it depends on.
+  reference core qubes, qubes of its own shard and of shards it depends on;
+- a shard qube's volumes are confined as at suture (`reliant.shards.confine`): its own data
+  in file pools of its shard, snapshots only of its template's volumes
+  (`confinement_problem`, `placement_problem`); a volume takes data only from a group its
+  qube may reference (`clone_problem`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from typing import Any, Optional
 
 from lxml import etree
 
+from reliant.shards.confine import (
+    KERNEL_POOL_DRIVER,
+    PoolFacts,
+    VolumeFacts,
+    defaulted_volumes,
+    shard_pool_problem,
+    volume_problem,
+)
 from reliant.shards.records import QubeRecord
 from reliant.vocab import CORE_TAG, GLOBAL_REFERENCES, SHARD_TAG_PREFIX, referable_groups
 
@@ -121,6 +133,81 @@ def unknown_shard_pools(pools: Iterable[str], known: Mapping[str, str],
         if any(path == root or path.startswith(root + os.sep) for root in roots):
             unknown.append(pool)
     return unknown
+
+
+def _referable(group: str, dependencies: Mapping[str, Iterable[str]]) -> set[Optional[str]]:
+    return referable_groups(group, dependencies.get(group, ()), core=CORE_TAG)
+
+
+def confinement_problem(qube: str, klass: str, group: Optional[str],
+                        volumes: Iterable[VolumeFacts], pools: Mapping[str, PoolFacts],
+                        groups: Mapping[str, str], dependencies: Mapping[str, Iterable[str]],
+                        shard_roots: Iterable[str], template: str = "",
+                        template_volumes: Optional[Iterable[VolumeFacts]] = None
+                        ) -> Optional[str]:
+    """Why the volumes of live qube `qube` of `group` break confinement, None if they do
+    not (core qubes are not confined). `groups`: the group of each pool (`pool_groups`;
+    missing: core); its shard's own pools are those of its group that lie inside a shard
+    root; `template_volumes`: those of its template."""
+    if group is None or group == CORE_TAG:
+        return None
+    allowed = _referable(group, dependencies)
+    usable = {name: pool for name, pool in pools.items()
+              if groups.get(name, CORE_TAG) in allowed}
+    roots = list(shard_roots)
+    own_dirs = {name: os.path.realpath(pool.dir_path) for name, pool in usable.items()
+                if groups.get(name) == group and shard_pool_problem(pool, roots) is None}
+    listed = None if template_volumes is None else list(template_volumes)
+    for volume in volumes:
+        problem = volume_problem(qube, klass, volume, usable, own_dirs, template, listed)
+        if problem:
+            return f"qube {qube!r} of {group}: {problem}"
+    return None
+
+
+def placement_problem(klass: str, pool: Optional[str], pools: Mapping[str, str],
+                      facts: Mapping[str, PoolFacts], groups: Mapping[str, str],
+                      shard_roots: Iterable[str]) -> Optional[str]:
+    """Why a new qube of `klass` created with `pool` (every writable volume that is no
+    snapshot goes there) or `pools` (volume -> pool; the others stay in core's default
+    pools, `defaulted_volumes`) would keep its own data outside its shard; None when it would not, or when it
+    is no qube of a known shard (its volumes are checked once created).
+    (qubes/vm/qubesvm.py create_on_disk, _patch_pool_config.)"""
+    placed = [pool] if pool is not None else list(pools.values())
+    shards = sorted({groups[p] for p in placed if groups.get(p, CORE_TAG) != CORE_TAG})
+    if not shards:
+        return None
+    if len(shards) > 1:
+        return f"a new qube would keep data in pools of several shards: {', '.join(shards)}"
+    roots = list(shard_roots)
+    if pool is not None:
+        return shard_pool_problem(facts[pool], roots)
+    for volume in defaulted_volumes(klass):
+        if volume not in pools:
+            return (f"a new qube of {shards[0]} would keep volume {volume} in a default pool "
+                    "of core")
+    for volume, name in sorted(pools.items()):
+        if volume == "kernel" and facts[name].driver == KERNEL_POOL_DRIVER:
+            continue
+        if groups.get(name) != shards[0]:
+            return (f"a new qube of {shards[0]} would keep volume {volume} in pool {name}, "
+                    "not a pool of its shard")
+        problem = shard_pool_problem(facts[name], roots)
+        if problem:
+            return problem
+    return None
+
+
+def clone_problem(qube: str, group: Optional[str], source_group: Optional[str],
+                  dependencies: Mapping[str, Iterable[str]]) -> Optional[str]:
+    """Why a volume of `qube` (of `group`) may not take the data of a volume of
+    `source_group`: only from groups it may reference (never shard data into core)."""
+    if group is None or source_group is None:
+        return f"a volume of {qube!r} would take data across groups the guard cannot tell"
+    if source_group in _referable(group, dependencies):
+        return None
+    return (f"a volume of {qube!r} ({group}) would take the data of a volume of "
+            f"{source_group}, which it may not reference")
 
 
 def reference_problem(holder: Optional[str], holder_group: Optional[str], prop: str,
@@ -235,45 +322,3 @@ def cross_group_dispvm_qubes(merged_root: etree._Element,
         if group != dispvm_group:
             found.append(CrossDispvm(name, group, dispvm, dispvm_group))
     return found
-
-
-def cross_group_dispvms(merged_root: etree._Element) -> list[str]:
-    """Problems: qubes whose `@dispvm` would start a disposable of another group.
-
-    Such calls are denied by the runtime policy, so the user should point the qube's
-    default_dispvm at a disposable template of its own group. One message per qube."""
-    return [str(cross) for cross in cross_group_dispvm_qubes(merged_root)]
-
-
-def reference_problems(merged_root: etree._Element,
-                       dependencies: Mapping[str, Iterable[str]]) -> list[str]:
-    """Every qube of a merged store without exactly one group tag, and every reference
-    that crosses groups the wrong way; `dependencies` maps a shard tag to the shard tags
-    it may reference."""
-    qubes, global_refs = facts_from_store(merged_root)
-    problems = []
-    groups: dict[str, Optional[str]] = {}
-    for name, qube in sorted(qubes.items()):
-        try:
-            groups[name] = group_of(qube)
-        except GuardError as exc:
-            problems.append(str(exc))
-            groups[name] = None
-            continue
-        if groups[name] is None:
-            problems.append(f"qube {name!r} carries no group tag")
-    for prop, target in sorted(global_refs.items()):
-        problem = reference_problem(None, CORE_TAG, prop, target, groups.get(target),
-                                    dependencies)
-        if problem:
-            problems.append(problem)
-    for name, qube in sorted(qubes.items()):
-        if groups[name] is None:
-            continue
-        for prop, target in sorted(qube.references.items()):
-            if target in groups:
-                problem = reference_problem(name, groups[name], prop, target,
-                                            groups[target], dependencies)
-                if problem:
-                    problems.append(problem)
-    return problems

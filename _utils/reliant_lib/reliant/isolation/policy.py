@@ -32,7 +32,7 @@ from lxml import etree
 
 from reliant import store
 from reliant.isolation import guard
-from reliant.vocab import CORE_TAG, FOREIGN_DISPVM_TAG
+from reliant.vocab import CORE_TAG, FOREIGN_DISPVM_TAG, valid_qube_name
 
 DEFAULT_SERVICES = (
     "qubes.Filecopy", "qubes.OpenInVM", "qubes.OpenURL", "qubes.ClipboardPaste",
@@ -51,7 +51,6 @@ POLICY_MODE = 0o644
 _FILE_NAME_CHARS = frozenset(string.digits + string.ascii_lowercase + "_.-")
 _SERVICE_RE = re.compile(r"\A[A-Za-z0-9._-]+\Z")
 _TAG_RE = re.compile(r"\A[A-Za-z0-9_-]+\Z")
-_QUBE_NAME_RE = re.compile(r"\A[A-Za-z][A-Za-z0-9_.-]{0,30}\Z")
 #: User files (30-user, 50-config-*, 90-default) must come after ours.
 _FIRST_USER_FILE = "30-user.policy"
 
@@ -207,7 +206,7 @@ def render_rules(groups: Iterable[str], settings: PolicySettings,
     callers = sorted({cross.qube for cross in cross_dispvms
                       if denied_between(settings, cross.group, cross.dispvm_group)})
     for name in callers:
-        if not _QUBE_NAME_RE.match(name):
+        if not valid_qube_name(name):
             raise PolicyError(f"qube name {name!r} cannot appear in a policy rule")
     rules = []
     for service in settings.services:

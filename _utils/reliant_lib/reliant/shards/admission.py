@@ -36,15 +36,17 @@ from reliant.vocab import SHARD_TAG_PREFIX, Problem, ShardError
 
 
 def admit(plan: SuturePlan, *, release: Optional[str], missing_reference: str = "recover",
-          loader: Optional[RealLoader] = None, scratch: Optional[str] = None) -> bytes:
+          loader: Optional[RealLoader] = None, scratch: Optional[str] = None,
+          data: Optional[bytes] = None) -> bytes:
     """Leave out of `plan` (changed in place) what would stop qubesd from loading it;
     returns the merged store's bytes. `release`: the Qubes release dom0 runs (None:
     every release the model knows); `loader` and `scratch` (a private directory is made
-    in it for each load: tmpfs, beside the merged store): the real loader, if any."""
+    in it for each load: tmpfs, beside the merged store): the real loader, if any;
+    `data`: the plan's store, if serialized already."""
     if loader is not None and scratch is None:
         raise ShardError("the real loader needs a scratch directory on tmpfs")
     admission = _Admission(plan, release, missing_reference)
-    data = admission.settle()
+    data = admission.settle(data)
     if loader is not None and scratch is not None:
         data = admission.last_word(loader, data, scratch)
     return data
@@ -235,12 +237,12 @@ def loadable_outputs(outputs: list[tuple[str, bytes, int]], *, core_path: str,
     does not have is refused (reported; the previous file stays), and so is, when one
     is refused, every file that would lose a qube (it may have moved to the refused one).
     A shard file is checked with core, its own pools and qubes and its dependencies'."""
-    current = {path: store.read_if_exists(path) for path, _, _ in outputs}
+    current = {path: store.read_or_none(path) for path, _, _ in outputs}
     new = {path: content for path, content, _ in outputs}
     by_file = {shard.file: shard for shard in shards.values()}
 
     def now(path: str) -> Optional[bytes]:
-        return new[path] if path in new else store.read_if_exists(path)
+        return new[path] if path in new else store.read_or_none(path)
 
     problems: list[Problem] = []
     refused: set[str] = set()
@@ -309,7 +311,7 @@ def _shard_problems(data: Optional[bytes], core: Optional[bytes], others: list[O
     pools = [p.get("name") for p in own.iterfind("pools/pool")]
     context = qubesd_load.StoreContext(root, release)
     found = [p for pool in root.iterfind("pools/pool") if pool.get("name") in pools
-             for release_ in context.releases for p in qubesd_load.check_pool(pool, release_)]
+             for p in qubesd_load.check_pool(pool)]
     for domain in context.domains:
         if QubeRecord(domain).name in names:
             found += qubesd_load.check_domain(domain, context)

@@ -18,7 +18,8 @@ from typing import Any, Optional
 from lxml import etree
 
 from reliant import store
-from reliant.shards.files import Shard, deps_closure, shard_bytes, within
+from reliant.shards.confine import within
+from reliant.shards.files import Shard, deps_closure, held_pools, shard_bytes
 from reliant.shards.records import QubeRecord, dom0_subdir, properties, property_value, remove_device
 from reliant.shards.stubs import Facts, Stubs
 from reliant.shards.suture import core_sections
@@ -84,9 +85,11 @@ def _pool_owners(merged_pools: etree._Element, core_pools: set[str],
 def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element],
                  shards: Sequence[Shard], state: Optional[dict[str, Any]], *,
                  core_path: str, roots: Sequence[str] = (),
-                 stubs: Optional[Stubs] = None) -> DissectPlan:
+                 stubs: Optional[Stubs] = None,
+                 unwritable: Optional[dict[str, str]] = None) -> DissectPlan:
     """Split `merged_root` (consumed) into the core file and the files of merged shards;
-    `stubs`: those of its domains read in chunks (`read_merged`).
+    `stubs`: those of its domains read in chunks (`read_merged`); `unwritable`: shards
+    that cannot be written (id -> why), whose qubes are placed as if the shard were gone.
 
     Never writes a shard's qube, pool, tag or reference into core or into a shard that
     may not know it; what cannot be placed safely is reported as `unplaceable` and
@@ -104,13 +107,14 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     else:
         tagged = {tag[len(shard_tag("")):] for domain in sections["domains"]
                   for tag in facts(domain).group_tags if tag.startswith(shard_tag(""))}
-        sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools, "merged": None}
+        sutured = {sid: {"path": visible[sid].path, "pools": visible[sid].pools,
+                         "held_pools": sorted(held_pools(visible[sid])), "merged": None}
                    for sid in sorted(tagged) if sid in visible}
         if sutured:
             problems.append(Problem("warning", "state", "no runtime state from suture: qubes "
                                     "absent from the merged store are kept in their shards"))
     untouchable = set((state or {}).get("detached", ())) | set((state or {}).get("refused", ()))
-    writable = _writable(visible, sutured, untouchable, problems)
+    writable = _writable(visible, sutured, untouchable, unwritable or {}, problems)
     pool_owner = _pool_owners(sections["pools"], core_pools, writable, sutured, visible, roots)
     for name, group in pool_owner.items():
         if group is None:
@@ -153,6 +157,10 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
         merged_names = {p.get("name") for p in pools_of[sid]}
         pools_of[sid] = [p for p in writable[sid].pool_elements
                          if p.get("name") not in merged_names] + pools_of[sid]
+    held_of = {sid: set(sutured[sid].get("held_pools", ())) for sid in writable if sid in sutured}
+    for sid, held in held_of.items():
+        if held:
+            pools_of[sid] = _with_held_pools(writable[sid], held, pools_of[sid])
     new_state: dict[str, Any] = {"version": 1, "shards": {},
                                  "detached": (state or {}).get("detached", []),
                                  "refused": (state or {}).get("refused", [])}
@@ -175,16 +183,20 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
                 and file_uuids <= merged_uuids | known and not file_uuids & hold):
             kept = []
         else:
-            kept = [d for d in previous(sid).values() if facts.uuid(d) not in merged_uuids and
+            # every <domain> of the file, not one per uuid: qubes without a uuid or sharing
+            # one were left out at suture and stay, each of them
+            kept = [d for d in shard.domains if facts.uuid(d) not in merged_uuids and
                     (known is None or facts.uuid(d) not in known or facts.uuid(d) in hold)]
         _fix_qids(facts, shard, members, kept, merged_qids, lambda s=sid: previous(s), problems)
         for domain in members + kept:
             facts.strip_tags(domain)
         dirs[sid] = [(dom0_subdir(q), q.name) for q in member_qubes]
         keep_dirs[sid] = {(dom0_subdir(q), q.name) for q in map(facts, kept)}
+        held = held_of.get(sid, set())
         new_state["shards"][sid] = {
-            "path": shard.path, "pools": [p.get("name") for p in pools_of[sid]],
-            "merged": sorted((known or set()) | merged_uuids)}
+            "path": shard.path,
+            "pools": [p.get("name") for p in pools_of[sid] if p.get("name") not in held],
+            "held_pools": sorted(held), "merged": sorted((known or set()) | merged_uuids)}
         lost = (file_uuids if file_uuids is not None else set(previous(sid))) - merged_uuids \
             - {facts.uuid(d) for d in kept}
         ordered = sorted(members + kept, key=lambda d: _order(facts(d)))
@@ -210,16 +222,28 @@ def plan_dissect(merged_root: etree._Element, core_root: Optional[etree._Element
     return DissectPlan(outputs, dirs, keep_dirs, new_state, problems, writable)
 
 
+def _with_held_pools(shard: Shard, held: set[str],
+                     merged: list[etree._Element]) -> list[etree._Element]:
+    """The shard's pools: those of the merged store and those suture left in its file
+    (`held`, unsafe to merge), in the file's order (pools new since then last)."""
+    in_file = shard.pool_elements
+    order = {p.get("name"): index for index, p in enumerate(in_file)}
+    names = {p.get("name") for p in merged}
+    kept = [p for p in in_file if p.get("name") in held and p.get("name") not in names]
+    return sorted(kept + merged, key=lambda p: order.get(p.get("name"), len(order)))
+
+
 def _order(qube: QubeRecord) -> tuple[bool, str]:
     """Order of qubes in a shard file: by name, nameless ones last."""
     return qube.name == "", qube.name
 
 
 def _writable(visible: dict[str, Shard], sutured: dict[str, Any], detached: set[str],
-              problems: list[Problem]) -> dict[str, Shard]:
+              unwritable: dict[str, str], problems: list[Problem]) -> dict[str, Shard]:
     """Shards dissect may write: merged ones still at their place, and visible ones that
     were not merged (their qubes are all kept; merged qubes join them by their pools,
-    e.g. when an existing store is first split), never detached or unreadable ones."""
+    e.g. when an existing store is first split), never detached, unreadable or
+    `unwritable` ones."""
     writable = {}
     for sid in sorted(set(sutured) - set(visible)):
         problems.append(Problem("error", "unplaceable", f"shard {sid} ({sutured[sid]['path']}) "
@@ -227,6 +251,11 @@ def _writable(visible: dict[str, Shard], sutured: dict[str, Any], detached: set[
                                 "in the merged store", sid))
     for sid, shard in visible.items():
         if sid in detached:
+            continue
+        if sid in unwritable:
+            problems.append(Problem("error", "unplaceable", f"shard {sid} ({shard.path}) cannot "
+                                    f"be written ({unwritable[sid]}); its changes stay only in "
+                                    "the merged store", sid))
             continue
         if sid in sutured and os.path.realpath(shard.path) != os.path.realpath(
                 sutured[sid]["path"]):

@@ -26,6 +26,7 @@ from typing import Optional
 from lxml import etree
 
 from reliant import store
+from reliant.shards.confine import PoolFacts, shard_pool_problem, within
 from reliant.shards.records import qube_name, qube_uuid
 from reliant.vocab import MAX_QID, Problem, ShardError, shard_tag
 
@@ -89,6 +90,18 @@ class Shard:
     def free_qids(self, taken: set[Optional[int]]) -> Iterator[int]:
         """The qids of the range not in `taken` (read as it grows), lowest first."""
         return (q for q in range(self.qid_range[0], self.qid_range[1] + 1) if q not in taken)
+
+
+def held_pools(shard: Shard) -> dict[str, str]:
+    """The shard's pools that may not hold its data (name -> why): suture does not merge
+    them, dissect keeps them in the file (`reliant.shards.confine.shard_pool_problem`)."""
+    dom0 = os.path.join(shard.path, DOM0_DIR)
+    found = {}
+    for pool in (PoolFacts.of(p.attrib) for p in shard.pool_elements):
+        reason = shard_pool_problem(pool, (shard.path,), (dom0,))
+        if reason is not None:
+            found[pool.name] = reason
+    return found
 
 
 def identifiers(shard: Shard) -> set[str]:
@@ -157,11 +170,6 @@ def load_shard(path: str, max_bytes: int = store.MAX_BYTES) -> Shard:
     data = store.read(file, max_bytes)
     shard_id, qid_range, depends = read_metadata(data, file)
     return Shard(path=path, id=shard_id, qid_range=qid_range, depends_on=depends, data=data)
-
-
-def within(path: str, directory: str) -> bool:
-    path, directory = os.path.realpath(path), os.path.realpath(directory)
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def discover(roots: Sequence[str], max_depth: int = 3,

@@ -20,23 +20,30 @@ def properties(element: etree._Element) -> dict[str, etree._Element]:
     return {prop.get("name"): prop for prop in props}
 
 
-def property_value(element: etree._Element, name: str) -> Optional[str]:
-    props = element.find("properties")
-    if props is not None:
-        for prop in props:
-            if prop.get("name") == name:
-                return prop.text or ""
+def _named_text(element: etree._Element, section: str, name: str) -> Optional[str]:
+    """Text of the child named `name` of `element`'s <section> ("" if empty), None if
+    there is none."""
+    children = element.find(section)
+    if children is not None:
+        for child in children:
+            if child.get("name") == name:
+                return child.text or ""
     return None
+
+
+def property_value(element: etree._Element, name: str) -> Optional[str]:
+    """The value of property `name` of a <domain> (or of a store's global properties)."""
+    return _named_text(element, "properties", name)
 
 
 class QubeRecord:
     """What the rules need to know about one <domain>, read in one pass (the hot loop of
     suture and dissect: plain local variables, one attribute read per item). Read-only
     for other modules: .cls .name .uuid .qid .label, .refs (as `references`), .pools,
-    .data_pools (as `data_pools`), .volumes (name, pool, vid, source), .group_tags
-    (names of its ``reliant-`` tags), .dispvm_none (default_dispvm set to none),
-    .dispvm_template (template_for_dispvms); .tags and .reliant_tags are elements (none
-    in a record made `from_fields`)."""
+    .data_pools (as `data_pools`), .volumes (name, pool or "", vid, source,
+    snap_on_start), .group_tags (names of its ``reliant-`` tags), .dispvm_none
+    (default_dispvm set to none), .dispvm_template (template_for_dispvms); .tags and
+    .reliant_tags are elements (none in a record made `from_fields`)."""
 
     __slots__ = ("cls", "data_pools", "dispvm_none", "dispvm_template", "group_tags", "label",
                  "name", "pools", "qid", "refs", "reliant_tags", "tags", "uuid", "volumes")
@@ -53,7 +60,8 @@ class QubeRecord:
         devices: list[tuple[str, str]] = []
         pools: set[str] = set()
         own: set[str] = set()
-        volumes: list[tuple[str, str, str, Optional[str]]] = []  # name pool vid source
+        # name, pool ("" if none), vid, source, snap_on_start
+        volumes: list[tuple[str, str, str, Optional[str], bool]] = []
         reliant_tags: list[etree._Element] = []
         tags: Optional[etree._Element] = None
         dispvm_none = dispvm_template = False
@@ -84,14 +92,15 @@ class QubeRecord:
                         dispvm_template = prop.text == "True"
             elif kind == "volume-config":
                 for volume in section:
-                    pool = volume.get("pool")
+                    pool = volume.get("pool") or ""
+                    volume_name, source = volume.get("name") or "", volume.get("source")
+                    snapshot = volume.get("snap_on_start") == "True"
+                    volumes.append((volume_name, pool, volume.get("vid") or "", source,
+                                    snapshot))
                     if not pool:
                         continue
-                    volume_name, source = volume.get("name") or "", volume.get("source")
                     pools.add(pool)
-                    volumes.append((volume_name, pool, volume.get("vid") or "", source))
-                    if is_data_volume(volume_name, volume.get("snap_on_start") == "True",
-                                      source):
+                    if is_data_volume(volume_name, snapshot, source):
                         own.add(pool)
             elif kind == "devices":
                 for device in section:
@@ -193,12 +202,8 @@ def set_feature(domain: etree._Element, name: str, value: str) -> None:
 
 
 def feature_value(domain: etree._Element, name: str) -> Optional[str]:
-    features = domain.find("features")
-    if features is not None:
-        for feature in features:
-            if feature.get("name") == name:
-                return feature.text or ""
-    return None
+    """The value of feature `name` of a <domain>, None if it is not set."""
+    return _named_text(domain, "features", name)
 
 
 def remove_device(domain: etree._Element, what: str) -> Optional[etree._Element]:

@@ -79,21 +79,24 @@ class CoreDefaults:
                                "template (template_for_dispvms)")
         return Replacement(prop, name)
 
-    def retarget(self, domain: etree._Element, template: str, name: str) -> dict[str, str]:
+    def retarget(self, domain: etree._Element, template: str, name: str
+                 ) -> Optional[dict[str, str]]:
         """Point `domain` (named `name`) at `template` and make its snapshot volumes
         snapshots of the template's; returns what changed: ``"template"`` and
-        ``"volume-NAME"`` -> the old value (``POOL:SOURCE`` for a volume)."""
+        ``"volume-NAME"`` -> the old value (``POOL:SOURCE`` for a volume). None, changing
+        nothing, when a snapshot volume has no counterpart in the template (its source
+        would stay what the shard says)."""
+        origins = [(v, self._origin(template, v.get("name") or ""))
+                   for v in domain.iterfind("volume-config/volume")
+                   if v.get("snap_on_start") == "True" and v.get("source") is not None]
+        if any(origin is None for _, origin in origins):
+            return None
         old = {"template": property_value(domain, "template") or ""}
         prop = properties(domain).get("template")
         if prop is None:
             prop = etree.SubElement(domain.find("properties"), "property", name="template")
         prop.text = template
-        for volume in domain.iterfind("volume-config/volume"):
-            if volume.get("snap_on_start") != "True" or volume.get("source") is None:
-                continue
-            origin = self._origin(template, volume.get("name") or "")
-            if origin is None:
-                continue
+        for volume, origin in origins:
             old["volume-" + (volume.get("name") or "")] = \
                 f"{volume.get('pool')}:{volume.get('source')}"
             pool = origin.get("pool") or ""

@@ -1,24 +1,33 @@
 """The suture plan: core plus the visible shards -> the merged store qubesd runs on.
 
 Rules (DESIGN.md 3), each failure a `Problem` naming shard and qube: a shard is refused
-as a whole (unreadable, overlapping QID range, pools that redefine others or lie outside
-it); a qube is left out (class, name, uuid, label, pools, volumes of another qube) and
-stays intact in its shard; a reference to a qube that is not visible is reset to its
+as a whole (unreadable, overlapping QID range, pools that redefine others); a pool that
+may not hold its data (`reliant.shards.confine`) is held back in its file; a qube is left
+out (class, name, uuid, label, pools, volumes of another qube or not confined) and stays
+intact in its shard; a reference to a qube that is not visible is reset to its
 default and the qube may not start until it is reviewed (or the qube is skipped); qids
 outside the shard's range get the lowest free one of it.
+
+Bounds: at most `MAX_MERGED_SHARDS` shards are merged at once (the runtime qrexec policy
+grows with the square of the number of groups), and a shard whose file would make the
+merged store larger than what dissect reads back (`store.MAX_BYTES`) is left out; both
+are refusals of the whole shard, reported, and leave it intact.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from lxml import etree
 
 from reliant import store
-from reliant.shards.files import Shard, deps_closure, within
+from reliant.shards.confine import PathView, PoolFacts, VolumeFacts, volume_problem
+from reliant.shards.files import Shard, deps_closure, held_pools
 from reliant.shards.records import (
     QubeRecord,
     dom0_subdir,
@@ -47,6 +56,12 @@ RECOVERED_PREFIX = "reliant-recovered-"
 PROHIBIT_START = "prohibit-start"
 RATIONALE_PREFIX = "reliant: "
 MISSING_REFERENCE_MODES = ("recover", "skip")
+#: shards merged at once at most: the runtime policy has 2 or 3 lines per service for
+#: each ordered pair of groups (about 4 MB for 7 services and 65 groups)
+MAX_MERGED_SHARDS = 64
+#: bytes a merged <domain> may gain over its bytes in the shard file (group tag, the
+#: features of a recovered reference)
+_MERGE_GROWTH = 256
 
 
 @dataclass
@@ -117,7 +132,12 @@ def recover_reference(facts: Facts, domain: etree._Element, what: str, target: s
         if replacement.template is None:
             return replacement.reason
         facts.materialize(domain)
-        for key, value in defaults.retarget(domain, replacement.template, name).items():
+        old = defaults.retarget(domain, replacement.template, name)
+        if old is None:
+            facts.forget(domain)
+            return (f"a snapshot volume has no counterpart in the global {replacement.prop} "
+                    f"{replacement.template!r}")
+        for key, value in old.items():
             if feature_value(domain, RECOVERED_PREFIX + key) is None:  # keep the first
                 set_feature(domain, RECOVERED_PREFIX + key, value)
         for other in others:
@@ -149,9 +169,15 @@ def recover_reference(facts: Facts, domain: etree._Element, what: str, target: s
 
 def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                 core_source: str = "core", missing_reference: str = "recover",
-                detached: Iterable[str] = (), stubs: Optional[Stubs] = None) -> SuturePlan:
+                detached: Iterable[str] = (), stubs: Optional[Stubs] = None,
+                core_bytes: int = 0,
+                saved_dir_refusal: Optional[Callable[[Shard, str, str], Optional[str]]] = None
+                ) -> SuturePlan:
     """Merge `shards` into `core_root` (modified in place: it becomes the merged store);
-    `stubs`: those of their domains read in chunks (`read_in_chunks`).
+    `stubs`: those of their domains read in chunks (`read_in_chunks`); `core_bytes`:
+    the size of the core file (what is left of `store.MAX_BYTES` is the shards' room);
+    `saved_dir_refusal(shard, subdir, name)`: why a qube's saved dom0 directory cannot
+    be restored (the qube is left out).
 
     Raises ShardError only when the core itself is unusable; everything about a shard
     or a qube is reported in `problems` and the culprit is left out of the merge,
@@ -172,6 +198,8 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
     core_refs: set[str] = set()
     kernel_pools = {p.get("name") for p in sections["pools"]
                     if p.get("driver") == "linux-kernel"}
+    pool_facts = {p.get("name"): PoolFacts.of(p.attrib) for p in sections["pools"]}
+    paths = PathView()  # the shards' files, resolved and listed once
     merged_by_name: dict[str, QubeRecord] = {}
     used_vids: dict[tuple[str, str], str] = {}
     core_elements: dict[str, etree._Element] = {}
@@ -202,24 +230,32 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
     dirs: dict[str, list[tuple[str, str]]] = {}
     ranges: list[tuple[tuple[int, int], str]] = []
     by_id = {shard.id: shard for shard in shards}
+    room = store.MAX_BYTES - core_bytes - _MERGE_GROWTH * len(sections["domains"])
 
     for shard in _order_shards(shards, problems):
         if shard.id in detached:
             problems.append(Problem("info", "detached", f"shard {shard.id} ({shard.path}) is "
                                     "detached; not merged", shard.id))
             continue
-        refusal = _refusal(shard, pool_owner, ranges)
+        refusal = _over_bounds(shard, len(sutured), room) or _refusal(shard, pool_owner,
+                                                                      ranges)
         if refusal:
             problems.append(Problem("error", "refused", f"shard {shard.id} ({shard.path}): "
                                     f"{refusal}; not merged", shard.id))
             continue
         allowed = referable_groups(shard.id, deps_closure(shard.id, by_id)
                                    & {s.id for s in sutured})
-        visible_pools = {p for p, g in pool_owner.items() if g in allowed} | set(shard.pools)
-        candidates = _admissible(facts, shard, owner, uuids, labels, visible_pools, core_refs,
-                                 problems)
-        candidates = _own_volumes(facts, shard, candidates, merged_by_name, used_vids,
-                                  kernel_pools, problems)
+        held, own_dirs = _confined_pools(shard, problems)
+        usable = {p: pool_facts[p] for p, g in pool_owner.items() if g in allowed}
+        usable.update((p.get("name"), PoolFacts.of(p.attrib)) for p in shard.pool_elements
+                      if p.get("name") not in held)
+        candidates = _admissible(facts, shard, owner, uuids, labels,
+                                 set(usable) | set(held), core_refs, problems)
+        if saved_dir_refusal is not None:
+            candidates = _restorable(facts, shard, candidates, saved_dir_refusal, problems)
+        confinement = _Confinement(usable, own_dirs, held, owner, allowed, merged_by_name,
+                                   used_vids, kernel_pools, paths)
+        candidates = _confined(facts, shard, candidates, confinement, problems)
         candidates = _resolve_references(facts, shard, candidates, owner, allowed,
                                          missing_reference, defaults, problems)
         candidates = _assign_qids(facts, shard, candidates, qids, problems)
@@ -238,14 +274,18 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
             qids.add(qube.qid)
             merged_uuids.append(qube.uuid)
         sections["domains"].extend(candidates)
-        pool_names = shard.pools
-        for pool in shard.pool_elements:
+        merged_pools = [pool for pool in shard.pool_elements if pool.get("name") not in held]
+        for pool in merged_pools:
             pool_owner[pool.get("name")] = shard.id
+            pool_facts[pool.get("name")] = PoolFacts.of(pool.attrib)
             sections["pools"].append(pool)
         ranges.append((shard.qid_range, shard.id))
+        room -= _merged_size(shard)
         sutured.append(shard)
-        state["shards"][shard.id] = {"path": shard.path, "pools": pool_names,
-                                     "merged": merged_uuids}
+        # held_pools: left in the shard file (dissect keeps them there)
+        state["shards"][shard.id] = {"path": shard.path,
+                                     "pools": [p.get("name") for p in merged_pools],
+                                     "held_pools": sorted(held), "merged": merged_uuids}
     state["problems"] = [asdict(p) for p in problems]
     state["refused"] = sorted({p.shard for p in problems if p.kind == "refused" and p.shard})
     return SuturePlan(core_root, facts, state, problems, sutured, dirs, defaults)
@@ -272,10 +312,55 @@ def _refusal(shard: Shard, pool_owner: dict[str, str],
         if name in pool_owner:
             holder = "core" if pool_owner[name] == CORE else f"shard {pool_owner[name]}"
             return f"pool {name!r} redefines a pool of {holder}"
-        dir_path = pool.get("dir_path")
-        if dir_path is not None and not within(dir_path, shard.path):
-            return f"pool {name!r} has dir_path {dir_path} outside the shard directory"
     return None
+
+
+def _merged_size(shard: Shard) -> int:
+    """Bytes the shard may add to the merged store, at most."""
+    return len(shard.data) + _MERGE_GROWTH * shard.data.count(b"<domain")
+
+
+def _over_bounds(shard: Shard, merged: int, room: int) -> Optional[str]:
+    """Why `shard` would overstep a bound of the merged store, None if it would not."""
+    if merged >= MAX_MERGED_SHARDS:
+        return f"{MAX_MERGED_SHARDS} shards are merged already (the most at once)"
+    if _merged_size(shard) > room:
+        return (f"its {len(shard.data)} bytes would make the merged store larger than the "
+                f"{store.MAX_BYTES} bytes dissect reads back")
+    return None
+
+
+def _restorable(facts: Facts, shard: Shard, candidates: list[etree._Element],
+                refusal: Callable[[Shard, str, str], Optional[str]],
+                problems: list[Problem]) -> list[etree._Element]:
+    """Leave out the qubes whose saved dom0 directory cannot be restored: qubesd would run
+    them without it, and dissect would then save what qubesd made over the shard's copy."""
+    kept = []
+    for domain in candidates:
+        qube = facts(domain)
+        reason = refusal(shard, dom0_subdir(qube), qube.name)
+        if reason:
+            problems.append(Problem("warning", "invalid", f"qube {qube.name} of shard "
+                                    f"{shard.id} not merged: {reason}; it stays intact in "
+                                    f"{shard.file}", shard.id, qube.name))
+            continue
+        kept.append(domain)
+    return kept
+
+
+def _confined_pools(shard: Shard, problems: list[Problem]) -> tuple[dict[str, str],
+                                                                    dict[str, str]]:
+    """The shard's pools that may not hold its data (name -> why; they are not merged and
+    stay in its file, with the qubes using them) and the others (name -> resolved
+    directory)."""
+    held = held_pools(shard)
+    for name, reason in held.items():
+        problems.append(Problem("warning", "invalid", f"pool {name} of shard {shard.id} "
+                                f"not merged: {reason}; it stays in {shard.file} with the "
+                                "qubes using it", shard.id))
+    own_dirs = {p.get("name"): os.path.realpath(p.get("dir_path")) for p in shard.pool_elements
+                if p.get("name") not in held}
+    return held, own_dirs
 
 
 def _admissible(facts: Facts, shard: Shard, owner: dict[str, str], uuids: set[str],
@@ -285,7 +370,8 @@ def _admissible(facts: Facts, shard: Shard, owner: dict[str, str], uuids: set[st
     """The shard's qubes that may be merged at all (class, qid, name, uuid, label, pools)."""
     kept: list[etree._Element] = []
     names: set[str] = set()
-    own_uuids: set[str] = set()
+    # a uuid twice in the file leaves out both qubes: neither is the qube (dissect keeps both)
+    uuid_count = Counter(facts.uuid(domain) for domain in shard.domains)
     for domain in shard.domains:
         qube = facts(domain)
         name, uuid, qid, label = qube.name, qube.uuid, qube.qid, qube.label
@@ -301,8 +387,10 @@ def _admissible(facts: Facts, shard: Shard, owner: dict[str, str], uuids: set[st
             reason = f"qid {property_value(domain, 'qid')!r} is not between 1 and {MAX_QID - 1}"
         elif not uuid:
             reason = "it has no uuid"
-        elif name in names or uuid in own_uuids:
-            reason = "its name or uuid appears twice in the shard"
+        elif uuid_count[uuid] > 1:
+            reason = f"its uuid {uuid} appears more than once in the shard"
+        elif name in names:
+            reason = "its name appears twice in the shard"
         elif name in owner:
             holder = "core" if owner[name] == CORE else f"shard {owner[name]}"
             reason, kind = f"a qube named {name!r} exists in {holder}", "conflict"
@@ -324,55 +412,96 @@ def _admissible(facts: Facts, shard: Shard, owner: dict[str, str], uuids: set[st
                                     f"{shard.file}.{hint}", shard.id, name or None))
             continue
         names.add(name)
-        own_uuids.add(uuid)
         kept.append(domain)
     return kept
 
 
 def _note_volumes(qube: QubeRecord, used: dict[tuple[str, str], str], kernel_pools: set[str]) -> None:
-    for _, pool, vid, _ in qube.volumes:
-        if vid and pool not in kernel_pools:
+    for _, pool, vid, _, _ in qube.volumes:
+        if vid and pool and pool not in kernel_pools:
             used.setdefault((pool, vid), qube.name)
 
 
-def _own_volumes(facts: Facts, shard: Shard, candidates: list[etree._Element],
-                 merged: dict[str, QubeRecord], used: dict[tuple[str, str], str],
-                 kernel_pools: set[str], problems: list[Problem]) -> list[etree._Element]:
-    """Leave out shard qubes whose volumes would open another qube's data: a volume
-    (pool, vid) already used by another qube, or a snapshot source that is not a
-    volume of the qube's template (checked when the template is visible)."""
-    local = {qube.name: qube for qube in map(facts, candidates)}
-    claimed: dict[tuple[str, str], str] = {}
-    sources_of: dict[str, set[str]] = {}  # template name -> its vids and sources
-    kept = []
-    for domain in candidates:
-        qube = facts(domain)
-        template_name = dict(qube.refs).get("template", "")
-        template = local.get(template_name) or merged.get(template_name)
-        sources = sources_of.get(template_name)
-        if sources is None:
-            sources = sources_of[template_name] = set() if template is None else {
-                v for _, _, vid, source in template.volumes for v in (vid, source) if v}
-        reason = None
-        for volume, pool, vid, source in qube.volumes:
-            key = (pool, vid) if vid and pool not in kernel_pools else None
-            holder = None if key is None else used.get(key) or claimed.get(key)
-            if holder is not None and holder != qube.name:
-                reason = f"volume {volume} is {pool}:{vid}, a volume of qube {holder}"
-            elif source and template is not None and source not in sources:
-                reason = (f"volume {volume} takes its data from {source}, which is not a "
-                          f"volume of its template {template.name}")
+@dataclass
+class _Confinement:
+    """What `_confined` checks a shard's qubes against: the pools they may use, their
+    shard's own pools (name -> directory) and those held back (name -> why), the group
+    of each merged qube and the groups this shard may reference, the merged qubes and
+    their volumes (pool, vid) -> qube."""
+
+    pools: dict[str, PoolFacts]
+    own_dirs: dict[str, str]
+    held: dict[str, str]
+    owner: dict[str, str]
+    allowed: set[str]
+    merged: dict[str, QubeRecord]
+    used: dict[tuple[str, str], str]
+    kernel_pools: set[str]
+    paths: PathView
+
+
+def _confined(facts: Facts, shard: Shard, candidates: list[etree._Element],
+              rules: _Confinement, problems: list[Problem]) -> list[etree._Element]:
+    """Leave out shard qubes whose volumes break confinement (`reliant.shards.confine`)
+    or would open a volume another qube uses; again until none is left out, since a qube
+    left out is no longer a template whose volumes others may take snapshots of."""
+    kept = candidates
+    while True:
+        local = {qube.name: qube for qube in map(facts, kept)}
+        claimed: dict[tuple[str, str], str] = {}
+        templates: dict[str, Optional[list[VolumeFacts]]] = {}
+        refused = {}
+        for domain in kept:
+            qube = facts(domain)
+            reason = _volume_reason(qube, local, claimed, templates, rules)
             if reason:
-                break
-            if key is not None:
-                claimed.setdefault(key, qube.name)
-        if reason:
-            problems.append(Problem("warning", "invalid", f"qube {qube.name} of shard "
-                                    f"{shard.id} not merged: {reason}; it stays intact in "
-                                    f"{shard.file}", shard.id, qube.name))
+                refused[domain] = reason
+                problems.append(Problem("warning", "invalid", f"qube {qube.name} of shard "
+                                        f"{shard.id} not merged: {reason}; it stays intact in "
+                                        f"{shard.file}", shard.id, qube.name))
+        if not refused:
+            return kept
+        kept = [domain for domain in kept if domain not in refused]
+
+
+def _volume_reason(qube: QubeRecord, local: dict[str, QubeRecord],
+                   claimed: dict[tuple[str, str], str],
+                   templates: dict[str, Optional[list[VolumeFacts]]],
+                   rules: _Confinement) -> Optional[str]:
+    """Why a volume of `qube` breaks confinement, None if none does (`templates`: the
+    volumes of each template looked up so far, None for one not visible)."""
+    template_name = next((target for what, target in qube.refs if what == "template"), "")
+    if template_name not in templates:
+        template = local.get(template_name)
+        if template is None and rules.owner.get(template_name) in rules.allowed:
+            template = rules.merged.get(template_name)
+        templates[template_name] = None if template is None else [
+            VolumeFacts._make(v) for v in template.volumes]
+    template_volumes = templates[template_name]
+    mine = []
+    for volume in map(VolumeFacts._make, qube.volumes):
+        key = ((volume.pool, volume.vid) if volume.vid and volume.pool
+               and volume.pool not in rules.kernel_pools else None)
+        holder = None if key is None else rules.used.get(key) or claimed.get(key)
+        if holder is not None and holder != qube.name:
+            return f"volume {volume.name} is {volume.pool}:{volume.vid}, a volume of qube {holder}"
+        if volume.pool in rules.held:
+            return (f"volume {volume.name} is in pool {volume.pool}, which is not merged "
+                    f"({rules.held[volume.pool]})")
+        if template_volumes is None and volume.snap_on_start and volume.source \
+                and qube.cls in DEFAULT_FOR_CLASS:
+            # its template is gone: recovery makes it a snapshot of the default template's
+            # volume, or leaves the qube out (recover_reference); no source is used as is
             continue
-        kept.append(domain)
-    return kept
+        reason = volume_problem(qube.name, qube.cls or "", volume, rules.pools, rules.own_dirs,
+                                template_name, template_volumes, rules.paths)
+        if reason:
+            return reason
+        if key is not None:
+            mine.append(key)
+    for key in mine:
+        claimed.setdefault(key, qube.name)
+    return None
 
 
 def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Element],

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from reliant import store
-from reliant.volatile.files import dracut_dropin, journald_dropin, managed_files
+from reliant.volatile.files import dracut_dropin, journald_dropin, managed_files, managed_paths
 from reliant.volatile.settings import ENTRY_IDS, MARK, Settings, VolatileError
 
 # --- /etc/default/grub: checked edits of the keys this component owns -------------
@@ -156,7 +156,8 @@ class Plan:
                     or self.reload_systemd)
 
     def changes(self, settings: Settings) -> dict[str, Any]:
-        """The changes as a state reports them (same with test=True and without)."""
+        """The changes as a state reports them (same with test=True and without; empty
+        exactly when the plan is)."""
         out: dict[str, Any] = {}
         if self.write:
             out["written"] = sorted(self.write)
@@ -172,6 +173,8 @@ class Plan:
             out["initramfs"] = f"{settings.dracut} --force --regenerate-all"
         if self.regenerate_grub:
             out["grub.cfg"] = f"{settings.mkconfig} -o {settings.grub_cfg}"
+        if self.state is not None and not out:
+            out["state"] = settings.state_file
         return out
 
 
@@ -195,10 +198,11 @@ def _grub_cfg_has_entries(settings: Settings) -> bool:
     return all(f"--id '{entry}'" in text for entry in ENTRY_IDS.values())
 
 
-def plan_configured(settings: Settings) -> Plan:
-    """The plan that makes dom0 boot-ready for volatile mode with `settings`."""
+def plan_configured(settings: Settings, grub_body: str) -> Plan:
+    """The plan that makes dom0 boot-ready for volatile mode with `settings` (`grub_body`:
+    the body of the grub.d script, see `reliant.volatile.files.grub_script`)."""
     state = load_state(settings.state_file)
-    wanted = managed_files(settings)
+    wanted = managed_files(settings, grub_body)
     for path in wanted:
         if os.path.lexists(path) and not _ours(path):
             raise VolatileError(f"{path}: exists and was not written by {MARK}; move it away "
@@ -238,7 +242,7 @@ def plan_configured(settings: Settings) -> Plan:
 def plan_absent(settings: Settings) -> Plan:
     """The plan that removes every trace of this component from the boot setup."""
     state = load_state(settings.state_file)
-    remove = [p for p in managed_files(settings) if os.path.lexists(p) and _ours(p)]
+    remove = [p for p in managed_paths(settings) if os.path.lexists(p) and _ours(p)]
     if os.path.lexists(settings.state_file):
         remove.append(settings.state_file)
     new_grub = None

@@ -14,88 +14,34 @@ from reliant.volatile.settings import (
     Settings,
 )
 
+#: The body of the grub.d script, in the formula's files (the states read it from there).
+GRUB_BODY = "salt://reliant/files/volatile/grub-entries.sh"
 
-def grub_script(settings: Settings) -> str:
-    """The grub.d script that emits the volatile and the maintenance entry.
+
+def grub_script(settings: Settings, body: str) -> str:
+    """The grub.d script that emits the volatile and the maintenance entry: the settings
+    as shell variables, then `body` (the file `GRUB_BODY`).
 
     It runs under grub2-mkconfig, which exports GRUB_DEVICE, GRUB_DEVICE_UUID,
     GRUB_DEVICE_BOOT, GRUB_CMDLINE_LINUX(_DEFAULT), GRUB_CMDLINE_XEN(_DEFAULT),
-    GRUB_DISABLE_LINUX_UUID and pkgdatadir; it picks the newest Xen and the
-    newest kernel that has an initramfs, at mkconfig time, so kernel updates
-    (which rerun grub2-mkconfig) keep the entries current.
+    GRUB_DISABLE_LINUX_UUID and pkgdatadir; the body picks the newest Xen and the
+    newest kernel that has an initramfs, at mkconfig time, so kernel updates (which
+    rerun grub2-mkconfig) keep the entries current.
     """
-    volatile_options = " ".join(VOLATILE_KERNEL_OPTIONS)
-    lines = [
+    values = {
+        "boot_dir": settings.boot_dir, "extra_xen": settings.xen_options,
+        "extra_linux": settings.kernel_options,
+        "volatile_title": settings.volatile_title, "volatile_id": ENTRY_IDS["volatile"],
+        "volatile_options": " ".join(VOLATILE_KERNEL_OPTIONS),
+        "maintenance_title": settings.maintenance_title,
+        "maintenance_id": ENTRY_IDS["maintenance"], "maintenance_options": "",
+    }
+    return "\n".join([
         "#!/bin/sh",
         f"# Written by {MARK} (reliant.volatile); removed by reliant.volatile.clean.",
-        "# Emits a volatile dom0 entry (root on an overlay over tmpfs) and a",
-        "# maintenance entry that writes to disk, for the newest Xen and kernel.",
-        "set -e",
-        '. "${pkgdatadir:-/usr/share/grub}/grub-mkconfig_lib"',
-        f"boot_dir={shlex.quote(settings.boot_dir)}",
-        f"extra_xen={shlex.quote(settings.xen_options)}",
-        f"extra_linux={shlex.quote(settings.kernel_options)}",
-        "",
-        "newest() { ls -1 \"$@\" 2>/dev/null | sort -V | tail -n 1; }",
-        'xen=$(newest "$boot_dir"/xen-*.gz)',
-        'kernel=""',
-        'for candidate in $(ls -1 "$boot_dir"/vmlinuz-* 2>/dev/null | sort -V -r); do',
-        '  version=${candidate#"$boot_dir"/vmlinuz-}',
-        '  case "$version" in *rescue*) continue ;; esac',
-        '  if [ -f "$boot_dir/initramfs-$version.img" ]; then kernel=$candidate; break; fi',
-        "done",
-        'if [ -z "$xen" ] || [ -z "$kernel" ]; then',
-        f'  echo "{MARK}: no Xen or no kernel with an initramfs in $boot_dir:'
-        ' no volatile entries" >&2',
-        "  exit 0",
-        "fi",
-        'version=${kernel#"$boot_dir"/vmlinuz-}',
-        "# root= as grub's own scripts choose it: the device on LVM or without a UUID",
-        'if [ -z "${GRUB_DEVICE_UUID}" ] || [ "${GRUB_DISABLE_LINUX_UUID}" = "true" ] \\',
-        '    || ! [ -e "/dev/disk/by-uuid/${GRUB_DEVICE_UUID}" ] \\',
-        '    || uses_abstraction "${GRUB_DEVICE}" lvm; then',
-        '  root_device="${GRUB_DEVICE}"',
-        "else",
-        '  root_device="UUID=${GRUB_DEVICE_UUID}"',
-        "fi",
-        'xen_path=$(make_system_path_relative_to_its_root "$xen")',
-        'kernel_path=$(make_system_path_relative_to_its_root "$kernel")',
-        'initrd_path=$(make_system_path_relative_to_its_root "$boot_dir/initramfs-$version.img")',
-        'access=$(prepare_grub_to_access_device "${GRUB_DEVICE_BOOT}" | sed "s/^/\t/")',
-        "# word lists with single spaces (no globbing while splitting)",
-        "words() { set -f; set -- $*; set +f; echo \"$*\"; }",
-        'xen_args=$(words "${GRUB_CMDLINE_XEN} ${GRUB_CMDLINE_XEN_DEFAULT} ${extra_xen}")',
-        'linux_args="root=${root_device} ro ${GRUB_CMDLINE_LINUX} ${GRUB_CMDLINE_LINUX_DEFAULT}'
-        ' ${extra_linux}"',
-        "",
-        "# Xen needs these on EFI, as in 20_linux_xen.",
-        "cat <<EOF",
-        'if [ "\\$grub_platform" = "pc" -o "\\$grub_platform" = "" ]; then',
-        "\treliant_xen_rm_opts=",
-        "else",
-        '\treliant_xen_rm_opts="no-real-mode edd=off"',
-        "fi",
-        "EOF",
-        "",
-        "entry() {",
-        "  cat <<EOF",
-        "menuentry '$1' --class qubes --class xen --class gnu-linux --class os --id '$2' {",
-        "$access",
-        "\techo 'Loading Xen $xen_path ...'",
-        "\tmultiboot2 $xen_path placeholder $xen_args \\${reliant_xen_rm_opts}",
-        "\techo 'Loading Linux $version ...'",
-        "\tmodule2 $kernel_path placeholder $(words \"$linux_args $3\")",
-        "\techo 'Loading initial ramdisk ...'",
-        "\tmodule2 --nounzip $initrd_path",
-        "}",
-        "EOF",
-        "}",
-        f"entry {shlex.quote(settings.volatile_title)} {ENTRY_IDS['volatile']}"
-        f" {shlex.quote(volatile_options)}",
-        f"entry {shlex.quote(settings.maintenance_title)} {ENTRY_IDS['maintenance']} ''",
-        "",
-    ]
-    return "\n".join(lines)
+        *(f"{name}={shlex.quote(value)}" for name, value in values.items()),
+        body,
+    ])
 
 
 def dracut_dropin() -> str:
@@ -161,12 +107,15 @@ def boot_ro_wants() -> str:
     ])
 
 
-def managed_files(settings: Settings) -> dict[str, tuple[str, int]]:
+def managed_paths(settings: Settings) -> list[str]:
+    """Where the files of `managed_files` go."""
+    return [settings.grub_script_path, settings.dracut_dropin_path,
+            settings.journald_dropin_path, settings.boot_ro_unit_path,
+            settings.boot_ro_wants_path]
+
+
+def managed_files(settings: Settings, grub_body: str) -> dict[str, tuple[str, int]]:
     """Every file this component owns: path -> (content, mode)."""
-    return {
-        settings.grub_script_path: (grub_script(settings), 0o755),
-        settings.dracut_dropin_path: (dracut_dropin(), 0o644),
-        settings.journald_dropin_path: (journald_dropin(), 0o644),
-        settings.boot_ro_unit_path: (boot_ro_unit(), 0o644),
-        settings.boot_ro_wants_path: (boot_ro_wants(), 0o644),
-    }
+    contents = [(grub_script(settings, grub_body), 0o755), (dracut_dropin(), 0o644),
+                (journald_dropin(), 0o644), (boot_ro_unit(), 0o644), (boot_ro_wants(), 0o644)]
+    return dict(zip(managed_paths(settings), contents))

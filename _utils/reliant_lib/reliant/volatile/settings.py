@@ -50,6 +50,10 @@ class Settings:
     cmdline: str = "/proc/cmdline"
     mountinfo: str = "/proc/self/mountinfo"
     swaps: str = "/proc/swaps"
+    # the link systemd-volatile-root makes to the disk under the overlay (see running)
+    volatile_root: str = "/run/systemd/volatile-root"
+    # `status` warns when the overlay's RAM layer is this full (percent of its size)
+    upper_warn_percent: int = 90
 
     @classmethod
     def from_pillar(cls, pillar: dict) -> Settings:
@@ -66,9 +70,15 @@ class Settings:
     def check(self) -> None:
         """Raise VolatileError naming the first bad setting."""
         for f in fields(self):
-            if not isinstance(getattr(self, f.name), str):
-                raise VolatileError(f"reliant:volatile:{f.name}: expected a string, got "
-                                    f"{type(getattr(self, f.name)).__name__}")
+            want = int if f.name == "upper_warn_percent" else str
+            value = getattr(self, f.name)
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise VolatileError(f"reliant:volatile:{f.name}: expected "
+                                    f"{'an integer' if want is int else 'a string'}, got "
+                                    f"{type(value).__name__}")
+        if not 1 <= self.upper_warn_percent <= 100:
+            raise VolatileError("reliant:volatile:upper_warn_percent: "
+                                f"{self.upper_warn_percent} is not between 1 and 100")
         if self.default_entry not in ENTRY_IDS:
             raise VolatileError(
                 f"reliant:volatile:default_entry: {self.default_entry!r} is not one of "
@@ -90,7 +100,7 @@ class Settings:
                                     "plain file name")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith(("_dir", "_d", "_file", "_grub", "_cfg")) and \
+            if f.name.endswith(("_dir", "_d", "_file", "_grub", "_cfg", "_root")) and \
                     not os.path.isabs(value):
                 raise VolatileError(f"reliant:volatile:{f.name}: {value!r} is not absolute")
 

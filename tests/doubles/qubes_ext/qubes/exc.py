@@ -16,3 +16,8 @@ class QubesPropertyValueError(QubesValueError):
         self.holder = holder
         self.prop = prop
         self.value = value
+
+
+class PermissionDenied(Exception):
+    """Raised deliberately by handlers when they decide not to cooperate (R4.3 qubes.exc;
+    R4.2 keeps it in qubes.api)."""

@@ -30,19 +30,41 @@ class Tags(set):
 
 
 class Pool:
-    def __init__(self, name, dir_path=None):
-        self.name = name
+    """A pool: `driver` as the driver classes name themselves (qubes/storage/*.py), and
+    the driver's own options (dir_path, volume_group, thin_pool...) as attributes."""
+
+    def __init__(self, name, dir_path=None, driver="", volume_group=None, **options):
+        self.name, self.driver = name, driver
         if dir_path is not None:
             self.dir_path = dir_path
+        if volume_group is not None:
+            self.volume_group = volume_group
+        for key, value in options.items():
+            setattr(self, key, value)
 
     def __str__(self):
         return self.name
 
+    def new_vid(self, vm, volume):
+        """The vid the driver gives a new volume (lvm.py, file.py, reflink.py init_volume;
+        kernels.py: none)."""
+        if self.driver == "linux-kernel":
+            return ""
+        if self.driver == "lvm_thin":
+            return f"{self.volume_group}/vm-{vm.name}-{volume}"
+        kind = "vm-templates" if type(vm).__name__ == "TemplateVM" else "appvms"
+        return f"{kind}/{vm.name}/{volume}"
+
 
 class Volume:
-    def __init__(self, name, pool, snap_on_start=False, source=None, rw=True):
+    """A volume; str() is its vid, as a volume's `source` is stored (storage/__init__.py)."""
+
+    def __init__(self, name, pool, snap_on_start=False, source=None, rw=True, vid=""):
         self.name, self.pool, self.snap_on_start = name, pool, snap_on_start
-        self.source, self.rw = source, rw
+        self.source, self.rw, self.vid = source, rw, vid
+
+    def __str__(self):
+        return self.vid
 
 
 def _flag(value):
@@ -104,20 +126,32 @@ class QubesVM(LocalVM):
 
     @qubes.events.handler("domain-init", "domain-load")
     def on_domain_init_loaded(self, event):
-        """The storage: one volume per volume_config entry, in its pool."""
-        self.volumes = {
-            name: Volume(name, self.app.pools[str(config["pool"])],
-                         _flag(config.get("snap_on_start")), config.get("source"),
-                         _flag(config.get("rw", True)))
-            for name, config in self.volume_config.items()}
+        """The storage: one volume per volume_config entry, in its pool; a volume without a
+        vid gets the one its pool gives (the pools' init_volume)."""
+        self.volumes = {}
+        for name, config in self.volume_config.items():
+            pool = self.app.pools[str(config["pool"])]
+            self.volumes[name] = Volume(
+                name, pool, _flag(config.get("snap_on_start")), config.get("source"),
+                _flag(config.get("rw", True)),
+                config["vid"] if "vid" in config else pool.new_vid(self, name))
 
-    def create_on_disk(self, pool=None):
-        """Move the data volumes to `pool` in volume_config, rebuild the storage, then fire
-        domain-create-on-disk (qubes/vm/qubesvm.py create_on_disk, _patch_pool_config)."""
-        if pool is not None:
-            for config in self.volume_config.values():
-                if not _flag(config.get("snap_on_start")) and _flag(config.get("rw", True)):
+    def create_on_disk(self, pool=None, pools=None):
+        """Move the writable volumes that are no snapshots to `pool`, or those named in
+        `pools` to theirs, in volume_config (without their vid: the new pool gives one),
+        rebuild the storage, then fire domain-create-on-disk (qubes/vm/qubesvm.py
+        create_on_disk, _patch_pool_config, _clean_volume_config)."""
+        if pool is not None or pools:
+            for name, config in self.volume_config.items():
+                snapshot = _flag(config.get("snap_on_start"))
+                if pool is not None and not snapshot and _flag(config.get("rw", True)):
                     config["pool"] = str(pool)
+                elif pool is None and name in pools:
+                    if snapshot:
+                        raise qubes.exc.QubesException(
+                            f"Snapshot volume {name} must be in the same pool as its origin")
+                    config["pool"] = str(pools[name])
+                config.pop("vid", None)
             self.on_domain_init_loaded("domain-create-on-disk")
         self.fire_event("domain-create-on-disk")
 
