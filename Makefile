@@ -80,6 +80,7 @@ kitchen: deps $(VENV)/.installed
 bench: deps $(VENV)/.installed
 	$(PY) bench/shards.py
 	$(PY) bench/highstate.py
+	$(PY) bench/loadcheck.py
 
 # Install as Qubes' Makefile.install does with FORMULA: formula-files with `cp -r`,
 # pillar-files with `cp -Tr` (a pillar .sls already there, your settings, is kept), and

@@ -53,7 +53,8 @@ def domain(name: str, qid: int, pool: str, template: str | None, netvm: str | No
                    'size="10737418240"/>')
     props = "".join(f'<property name="{k}">{v}</property>' for k, v in (
         ("label", LABELS[qid % len(LABELS)]), ("name", name), ("qid", qid), ("uuid", ident),
-        ("template", template), ("netvm", netvm), ("memory", 400 + qid % 7 * 100))
+        ("template", template), ("netvm", netvm), ("memory", 400 + qid % 7 * 100),
+        ("provides_network", "True" if name == "sys-net" else None))
         if v is not None)
     return (f'<domain id="domain-{qid}" class="{"AppVM" if template else "TemplateVM"}">'
             f'<properties>{props}</properties>'

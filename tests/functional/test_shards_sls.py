@@ -171,7 +171,8 @@ def test_sls_config_for_the_cli(salt_minion, dom0: dict) -> None:
     shards = dom0["shards"]
     assert dataset == {"core": shards["core"], "merged": shards["merged"],
                        "roots": shards["roots"], "max_depth": 3,
-                       "missing_reference": "recover", "libdir": shards["libdir"],
+                       "missing_reference": "recover", "real_loader_check": True,
+                       "libdir": shards["libdir"],
                        "policy_dir": "", "services": None, "require_volatile": True,
                        "volatile_title": VolatileSettings.volatile_title,
                        "upper_warn_percent": 90,

@@ -125,12 +125,14 @@ def test_detach_refuses_while_a_qube_of_the_shard_runs(scene, capsys):
 
 def test_detach_and_attach_restart_qubesd_around_the_shard(scene):
     assert run_cli("suture") == 0
+    assert run_cli("started") == 0  # qubesd runs on it
 
     def stop():  # what the qubesd unit does: dissect when it stops, suture when it starts
         assert run_cli("dissect", "--final") == 0
 
-    def start():
+    def start():  # ... and `started` once qubesd is ready
         assert run_cli("suture") == 0
+        assert run_cli("started") == 0
 
     host = FakeHost(active=True, running={"work"}, on_stop=stop, on_start=start)
     assert run_cli("detach", str(scene.shard_dir("sflc_0_2")), host=host) == 0
@@ -189,8 +191,9 @@ def test_the_real_host_reads_xl_list(tmp_path, monkeypatch):
 
 def test_status_text_names_merged_detached_and_recovered(scene, capsys):
     assert run_cli("suture") == 0
+    assert run_cli("started") == 0
     host = FakeHost(active=True, on_stop=lambda: run_cli("dissect", "--final"),
-                    on_start=lambda: run_cli("suture"))
+                    on_start=lambda: run_cli("suture") or run_cli("started"))
     assert run_cli("detach", "sflc_0_2", host=host) == 0
     capsys.readouterr()
     assert run_cli("status") == 0

@@ -6,7 +6,8 @@ flags (`reliant.commands.settings`). `host` is how the CLI sees qubesd and runni
 qubes (`reliant.commands.Host`); tests pass their own.
 
 Commands: init, suture, dissect, check, status, rename, review, adopt, release, attach,
-detach, audit. Offline commands (suture, rename, review, adopt, release, dissect --final)
+detach, audit, started (the qubesd unit's: qubesd is ready, `reliant.shards.startup`).
+Offline commands (suture, rename, review, adopt, release, dissect --final)
 refuse while qubesd is active: they would race the store qubesd holds. Off the volatile
 root, `attach` refuses and suture merges core alone, unless require_volatile is false
 (then they warn).
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = command(name, text, roots=True, merged="merged")
         cmd.add_argument("shards", nargs="*", metavar="SHARD", help="shard id or directory")
 
+    command("started", "the qubesd unit says qubesd is ready on the merged store",
+            merged="merged")
+
     audit = command("audit", "look for traces of the visible shards outside them",
                     core=True, roots=True)
     audit.add_argument("--json", action="store_true")
@@ -151,6 +155,8 @@ def _status_text(report: dict[str, Any]) -> str:
     found = report["platform"]
     lines.append(f"platform: Qubes R{found['release'] or '?'} (" + ", ".join(
         f"{name} {version}" for name, version in found["packages"].items()) + ")")
+    if report.get("fallback"):
+        lines.insert(0, f"FALLBACK: {report['fallback']}")
     for shard in report["shards"]:
         state = "merged" if shard["merged"] else (
             "detached" if shard["id"] in report["detached"] else "not merged")
@@ -209,6 +215,9 @@ def run(args: argparse.Namespace, found: dict[str, Any], host: commands.Host) ->
             where = "into" if args.command == "adopt" else "out of"
             print(f"{args.command}: {', '.join(args.qubes)} {where} shard "
                   f"{result.shards[0].id}")
+        return 0
+    if args.command == "started":
+        commands.started(found)
         return 0
     if args.command == "attach":
         _warn(commands.attach(found, host, args.shards))

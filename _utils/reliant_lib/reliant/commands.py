@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Optional
@@ -30,9 +31,11 @@ from typing import Any, Optional
 from reliant import adopt as moves
 from reliant import audit, menus, operations, platform, store
 from reliant.isolation import policy
+from reliant.shards import startup
 from reliant.shards.dom0dirs import MAX_BYTES as DOM0_DIR_MAX_BYTES
 from reliant.shards.dom0dirs import QUBES_DIR
 from reliant.shards.files import Shard, discover, init_shard
+from reliant.shards.real_loader import RealLoader
 from reliant.shards.records import qube_name
 from reliant.shards.runtime import default_detached_path, read_detached, write_detached
 from reliant.shards.suture import missing_reference_mode
@@ -53,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "roots": ["/run/shufflecake"],
     "max_depth": 3,
     "missing_reference": "recover",
+    "real_loader_check": True,
     "policy_dir": policy.RUNTIME_DIR,
     "services": None,
     "libdir": "/usr/lib/reliant",
@@ -91,6 +95,15 @@ class Host:
         except OSError as exc:
             raise ShardError(f"cannot tell whether qubesd runs: systemctl: "
                              f"{exc.strerror}") from None
+
+    def wait_active(self, seconds: int = 60) -> bool:
+        """Whether qubesd becomes active within `seconds` (its unit restarts it after a
+        failed start: on core only, if the fallback took over)."""
+        for _ in range(seconds):
+            if self.qubesd_active():
+                return True
+            time.sleep(1)
+        return self.qubesd_active()
 
     def running_qubes(self) -> set[str]:
         """Names of running qubes; ShardError if no tool can tell."""
@@ -175,8 +188,9 @@ def settings(config_path: Optional[str] = None,
     limit = found["dom0_dir_max_bytes"]
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise UsageError("dom0_dir_max_bytes must be a non-negative integer")
-    if not isinstance(found["require_volatile"], bool):
-        raise UsageError("require_volatile must be true or false")
+    for flag in ("require_volatile", "real_loader_check"):
+        if not isinstance(found[flag], bool):
+            raise UsageError(f"{flag} must be true or false")
     return found
 
 
@@ -227,9 +241,16 @@ def init(found: Mapping[str, Any], directory: str, qid_range: Optional[tuple[int
                       found["max_depth"])
 
 
+def _real_loader(found: Mapping[str, Any]) -> Optional[RealLoader]:
+    """qubes-core-admin's own loader, unless real_loader_check is false."""
+    return RealLoader() if found["real_loader_check"] else None
+
+
 def suture(found: Mapping[str, Any], host: Host) -> operations.Result:
     """Write the merged store from core and the visible shards not detached (core alone
-    off the volatile root, unless require_volatile is false); the root's warnings first."""
+    off the volatile root, unless require_volatile is false); the root's warnings first.
+    After qubesd stopped before it started on the last merged store, every shard is
+    detached first (`reliant.shards.startup`)."""
     refuse_if_qubesd_runs(host, "suture")
     check = root_check(found, host)
     facts = host.qubes_platform()
@@ -237,20 +258,33 @@ def suture(found: Mapping[str, Any], host: Host) -> operations.Result:
     holds = [Problem("error", kind, text) for kind, text in
              (("volatile", check.refusal), ("isolation", isolation)) if text]
     mode, warnings = missing_reference_mode(found["missing_reference"], facts)
+    reason = startup.failed_merge(found["merged"])
+    if reason:
+        path = default_detached_path(found["merged"])
+        write_detached(path, read_detached(path) | {s.id for s in _visible(found)})
+        startup.fall_back(found["merged"], reason)
     result = operations.suture(
         found["core"], found["roots"], found["merged"], max_depth=found["max_depth"],
         missing_reference=mode, policy_dir=None if isolation else found["policy_dir"] or None,
         services=found["services"], qubes_dir=found["qubes_dir"], detached=_detached(found),
         dom0_dir_max_bytes=found["dom0_dir_max_bytes"], hold_shards=holds,
-        traces=_traces(found))
-    result.problems[:0] = _warnings(check) + warnings
+        traces=_traces(found), real_loader=_real_loader(found))
+    startup.begin(found["merged"], [shard.id for shard in result.shards])
+    result.problems[:0] = _warnings(check) + warnings + (
+        [Problem("error", "fallback", reason)] if reason else [])
     return result
+
+
+def started(found: Mapping[str, Any]) -> None:
+    """The qubesd unit's ExecStartPost: qubesd is ready on the merged store."""
+    startup.started(found["merged"])
 
 
 def dissect(found: Mapping[str, Any], host: Host, final: bool = False) -> operations.Result:
     """Write core and each merged shard back (`final`: qubesd has stopped)."""
     if final:
         refuse_if_qubesd_runs(host, "a final dissect")
+        startup.stopped(found["merged"], os.environ)
     return operations.dissect(found["merged"], found["core"], found["roots"],
                               max_depth=found["max_depth"], qubes_dir=found["qubes_dir"],
                               final=final, traces=_traces(found))
@@ -262,7 +296,9 @@ def check(found: Mapping[str, Any], host: Optional[Host] = None) -> operations.R
                                             (host or Host()).qubes_platform())
     result = operations.check(found["core"], found["roots"], max_depth=found["max_depth"],
                               missing_reference=mode, detached=_detached(found),
-                              dom0_dir_max_bytes=found["dom0_dir_max_bytes"])
+                              dom0_dir_max_bytes=found["dom0_dir_max_bytes"],
+                              real_loader=_real_loader(found),
+                              scratch=os.path.dirname(os.path.abspath(found["merged"])))
     result.problems[:0] = warnings
     return result
 
@@ -380,9 +416,13 @@ def attach(found: Mapping[str, Any], host: Host, selected: Sequence[str] = ()) -
     path = default_detached_path(found["merged"])
     named = _shard_ids(selected, _visible(found)) if selected else set()
     write_detached(path, read_detached(path) - named if selected else set())
+    startup.clear_fallback(found["merged"])
     merged = found["merged"]
     before = set(menus.merged_qubes(store.load(merged))) if os.path.exists(merged) else set()
     _restart_qubesd(host)
+    reason = startup.fallback(merged)
+    if reason:
+        raise ShardError(reason)
     if not os.path.exists(merged):
         return list(check.warnings)
     after = store.load(merged)
@@ -396,7 +436,11 @@ def _restart_qubesd(host: Host) -> None:
     """Stop qubesd (its unit dissects), then start it (its unit sutures)."""
     if host.qubesd_active():
         host.qubesd("stop")
-    host.qubesd("start")
+    try:
+        host.qubesd("start")
+    except ShardError:
+        if not host.wait_active():  # its unit restarts it, on core only after a failed merge
+            raise
 
 
 def audit_visible(found: Mapping[str, Any], fs_root: str = "/"

@@ -27,6 +27,7 @@ from lxml import etree
 from reliant import chunks as chunking
 from reliant import store
 from reliant.isolation import guard, policy
+from reliant.shards.admission import admit, loadable_outputs
 from reliant.shards.confine import PoolFacts, renamed_vid
 from reliant.shards.dissect import DissectPlan, plan_dissect
 from reliant.shards.dom0dirs import MAX_BYTES as DOM0_DIR_MAX_BYTES
@@ -47,6 +48,7 @@ from reliant.shards.files import (
     deps_closure,
     discover,
 )
+from reliant.shards.real_loader import RealLoader, dom0_release
 from reliant.shards.records import (
     QubeRecord,
     dom0_subdir,
@@ -55,6 +57,7 @@ from reliant.shards.records import (
     strip_reliant_tags,
 )
 from reliant.shards.runtime import default_state_path, operation_lock, read_state, write_state
+from reliant.shards.startup import fallback
 from reliant.shards.stubs import (
     Stubs,
     load_core,
@@ -108,8 +111,12 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
            services: Optional[list[str]] = None, qubes_dir: str = QUBES_DIR,
            state_path: Optional[str] = None, detached: Iterable[str] = (),
            dom0_dir_max_bytes: int = DOM0_DIR_MAX_BYTES, hold_shards: Sequence[Problem] = (),
-           traces: Optional[Traces] = None) -> Result:
+           traces: Optional[Traces] = None, release: Optional[str] = None,
+           real_loader: Optional[RealLoader] = None) -> Result:
     """Write the merged store `out` from `core` and the shards under `roots`.
+
+    Only what qubesd loads is merged (`reliant.shards.admission`: the model of its
+    loader for `release`, default dom0's, then `real_loader` if given).
 
     Reads core and shards, never writes them. Order: runtime policy (if `policy_dir`;
     then the `isolation_problems` of the merged store are reported too),
@@ -125,7 +132,7 @@ def suture(core: str, roots: Sequence[str], out: str, *, max_depth: int = 3,
     with operation_lock(state_path), _without_gc():
         return _suture(core, roots, out, max_depth, missing_reference, policy_dir, services,
                        qubes_dir, state_path, detached, dom0_dir_max_bytes, hold_shards,
-                       traces)
+                       traces, release or dom0_release(), real_loader)
 
 
 def _plan_suture(core: str, roots: Sequence[str], max_depth: int, missing_reference: str,
@@ -187,7 +194,8 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
             missing_reference: str, policy_dir: Optional[str], services: Optional[list[str]],
             qubes_dir: str, state_path: str, detached: Iterable[str],
             dom0_dir_max_bytes: int, hold_shards: Sequence[Problem],
-            traces: Optional[Traces]) -> Result:
+            traces: Optional[Traces], release: str,
+            real_loader: Optional[RealLoader]) -> Result:
     known = merged_chunks(chunking.Memo(chunking.memo_dir(state_path),
                                                memo_version()))
     recover_qubes_dir(qubes_dir)
@@ -204,6 +212,12 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
                     f"the merged store would be {len(data)} bytes, more than the "
                     f"{store.MAX_BYTES} dissect reads back")
                 continue
+            scratch = os.path.dirname(os.path.abspath(out))
+            os.makedirs(scratch, mode=0o755, exist_ok=True)
+            before = len(plan.problems)
+            data = admit(plan, release=release, missing_reference=missing_reference,
+                         loader=real_loader, scratch=scratch, data=data)
+            problems += plan.problems[before:]
             if policy_dir is not None:
                 try:
                     policy.write_runtime_policy(policy_dir, plan.merged, services,
@@ -257,18 +271,22 @@ def _restore_autostart(sutured: Sequence[Shard], dirs: dict[str, list[tuple[str,
 
 def dissect(merged: str, core: str, roots: Sequence[str], *, max_depth: int = 3,
             qubes_dir: str = QUBES_DIR, state_path: Optional[str] = None,
-            final: bool = False, traces: Optional[Traces] = None) -> Result:
+            final: bool = False, traces: Optional[Traces] = None,
+            release: Optional[str] = None) -> Result:
     """Write core and every merged shard back from the merged store (only files whose
     content changed). With `final` (qubesd stopped), the dom0 directories of shard
     qubes leave `qubes_dir` once saved in their shard, and (with `traces`) shard qubes
     are undefined in libvirt and lose their autostart links.
 
     Order: dom0 directories into shards, runtime state, shard files gaining qubes,
-    those losing qubes, core, then (final) removal of saved directories and traces.
+    those losing qubes, core, then (final) removal of saved directories and traces. A
+    file the model of qubesd's loader (for `release`, default dom0's) says would not load
+    is not written (`reliant.shards.admission.loadable_outputs`).
     """
     state_path = state_path or default_state_path(merged)
     with operation_lock(state_path), _without_gc():
-        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final, traces)
+        return _dissect(merged, core, roots, max_depth, qubes_dir, state_path, final, traces,
+                        release or dom0_release())
 
 
 def _plan_dissect(merged: str, core: str, roots: Sequence[str], max_depth: int,
@@ -311,7 +329,7 @@ def _write_shards(plan: DissectPlan, qubes_dir: str, state_path: str,
 
 
 def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes_dir: str,
-             state_path: str, final: bool, traces: Optional[Traces]) -> Result:
+             state_path: str, final: bool, traces: Optional[Traces], release: str) -> Result:
     memo = chunking.Memo(chunking.memo_dir(state_path), memo_version())
     recover_qubes_dir(qubes_dir)
     unwritable: dict[str, str] = {}
@@ -319,14 +337,20 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
     while True:  # a shard that cannot be written: plan again without it
         plan, chunks, problems = _plan_dissect(merged, core, roots, max_depth, state_path,
                                                memo, unwritable)
+        if any(p.kind in ("violation", "unplaceable") for p in plan.problems):
+            # the plan changed what qubesd saved (qubesd loaded it, then checked each
+            # change): only then may a file hold what would not load
+            plan.outputs, refused = loadable_outputs(plan.outputs, core_path=core,
+                                                     shards=plan.shards, release=release)
+            problems += refused
         saved, done, failed = _write_shards(plan, qubes_dir, state_path, problems)
         written += [path for path in done if path not in written]
         if failed is None:
             break
         unwritable[failed[0]] = failed[1]
-    core_path, core_content, core_mode = plan.outputs[-1]
-    if store.write(core_path, core_content, mode=core_mode):
-        written.append(core_path)
+    for core_path, core_content, core_mode in plan.outputs[-1:]:
+        if core_path == core and store.write(core_path, core_content, mode=core_mode):
+            written.append(core_path)
     try:  # the memo only saves time: not saving it fails nothing
         if chunks is not None:
             memo.save(chunks, memo_group_of)
@@ -352,9 +376,11 @@ def _dissect(merged: str, core: str, roots: Sequence[str], max_depth: int, qubes
 
 def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
           missing_reference: str = "recover", detached: Iterable[str] = (),
-          dom0_dir_max_bytes: int = DOM0_DIR_MAX_BYTES) -> Result:
+          dom0_dir_max_bytes: int = DOM0_DIR_MAX_BYTES, release: Optional[str] = None,
+          real_loader: Optional[RealLoader] = None, scratch: Optional[str] = None) -> Result:
     """What suture would report, and the isolation problems of the merged store it
-    would write (`isolation_problems`), writing nothing."""
+    would write (`isolation_problems`), writing nothing (`real_loader` loads copies in
+    private directories under `scratch`, which must be on tmpfs)."""
     problems: list[Problem] = []
     shards = discover(roots, max_depth, problems)
     plan = plan_suture(load_core(core), shards, core_source=core,
@@ -362,6 +388,10 @@ def check(core: str, roots: Sequence[str], *, max_depth: int = 3,
                        core_bytes=os.path.getsize(core),
                        saved_dir_refusal=lambda shard, subdir, name: saved_dir_refusal(
                            shard, subdir, name, dom0_dir_max_bytes))
+    if real_loader is not None and scratch is not None:
+        os.makedirs(scratch, mode=0o755, exist_ok=True)
+    admit(plan, release=release or dom0_release(), missing_reference=missing_reference,
+          loader=real_loader, scratch=scratch)
     return Result(problems + plan.problems + isolation_problems(plan.merged, plan.facts), [],
                   plan.sutured)
 
@@ -392,6 +422,7 @@ def status(core: str, merged: str, roots: Sequence[str], *, max_depth: int = 3,
     report: dict[str, Any] = {"core": core, "merged": merged,
                               "merged_exists": os.path.exists(merged), "shards": [],
                               "recovered": [], "detached": state.get("detached", []),
+                              "fallback": fallback(merged),
                               "problems": [asdict(p) for p in problems]
                               + list(state.get("problems", []))}
     for shard in shards:

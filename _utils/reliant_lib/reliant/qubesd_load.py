@@ -645,7 +645,8 @@ class _Domain:
                 self.problem(item, f"{value!r} must have template_for_dispvms=True")
             elif prop == "netvm" and not (target.klass in QUBES_VM_CLASSES
                                           and target.provides_network):
-                # mix/net.py _setter_netvm
+                # mix/net.py _setter_netvm; a loop is no error: the setter checks loops
+                # only with events enabled, and on_domain_load_netvm_loop_check breaks it
                 self.problem(item, f"{value!r} does not provide network")
         if self.klass == "AdminVM":
             return

@@ -17,6 +17,7 @@
 {%- set config = {
       "core": shards.core, "merged": shards.merged, "roots": shards.roots,
       "max_depth": shards.max_depth, "missing_reference": shards.missing_reference,
+      "real_loader_check": shards.real_loader_check,
       "dom0_dir_max_bytes": shards.dom0_dir_max_bytes, "libdir": shards.libdir,
       "policy_dir": isolation.policy_dir if isolation.enabled else "",
       "services": isolation.services if isolation.enabled else None,
@@ -136,9 +137,13 @@ reliant-shards-daemon-reload:
       - file: reliant-shards-dissect-path
       - file: reliant-shards-dissect-path-wanted
 
+{#- A failed start on a merged store is followed by qubesd's own restart on core only
+    (reliant.shards.startup): wait for it rather than fail. #}
 reliant-shards-qubesd-start:
   cmd.run:
-    - name: systemctl start qubesd.service
+    - name: >-
+        systemctl start qubesd.service || { for i in $(seq 60); do sleep 1;
+        systemctl is-active --quiet qubesd.service && exit 0; done; exit 1; }
     - onchanges:
       - cmd: reliant-shards-qubesd-stop
     - require:

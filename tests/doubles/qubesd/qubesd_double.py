@@ -32,8 +32,9 @@ It is NOT qubesd. It reproduces only what reliant-formula depends on
 Left out: the Admin API protocol and qrexec (requests are JSON lines on a unix socket,
 `QUBESD_DOUBLE_SOCKET`, default /var/run/qubesd.sock), libvirt/Xen (no qube ever runs),
 storage (no volume is created), extensions and events (no tags are added except the
-guivm/audiovm ones every real qube carries), validation of changes beyond references and
-labels (only the start is checked against the model), DispVM and other classes at
+guivm/audiovm ones every real qube carries), validation of a new qube or pool beyond
+its references, label and pool (a property, feature or tag set is refused when the store
+would then not load), DispVM and other classes at
 creation, renaming, firewall rules other than one action.
 
 Usage: `qubesd_double.py serve` (the service), `qubesd_double.py ctl COMMAND ...` (client).
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import fcntl
 import grp
 import json
@@ -424,16 +426,30 @@ def handle(store: Store, request: dict[str, Any]) -> Any:
                                 request["dir_path"])
     elif op == "remove":
         result = store.remove_domain(request["name"])
-    elif op == "property":
-        result = store.set_property(request.get("name"), request["key"], request.get("value"))
-    elif op == "feature":
-        result = store.set_feature(request["name"], request["key"], request.get("value"))
-    elif op == "tag":
-        result = store.set_tag(request["name"], request["tag"], request.get("present", True))
+    elif op in ("property", "feature", "tag"):
+        result = _checked_change(store, op, request)
     else:
         raise Refused(f"unknown request {op!r}")
     store.save()
     return result
+
+
+def _checked_change(store: Store, op: str, request: dict[str, Any]) -> None:
+    """Set a property, feature or tag, refused (and undone) when the store would then not
+    load: qubesd's setters and the Admin API refuse such values when they are set."""
+    before = copy.deepcopy(store.tree)
+    if op == "property":
+        store.set_property(request.get("name"), request["key"], request.get("value"))
+    elif op == "feature":
+        store.set_feature(request["name"], request["key"], request.get("value"))
+    else:
+        store.set_tag(request["name"], request["tag"], request.get("present", True))
+    try:
+        _check(store.root, store.release)
+    except Refused as error:
+        store.tree = before
+        raise Refused(str(error).replace("qubesd does not load this store",
+                                         "qubesd refuses this change")) from None
 
 
 def _answer(store: Store, connection: socket.socket) -> None:

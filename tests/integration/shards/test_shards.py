@@ -115,6 +115,7 @@ def test_qubes_made_through_qubesd_land_in_their_shards(host):
     ctl(host, "prop", "alpha-vpn", "provides_network", "True")  # qubesd refuses it as netvm else
     ctl(host, "add", "alpha-work", "--template", "debian-13-xfce", "--pool", "alphapool",
         "--label", "purple")
+    ctl(host, "prop", "alpha-vpn", "provides_network", "True")  # qubesd refuses a netvm without
     ctl(host, "prop", "alpha-work", "netvm", "alpha-vpn")
     ctl(host, "feature", "alpha-work", "service.cups", "1")
     ctl(host, "tag", "alpha-work", "project-x")

@@ -229,6 +229,24 @@ def test_refusals_of_changes(store: Store) -> None:
         store.set_property("work", "qid", "99")
 
 
+@pytest.mark.parametrize(("request_", "message"), [
+    ({"op": "property", "name": "work", "key": "netvm", "value": "vault"},
+     "qube 'work': property netvm: 'vault' does not provide network"),
+    ({"op": "property", "name": "work", "key": "vcpus", "value": "0"},
+     "qube 'work': property vcpus: '0' must be at least 1"),
+    ({"op": "tag", "name": "work", "tag": "bad tag"}, "qube 'work': tag 'bad tag'"),
+    ({"op": "feature", "name": "work", "key": "a/b", "value": "1"}, "qube 'work': feature 'a/b'"),
+])
+def test_a_change_after_which_qubesd_would_not_load_is_refused_and_undone(
+        store: Store, store_path: Path, request_: dict, message: str) -> None:
+    """qubesd's setters and the Admin API refuse such values when they are set."""
+    before = store_path.read_bytes()
+    with pytest.raises(Refused, match="qubesd refuses this change: " + re.escape(message)):
+        qubesd_double.handle(store, request_)
+    store.save()
+    assert store_path.read_bytes() == before
+
+
 def test_properties_features_tags(store: Store) -> None:
     store.set_property("work", "netvm", "")
     store.set_property(None, "default_netvm", "sys-net")

@@ -238,9 +238,18 @@ def shard_file(index: int, directory: Path) -> bytes:
             f'        <property name="uuid">{uuid.uuid5(uuid.NAMESPACE_DNS, name)}</property>\n'
             '        <property name="template">debian-13-xfce</property>\n'
             '      </properties>\n      <features/>\n      <tags/>\n      <volume-config>\n'
+            f'        <volume name="root" pool="vm-pool" vid="qubes_dom0/vm-{name}-root" '
+            'revisions_to_keep="2" rw="True" save_on_stop="False" snap_on_start="True" '
+            'size="10737418240" source="qubes_dom0/vm-debian-13-xfce-root"/>\n'
             f'        <volume name="private" pool="p{index:04d}" vid="appvms/{name}/private" '
             'revisions_to_keep="1" rw="True" save_on_stop="True" snap_on_start="False" '
-            'size="2147483648"/>\n      </volume-config>\n    </domain>\n  </domains>\n'
+            'size="2147483648"/>\n'
+            f'        <volume name="volatile" pool="p{index:04d}" vid="appvms/{name}/volatile" '
+            'revisions_to_keep="1" rw="True" save_on_stop="False" snap_on_start="False" '
+            'size="10737418240"/>\n'
+            '        <volume name="kernel" pool="linux-kernel" vid="" revisions_to_keep="0" '
+            'rw="False" save_on_stop="False" snap_on_start="False"/>\n'
+            '      </volume-config>\n    </domain>\n  </domains>\n'
             '</reliant-shard>\n').encode()
 
 

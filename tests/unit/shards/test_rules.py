@@ -127,7 +127,8 @@ def test_a_core_qube_naming_a_shard_qube_keeps_that_qube_out(tmp_path):
     set_prop(domain_of(core, "work"), "netvm", "secret-vpn")
     scene.core.write_bytes(store.serialize(core))
     result = scene.suture()
-    assert kinds(result) == ["conflict", "recovered", "recovered", "recovered"]
+    # core names a qube it does not hold: qubesd would not load core (reported, not fixed)
+    assert kinds(result) == ["conflict", "invalid", "recovered", "recovered", "recovered"]
     assert "core references a qube named 'secret-vpn'" in result.problems[0].message
     assert "secret-vpn" not in domains_by_name(load(scene.merged))
     scene.dissect(final=True)
@@ -170,7 +171,7 @@ def test_missing_template_is_recovered_with_prohibit_start(tmp_path):
     result = scene.suture()
     assert kinds(result) == ["recovered"]
     secret = domain_of(load(scene.merged), "secret")
-    assert property_value(secret, "template") is None
+    assert property_value(secret, "template") == "fedora-42-xfce"  # the global default_template
     assert feature_value(secret, "reliant-recovered-template") == "gone-template"
     assert feature_value(secret, "prohibit-start").startswith("reliant: template 'gone-template'")
     scene.dissect(final=True)

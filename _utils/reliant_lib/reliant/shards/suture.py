@@ -37,6 +37,7 @@ from reliant.shards.records import (
     remove_device,
     set_feature,
 )
+from reliant.shards.recovery import DEFAULT_FOR_CLASS, CoreDefaults
 from reliant.shards.stubs import Facts, Stubs
 from reliant.vocab import (
     CORE,
@@ -71,6 +72,7 @@ class SuturePlan:
     problems: list[Problem]
     sutured: list[Shard]
     dirs: dict[str, list[tuple[str, str]]]  # shard id -> dom0 dirs of its merged qubes
+    defaults: Optional[CoreDefaults] = None  # what a qube whose template is gone gets
 
 
 def core_sections(root: etree._Element, source: str) -> dict[str, etree._Element]:
@@ -116,15 +118,41 @@ def _visit(shard: Shard, path: tuple[str, ...], by_id: dict[str, Shard], done: s
     return ok
 
 
-def _recover(facts: Facts, domain: etree._Element, what: str, target: str, shard: Shard) -> None:
-    """Reset a missing reference to its default, keep the old value, prohibit start."""
+def recover_reference(facts: Facts, domain: etree._Element, what: str, target: str, shard: Shard,
+                      defaults: CoreDefaults, others: Iterable[etree._Element] = ()
+                      ) -> Optional[str]:
+    """Reset a missing reference (a missing template: the global default one, see
+    `reliant.shards.recovery`; the disposables among `others` whose template it is
+    follow), keep the old value, prohibit start. Returns why the qube cannot be
+    recovered (it is then left out), None when it was."""
     name = facts.name(domain)
-    facts.materialize(domain)
+    replaced = ""
+    if what == "template":
+        replacement = defaults.replacement(facts(domain).cls)
+        if replacement.template is None:
+            return replacement.reason
+        facts.materialize(domain)
+        old = defaults.retarget(domain, replacement.template, name)
+        if old is None:
+            facts.forget(domain)
+            return (f"a snapshot volume has no counterpart in the global {replacement.prop} "
+                    f"{replacement.template!r}")
+        for key, value in old.items():
+            if feature_value(domain, RECOVERED_PREFIX + key) is None:  # keep the first
+                set_feature(domain, RECOVERED_PREFIX + key, value)
+        for other in others:
+            if facts(other).cls == "DispVM" and ("template", name) in facts(other).refs:
+                facts.materialize(other)
+                defaults.follow(other, domain, facts.name(other))
+                facts.forget(other)
+        replaced = f"replaced by the global {replacement.prop} {replacement.template!r}"
+    else:
+        facts.materialize(domain)
     if what.startswith("device "):
         device = remove_device(domain, what)
         key = RECOVERED_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", what.replace(" ", "-"))
         set_feature(domain, key, etree.tostring(device, encoding="unicode", with_tail=False))
-    else:
+    elif what != "template":
         prop = properties(domain)[what]
         prop.getparent().remove(prop)
         set_feature(domain, RECOVERED_PREFIX + what, target)
@@ -132,9 +160,11 @@ def _recover(facts: Facts, domain: etree._Element, what: str, target: str, shard
     current = feature_value(domain, PROHIBIT_START)
     if current is None or current.startswith(RATIONALE_PREFIX):
         set_feature(domain, PROHIBIT_START,
-                     f"{RATIONALE_PREFIX}{what} {target!r} was missing when shard {shard.id} was "
-                     f"opened and was reset to its default; check the qube, then run "
-                     f"'reliant-shard review {name}'")
+                     f"{RATIONALE_PREFIX}{what} {target or '(none)'!r} was missing when shard "
+                     f"{shard.id} was "
+                     f"opened and was {replaced or 'reset to its default'}; check the qube, "
+                     f"then run 'reliant-shard review {name}'")
+    return None
 
 
 def missing_reference_mode(wanted: str, found: platform.Platform
@@ -187,10 +217,12 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
     paths = PathView()  # the shards' files, resolved and listed once
     merged_by_name: dict[str, QubeRecord] = {}
     used_vids: dict[tuple[str, str], str] = {}
+    core_elements: dict[str, etree._Element] = {}
     for domain in sections["domains"]:
         qube = facts(domain)
         name = qube.name
         owner[name] = CORE
+        core_elements.setdefault(name, domain)
         merged_by_name[name] = qube
         _note_volumes(qube, used_vids, kernel_pools)
         uuids.add(qube.uuid)
@@ -205,6 +237,8 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
         if prop.get("name") in GLOBAL_REFERENCES and prop.text:
             core_refs.add(prop.text)
     owner.setdefault("dom0", CORE)
+    defaults = CoreDefaults(sections["properties"], core_elements, sections["pools"],
+                            lambda d: (facts.materialize(d), d)[1])
     detached = set(detached)
     state: dict[str, Any] = {"version": 1, "shards": {}, "detached": sorted(detached)}
     sutured: list[Shard] = []
@@ -238,7 +272,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                                    used_vids, kernel_pools, paths)
         candidates = _confined(facts, shard, candidates, confinement, problems)
         candidates = _resolve_references(facts, shard, candidates, owner, allowed,
-                                         missing_reference, problems)
+                                         missing_reference, defaults, problems)
         candidates = _assign_qids(facts, shard, candidates, qids, problems)
         merged_uuids = []
         dirs[shard.id] = []
@@ -269,7 +303,7 @@ def plan_suture(core_root: etree._Element, shards: Sequence[Shard], *,
                                      "held_pools": sorted(held), "merged": merged_uuids}
     state["problems"] = [asdict(p) for p in problems]
     state["refused"] = sorted({p.shard for p in problems if p.kind == "refused" and p.shard})
-    return SuturePlan(core_root, facts, state, problems, sutured, dirs)
+    return SuturePlan(core_root, facts, state, problems, sutured, dirs, defaults)
 
 
 def _refusal(shard: Shard, pool_owner: dict[str, str],
@@ -469,6 +503,11 @@ def _volume_reason(qube: QubeRecord, local: dict[str, QubeRecord],
         if volume.pool in rules.held:
             return (f"volume {volume.name} is in pool {volume.pool}, which is not merged "
                     f"({rules.held[volume.pool]})")
+        if template_volumes is None and volume.snap_on_start and volume.source \
+                and qube.cls in DEFAULT_FOR_CLASS:
+            # its template is gone: recovery makes it a snapshot of the default template's
+            # volume, or leaves the qube out (recover_reference); no source is used as is
+            continue
         reason = volume_problem(qube.name, qube.cls or "", volume, rules.pools, rules.own_dirs,
                                 template_name, template_volumes, rules.paths)
         if reason:
@@ -482,34 +521,53 @@ def _volume_reason(qube: QubeRecord, local: dict[str, QubeRecord],
 
 def _resolve_references(facts: Facts, shard: Shard, candidates: list[etree._Element],
                         owner: dict[str, str],
-                        allowed: set[str], mode: str,
+                        allowed: set[str], mode: str, defaults: CoreDefaults,
                         problems: list[Problem]) -> list[etree._Element]:
-    """Recover (or skip) qubes whose references do not resolve to an allowed qube."""
+    """Recover (or skip) qubes whose references do not resolve to an allowed qube; a
+    qube that cannot be recovered (no valid default template) is left out."""
     while True:
         local = {facts(d).name for d in candidates}
         dropped = False
         for domain in list(candidates):
             qube = facts(domain)
             name = qube.name
-            for what, target in qube.refs:
+            for what, target in _references_and_missing_template(qube):
                 if target in local or owner.get(target) in allowed:
                     continue
-                where = ("is not visible" if target not in owner
+                where = ("is not set" if not target else "is not visible" if target not in owner
                          else "belongs to a shard this one does not depend on")
-                if mode == "skip":
+                unrecoverable = None if mode == "skip" else recover_reference(
+                    facts, domain, what, target, shard, defaults, candidates)
+                if mode == "skip" or unrecoverable:
                     candidates.remove(domain)
                     dropped = True
+                    why = f", and {unrecoverable}" if unrecoverable else ""
                     problems.append(Problem("warning", "skipped", f"qube {name} of shard "
-                                            f"{shard.id} not merged: {what} {target!r} {where}; "
-                                            f"it stays intact in {shard.file}", shard.id, name))
+                                            f"{shard.id} not merged: {what} {target!r} {where}"
+                                            f"{why}; it stays intact in {shard.file}",
+                                            shard.id, name))
                     break
-                _recover(facts, domain, what, target, shard)
                 problems.append(Problem("warning", "recovered", f"qube {name} of shard "
-                                        f"{shard.id}: {what} {target!r} {where}; reset to its "
-                                        f"default, start prohibited until 'reliant-shard "
-                                        f"review {name}'", shard.id, name))
+                                        f"{shard.id}: {what} {target!r} {where}; "
+                                        f"{describe_recovery(facts(domain), what)}, start "
+                                        f"prohibited until 'reliant-shard review {name}'",
+                                        shard.id, name))
         if not dropped:
             return candidates
+
+
+def _references_and_missing_template(qube: QubeRecord) -> list[tuple[str, str]]:
+    """The qube's references, and ("template", "") for an AppVM or DispVM without one
+    (as an earlier suture left them: qubesd loads none)."""
+    if qube.cls in DEFAULT_FOR_CLASS and not any(what == "template" for what, _ in qube.refs):
+        return [*qube.refs, ("template", "")]
+    return qube.refs
+
+
+def describe_recovery(qube: QubeRecord, what: str) -> str:
+    if what == "template":
+        return f"its template is now {dict(qube.refs).get('template')!r}"
+    return "reset to its default"
 
 
 def _assign_qids(facts: Facts, shard: Shard, candidates: list[etree._Element], qids: set[int],
