@@ -51,6 +51,7 @@ DOM0_FILES = {
     "qubes.xml": "tests/fixtures/qubes-r4.3-core.xml",
     "qubesd_double.py": "tests/doubles/qubesd/qubesd_double.py",
     "qubesd_load.py": "_utils/reliant_lib/reliant/qubesd_load.py",
+    "qubesd_schema.py": "_utils/reliant_lib/reliant/qubesd_schema.py",
     "qubesd.service": "tests/doubles/qubesd/qubesd.service",
     "dom0-boot": "tests/doubles/dom0-boot",
     "rpm": "tests/doubles/rpm/rpm",

@@ -19,7 +19,8 @@ EXTENSION = ROOT / "salt/reliant/files/isolation/extension/reliant_isolation/__i
 MAX_LINES = 600
 #: Layers from the bottom up: a module imports modules of its own layer or below.
 LAYERS = (
-    ("reliant.vocab", "reliant.platform", "reliant.config", "reliant.qubesd_load"),
+    ("reliant.vocab", "reliant.platform", "reliant.config", "reliant.qubesd_schema",
+     "reliant.qubesd_load"),
     ("reliant.store", "reliant.chunks", "reliant.snapshot", "reliant.volatile."),
     ("reliant.shards.",),
     ("reliant.isolation.",),

@@ -30,7 +30,7 @@ from typing import Optional
 
 from lxml import etree
 
-from reliant import qubesd_load, store
+from reliant import qubesd_load, qubesd_schema, store
 from reliant.audit import Needles
 from reliant.shards.confine import within
 from reliant.shards.files import Shard, deps_closure, shard_bytes
@@ -140,7 +140,7 @@ def _sorted_domains(domains: Iterable[etree._Element]) -> list[etree._Element]:
 
 def _loading_releases(core_root: etree._Element) -> list[str]:
     """The Qubes releases whose qubesd would load `core_root` (`reliant.qubesd_load`)."""
-    return [release for release in qubesd_load.RELEASES
+    return [release for release in qubesd_schema.RELEASES
             if qubesd_load.loads(core_root, release)]
 
 

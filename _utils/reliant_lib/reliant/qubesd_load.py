@@ -33,6 +33,9 @@ store written by one release may not load on the other. Pass the release dom0 ru
 (``"4.2"`` or ``"4.3"``, e.g. from ``/etc/qubes-release``), or None for "every release
 here" (the strictest).
 
+The tables of what each class accepts (properties, the syntax of their values, volume
+and pool attributes) are in ``reliant.qubesd_schema``, read from the same sources.
+
 API: ``problems(root, release)`` lists every problem; ``loads(root, release)`` says whether
 qubesd starts on the store; ``StoreContext(root, release)`` with ``check_domain(domain,
 context)`` checks one ``<domain>`` against the rest of the store, and ``check_store(context)``
@@ -42,119 +45,14 @@ template): after leaving a qube out, check the remaining store again.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from lxml import etree
 
-RELEASES = ("4.2", "4.3")
-
-#: qubes/config.py max_qid (both), used by qubes/vm/__init__.py _setter_qid.
-MAX_QID = 10000
-
-CLASSES = ("AdminVM", "AppVM", "TemplateVM", "DispVM", "StandaloneVM")
-QUBES_VM_CLASSES = ("AppVM", "TemplateVM", "DispVM", "StandaloneVM")
-#: Classes with DVMTemplateMixin (qubes/vm/appvm.py, standalonevm.py; both).
-DVM_TEMPLATE_CLASSES = ("AppVM", "StandaloneVM")
-
-_INT = re.compile(r"-?[0-9]+")
-_DIGITS = re.compile(r"[0-9]+")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-#: qubes/vm/__init__.py Tags.add (both): ASCII letters, digits, "_" and "-".
-_TAG = re.compile(r"[A-Za-z0-9_-]+")
-#: qubes/api/admin.py vm_feature_set (4.3): the feature names qubesd itself accepts.
-_FEATURE_NAME = re.compile(r"[a-zA-Z0-9_.-]+")
-#: qubes/vm/mix/net.py _setter_mac (both), after lowering the case.
-_MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
-#: qubes/vm/qubesvm.py _setter_default_user (both).
-_USER = re.compile(r"[A-Za-z0-9_+,.-]*")
-#: qubes/vm/qubesvm.py _setter_kbd_layout (both): layout+variant+options.
-_KEYBOARD = re.compile(r"[A-Za-z]+\+[A-Za-z0-9_-]*\+[A-Za-z0-9_:,-]*")
-#: qubes/vm/qubesvm.py _setter_denied_list (4.3).
-_DENIED = re.compile(r"([bump*][0-9a-f*]{6})*")
-_LABEL_ID = re.compile(r"label-([0-9]+)")
-#: PCI port ids LocalVM.load_extras (4.3) accepts whatever the machine: a path from root
-#: bus 0000:00 (qubes/utils.py is_pci_path), or one device that sbdf_to_path can parse.
-_PCI_PORT = re.compile(r"\*|(0000_)?00_[0-9a-f]{2}\.[0-9a-f](-[0-9a-f]{2}_[0-9a-f]{2}\.[0-9a-f])*"
-                       r"|([0-9a-f]{4}_)?[0-9a-f]{2}_[0-9a-f]{2}\.[0-9a-f]")
-#: qubes/vm/__init__.py validate_name: 4.2 allows no dot, 4.3 allows dots after the first
-#: character.
-_NAME = {"4.2": re.compile(r"[a-zA-Z][a-zA-Z0-9_-]*"),
-         "4.3": re.compile(r"[a-zA-Z][a-zA-Z0-9_.-]*")}
-#: qubes/__init__.py property.bool (both): case-insensitive; None (an empty element) is False.
-_BOOL_WORDS = ("0", "no", "false", "off", "1", "yes", "true", "on")
-_TRUE_WORDS = ("1", "yes", "true", "on")
-
-#: qubes/vm/qubesvm.py QubesVM.__init__: volume attributes "True"/"False" become bools
-#: (4.3); 4.2 converts only "True" and keeps "False" as a (true) string.
-_VOLUME_BOOLS = ("rw", "save_on_stop", "snap_on_start", "ephemeral")
-#: qubes/storage/__init__.py Volume.__init__ keyword arguments (both); any other attribute
-#: reaches object.__init__ and raises TypeError.
-_VOLUME_ATTRIBUTES = ("name", "pool", "vid", "revisions_to_keep", "size", "source",
-                      *_VOLUME_BOOLS)
-#: Default volume configurations (qubes/vm/appvm.py, templatevm.py, dispvm.py,
-#: standalonevm.py; the same on both): name -> (snap_on_start, has a "source" key, rw).
-_DEFAULT_VOLUMES = {
-    "AppVM": {"root": (True, True, True), "private": (False, False, True),
-              "volatile": (False, False, True), "kernel": (False, False, False)},
-    "TemplateVM": {"root": (False, True, True), "private": (False, True, True),
-                   "volatile": (False, False, True), "kernel": (False, False, False)},
-    "StandaloneVM": {"root": (False, True, True), "private": (False, True, True),
-                     "volatile": (False, False, True), "kernel": (False, False, False)},
-    "DispVM": {"root": (True, True, True), "private": (True, True, True),
-               "volatile": (False, False, True), "kernel": (False, False, False)},
-}
-
-#: Pool drivers modelled (qubes/storage/file.py, reflink.py, lvm.py, kernels.py) ->
-#: (required attributes, optional attributes) of their constructors. Other drivers of
-#: setup.py (callback, zfs) are not modelled: a store using them is said not to load.
-_POOL_DRIVERS = {
-    "file": (("name", "dir_path"), ("revisions_to_keep", "ephemeral_volatile")),
-    "file-reflink": (("name", "dir_path"),
-                     ("revisions_to_keep", "ephemeral_volatile", "setup_check")),
-    "lvm_thin": (("name", "volume_group", "thin_pool"),
-                 ("revisions_to_keep", "ephemeral_volatile")),
-    "linux-kernel": (("name", "dir_path"), ()),
-}
-#: Pools whose ``volumes[vid]`` finds only volumes initialised before (file.py: the base
-#: Pool lookup over ``_volumes``; reflink.py ``get_volume``): a snapshot source must be a
-#: volume of the qube's template chain, initialised first by Storage.init_volume.
-_ORDERED_POOLS = ("file", "file-reflink")
-
-#: Global properties (qubes/app.py Qubes, all load stage 3) naming a qube, with the class
-#: the qube must have (None: any).
-_GLOBAL_QUBE_PROPERTIES = {
-    "default_guivm": None, "default_audiovm": None, "default_netvm": None,
-    "default_template": "TemplateVM", "updatevm": None, "clockvm": None,
-    "default_dispvm": None, "management_dispvm": None,
-}
-_GLOBAL_POOL_PROPERTIES = ("default_pool", "default_pool_private", "default_pool_root",
-                           "default_pool_volatile", "default_pool_kernel")
-_GLOBAL_INT_PROPERTIES = ("default_qrexec_timeout", "default_shutdown_timeout",
-                          "stats_interval")
-
-
-@dataclass(frozen=True)
-class LoadProblem:
-    """One rule of qubesd's loader that a store breaks.
-
-    ``qube`` names the qube (None: the store as a whole), ``item`` what breaks the rule
-    (``property template``, ``tag 'a b'``, ``volume private``, ``pool shardpool``, ...),
-    ``rule`` the rule in words. ``fatal`` False: qubesd loads it, but must not be given it.
-    """
-
-    qube: Optional[str]
-    item: str
-    rule: str
-    fatal: bool = True
-
-    def __str__(self) -> str:
-        where = "store" if self.qube is None else f"qube {self.qube!r}"
-        kind = "" if self.fatal else " (qubesd loads it, but it must not be written)"
-        return f"{where}: {self.item}: {self.rule}{kind}"
+from reliant import qubesd_schema as schema
+from reliant.qubesd_schema import LoadProblem, check_pool
 
 
 # --- reading a store --------------------------------------------------------------------
@@ -172,14 +70,6 @@ def _property_map(element: etree._Element) -> dict[str, Optional[str]]:
     """Property name -> value (the last one wins, as repeated setattr does)."""
     return {node.get("name"): _value(node) for node in _properties(element)
             if node.get("name") is not None}
-
-
-def _is_bool(value: Optional[str]) -> bool:
-    return value is None or value.lower() in _BOOL_WORDS
-
-
-def _as_bool(value: Optional[str]) -> bool:
-    return value is not None and value.lower() in _TRUE_WORDS
 
 
 @dataclass(frozen=True)
@@ -200,15 +90,15 @@ class StoreContext:
     """The store-wide facts that the rules for one qube need, for one release or all."""
 
     def __init__(self, root: etree._Element, release: Optional[str] = None) -> None:
-        if release is not None and release not in RELEASES:
-            raise ValueError(f"unknown Qubes release {release!r}; known: {', '.join(RELEASES)}")
+        if release is not None and release not in schema.RELEASES:
+            raise ValueError(f"unknown Qubes release {release!r}; known: {', '.join(schema.RELEASES)}")
         self.root = root
-        self.releases: tuple[str, ...] = RELEASES if release is None else (release,)
+        self.releases: tuple[str, ...] = schema.RELEASES if release is None else (release,)
         self.domains = list(root.iterfind("domains/domain"))
         self.labels = self._labels()
         #: pool name -> driver, for the pools qubesd creates (qubes/app.py load, stage 1)
         self.pools = {pool.get("name"): pool.get("driver") for pool in root.iterfind("pools/pool")
-                      if pool.get("name") and pool.get("driver") in _POOL_DRIVERS}
+                      if pool.get("name") and pool.get("driver") in schema.POOL_DRIVERS}
         self.globals = _property_map(root)
         self.qubes: dict[str, _Qube] = {}
         self.first_qid: dict[int, etree._Element] = {}
@@ -220,7 +110,7 @@ class StoreContext:
     def _labels(self) -> dict[str, int]:
         labels: dict[str, int] = {}
         for node in self.root.iterfind("labels/label"):
-            match = _LABEL_ID.fullmatch(node.get("id") or "")
+            match = schema.LABEL_ID.fullmatch(node.get("id") or "")
             if match and node.text:
                 labels.setdefault(node.text, int(match.group(1)))
         return labels
@@ -234,16 +124,16 @@ class StoreContext:
                        for v in domain.iterfind("volume-config/volume") if v.get("name")}
             self.qubes[name] = _Qube(
                 element=domain, klass=klass, name=name,
-                provides_network=_as_bool(props.get("provides_network")),
-                template_for_dispvms=_as_bool(props.get("template_for_dispvms")),
+                provides_network=schema.as_bool(props.get("provides_network")),
+                template_for_dispvms=schema.as_bool(props.get("template_for_dispvms")),
                 template=props.get("template") or None, volumes=volumes)
         qid = 0 if klass == "AdminVM" else props.get("qid")
-        if isinstance(qid, str) and _INT.fullmatch(qid):
+        if isinstance(qid, str) and schema.INT.fullmatch(qid):
             qid = int(qid)
         if isinstance(qid, int):
             self.first_qid.setdefault(qid, domain)
         uuid = props.get("uuid")
-        if uuid and _UUID.fullmatch(uuid):
+        if uuid and schema.UUID.fullmatch(uuid):
             self.uuids.setdefault(uuid.lower(), domain)
 
     def label(self, domain: etree._Element) -> str:
@@ -269,9 +159,9 @@ class StoreContext:
             return False
         indices = set(self.labels.values())
         if value.startswith("label-"):  # looked up by index only, int() of the rest
-            match = _LABEL_ID.fullmatch(value)
+            match = schema.LABEL_ID.fullmatch(value)
             return bool(match) and int(match.group(1)) in indices
-        return value in self.labels or (bool(_DIGITS.fullmatch(value)) and int(value) in indices)
+        return value in self.labels or (bool(schema.DIGITS.fullmatch(value)) and int(value) in indices)
 
     def template_chain(self, qube: _Qube) -> Iterator[_Qube]:
         """The qube's template, its template's template, ... (qubes/storage/__init__.py
@@ -301,7 +191,7 @@ def check_store(context: StoreContext) -> list[LoadProblem]:
     seen_names: set[str] = set()
     for node in context.root.iterfind("labels/label"):
         label_id, name = node.get("id") or "", node.text
-        if not _LABEL_ID.fullmatch(label_id):
+        if not schema.LABEL_ID.fullmatch(label_id):
             problem(f"label {label_id!r}", "a label's id must be 'label-N'")
         if not name:
             problem(f"label {label_id!r}", "a label must have a name")
@@ -324,43 +214,6 @@ def check_store(context: StoreContext) -> list[LoadProblem]:
     return found
 
 
-def check_pool(pool: etree._Element) -> list[LoadProblem]:
-    """qubes/app.py Qubes._get_pool and the pool constructors (qubes/storage/*.py)."""
-    name = pool.get("name")
-    item = f"pool {name}"
-    found: list[LoadProblem] = []
-
-    def problem(rule: str) -> None:
-        found.append(LoadProblem(None, item, rule))
-
-    if not name:  # qubes/app.py Qubes.load asserts the name
-        return [LoadProblem(None, "pool", "a pool must have a name")]
-    driver = pool.get("driver")
-    if driver not in _POOL_DRIVERS:
-        problem(f"driver {driver!r} is not one this model knows "
-                f"({', '.join(sorted(_POOL_DRIVERS))})")
-        return found
-    required, optional = _POOL_DRIVERS[driver]
-    attributes = set(pool.attrib) - {"driver"}
-    for missing in sorted(set(required) - attributes):
-        problem(f"the {driver} driver requires the attribute {missing!r}")
-    for extra in sorted(attributes - set(required) - set(optional)):
-        problem(f"the {driver} driver takes no attribute {extra!r}")
-    revisions = pool.get("revisions_to_keep")
-    if revisions is not None:
-        if not _INT.fullmatch(revisions):
-            problem("revisions_to_keep must be an integer")
-        elif driver == "file" and not -1 <= int(revisions) <= 1:
-            # qubes/storage/file.py FilePool.revisions_to_keep; FileVolume accepts -1..1
-            problem("a file pool keeps at most 1 revision")
-    # qubes/storage/__init__.py Pool.__init__ (4.3: qubes.utils.parse_bool),
-    # reflink.py ReflinkPool (setup_check: property.bool)
-    for flag in ("ephemeral_volatile", "setup_check"):
-        if pool.get(flag) is not None and pool.get(flag) not in ("True", "False"):
-            problem(f"{flag} must be True or False")
-    return found
-
-
 def _check_globals(context: StoreContext) -> list[LoadProblem]:
     """qubes/app.py Qubes properties, loaded at stage 3 (both); other names are ignored."""
     found: list[LoadProblem] = []
@@ -368,158 +221,28 @@ def _check_globals(context: StoreContext) -> list[LoadProblem]:
         name, value = node.get("name"), _value(node)
         item = f"global property {name}"
         rule = None
-        if name in _GLOBAL_QUBE_PROPERTIES:
+        if name in schema.GLOBAL_QUBE_PROPERTIES:
             # qubes/vm/__init__.py VMProperty.__set__: "" is None, else an existing qube
             target = context.qube(value)
-            wanted = _GLOBAL_QUBE_PROPERTIES[name]
+            wanted = schema.GLOBAL_QUBE_PROPERTIES[name]
             if value and target is None:
                 rule = f"names {value!r}, which is no qube of the store"
             elif target is not None and wanted and target.klass != wanted:
                 rule = f"must name {_a(wanted)}, {value!r} is {_a(target.klass)}"
-        elif name in _GLOBAL_POOL_PROPERTIES:
+        elif name in schema.GLOBAL_POOL_PROPERTIES:
             if value not in context.pools:  # qubes/app.py _setter_pool
                 rule = f"names {value!r}, which is no pool of the store"
-        elif name in _GLOBAL_INT_PROPERTIES:
-            if value is None or not _INT.fullmatch(value):
+        elif name in schema.GLOBAL_INT_PROPERTIES:
+            if value is None or not schema.INT.fullmatch(value):
                 rule = "must be an integer"
         elif name == "check_updates_vm":
-            if not _is_bool(value):
+            if not schema.is_bool(value):
                 rule = "must be a boolean"
         elif name == "default_fw_netvm":
             rule = "a legacy property qubesd migrates at load; not modelled"
         if rule:
             found.append(LoadProblem(None, item, rule))
     return found
-
-
-# --- per-qube rules ---------------------------------------------------------------------
-#: A property's syntax: the value (None for an empty element) -> what is wrong, or None.
-_Rule = Callable[[Optional[str]], Optional[str]]
-
-
-def _int_rule(low: Optional[int], high: Optional[int] = None) -> _Rule:
-    def rule(value: Optional[str]) -> Optional[str]:
-        if value is None or not _INT.fullmatch(value):
-            return "must be an integer"
-        number = int(value)
-        if low is not None and number < low:
-            return f"must be at least {low}"
-        if high is not None and number > high:
-            return f"must be at most {high}"
-        return None
-    return rule
-
-
-def _pattern_rule(pattern: re.Pattern, words: str, empty: bool = False,
-                  lower: bool = False) -> _Rule:
-    def rule(value: Optional[str]) -> Optional[str]:
-        if value is None:
-            return None if empty else f"must be {words}"
-        text = value.lower() if lower else value
-        return None if pattern.fullmatch(text) else f"must be {words}"
-    return rule
-
-
-def _bool_rule(value: Optional[str]) -> Optional[str]:
-    return None if _is_bool(value) else "must be a boolean (0/1, no/yes, false/true, off/on)"
-
-
-def _any_rule(value: Optional[str]) -> Optional[str]:
-    return None
-
-
-def _name_rule(value: Optional[str]) -> Optional[str]:
-    # qubes/vm/__init__.py BaseVM.name: type str, no setter; an empty one would be "None"
-    return None if value else "must not be empty"
-
-
-def _uuid_rule(value: Optional[str]) -> Optional[str]:
-    return None if value and _UUID.fullmatch(value) else "must be a UUID"
-
-
-def _address_rule(kind: Callable[[str], object]) -> _Rule:
-    def rule(value: Optional[str]) -> Optional[str]:
-        try:
-            kind(value or "")
-        except ValueError:
-            return f"must be an {kind.__name__}"
-        return None
-    return rule
-
-
-def _kernel_rule(value: Optional[str]) -> Optional[str]:
-    # qubes/vm/qubesvm.py _setter_kernel (both)
-    return "a kernel name cannot contain '/'" if value and "/" in value else None
-
-
-def _kernelopts_rule(value: Optional[str]) -> Optional[str]:
-    # qubes/vm/qubesvm.py _setter_kernelopts (both)
-    return "at most 512 characters" if value and len(value) > 512 else None
-
-
-def _virt_mode_rule(value: Optional[str]) -> Optional[str]:
-    # qubes/vm/qubesvm.py _setter_virt_mode (both); PCI devices are loaded after it
-    return None if str(value).lower() in ("hvm", "pv", "pvh") else "must be hvm, pv or pvh"
-
-
-#: Settable properties of QubesVM (qubes/vm/qubesvm.py, mix/net.py, vm/__init__.py; both)
-#: and the syntax their setters accept. Stateless properties (klass, icon, xid, ip
-#: gateways, ...) have a forbidding setter and are left out, like unknown names.
-_QUBESVM_PROPERTIES: dict[str, _Rule] = {
-    "name": _name_rule,
-    "qid": _int_rule(1, MAX_QID),  # _setter_qid: 0..max_qid; qid 0 is dom0's
-    "uuid": _uuid_rule,
-    "label": _any_rule,  # checked against the store's labels below
-    "autostart": _bool_rule, "debug": _bool_rule, "include_in_backups": _bool_rule,
-    "installed_by_rpm": _bool_rule, "provides_network": _bool_rule,
-    "backup_timestamp": _int_rule(None),
-    "default_user": _pattern_rule(_USER, "letters, digits and _-+,.", empty=True),
-    "ip": _address_rule(ipaddress.IPv4Address),
-    "ip6": _address_rule(ipaddress.IPv6Address),
-    "mac": _pattern_rule(_MAC, "a MAC address", lower=True),
-    "kernel": _kernel_rule, "kernelopts": _kernelopts_rule,
-    "keyboard_layout": _pattern_rule(_KEYBOARD, "layout+variant+options"),
-    "maxmem": _int_rule(0),
-    "memory": _int_rule(1), "vcpus": _int_rule(1), "qrexec_timeout": _int_rule(1),
-    "shutdown_timeout": _int_rule(1), "stubdom_mem": _int_rule(1),
-    "virt_mode": _virt_mode_rule,
-    "netvm": _any_rule, "guivm": _any_rule, "audiovm": _any_rule,
-    "default_dispvm": _any_rule, "management_dispvm": _any_rule,
-}
-_QUBESVM_PROPERTIES_43: dict[str, _Rule] = {
-    "bootmode": _any_rule,
-    "devices_denied": _pattern_rule(_DENIED, "interface codes (c + 6 hex digits or *)",
-                                    empty=True),
-}
-#: Per class (and release) additions; AdminVM's name, qid and uuid are forbidden
-#: (qubes/vm/adminvm.py).
-_CLASS_PROPERTIES: dict[str, dict[str, _Rule]] = {
-    "AppVM": {"template": _any_rule, "template_for_dispvms": _bool_rule},
-    "StandaloneVM": {"template_for_dispvms": _bool_rule},
-    "TemplateVM": {},
-    "DispVM": {"template": _any_rule, "dispid": _int_rule(None), "auto_cleanup": _bool_rule},
-}
-_ADMINVM_PROPERTIES: dict[str, _Rule] = {
-    "label": _any_rule, "default_dispvm": _any_rule, "include_in_backups": _bool_rule,
-    "keyboard_layout": _QUBESVM_PROPERTIES["keyboard_layout"],
-}
-#: Stage-4 properties naming a qube (qubes/vm/qubesvm.py, mix/net.py, appvm.py, dispvm.py).
-_REFERENCES = ("template", "netvm", "default_dispvm", "management_dispvm", "guivm", "audiovm")
-
-
-def _allowed_properties(klass: str, release: str) -> dict[str, _Rule]:
-    if klass == "AdminVM":
-        allowed = dict(_ADMINVM_PROPERTIES)
-        if release == "4.3":
-            allowed["devices_denied"] = _QUBESVM_PROPERTIES_43["devices_denied"]
-        return allowed
-    allowed = dict(_QUBESVM_PROPERTIES)
-    if release == "4.3":
-        allowed.update(_QUBESVM_PROPERTIES_43)
-        if klass == "TemplateVM":
-            allowed["appvm_default_bootmode"] = _any_rule
-    allowed.update(_CLASS_PROPERTIES[klass])
-    return allowed
 
 
 def check_domain(domain: etree._Element, context: StoreContext) -> list[LoadProblem]:
@@ -546,7 +269,7 @@ class _Domain:
         self.found.append(LoadProblem(self.label, item, rule, fatal))
 
     def check(self) -> list[LoadProblem]:
-        if self.klass not in CLASSES:
+        if self.klass not in schema.CLASSES:
             # qubes/app.py get_vm_class; RemoteVM (4.3) is not modelled
             self.problem("class", f"no such qube class: {self.klass!r}")
             return self.found
@@ -565,7 +288,7 @@ class _Domain:
         """qubes/__init__.py PropertyHolder.__init__: a property the class does not take is
         a TypeError; a forbidden setter (stateless properties, AdminVM's name, qid, uuid)
         raises; each setter checks its value."""
-        allowed = _allowed_properties(self.klass, self.release)
+        allowed = schema.allowed_properties(self.klass, self.release)
         seen: set[Optional[str]] = set()
         for node in _properties(self.domain):
             name = node.get("name")
@@ -601,7 +324,7 @@ class _Domain:
             # qubes/app.py VMCollection.add: the later of two qubes is refused
             self.problem("property name", f"another qube is already named {name!r}")
         qid = 0 if self.klass == "AdminVM" else self.props.get("qid")
-        if isinstance(qid, str) and _INT.fullmatch(qid):
+        if isinstance(qid, str) and schema.INT.fullmatch(qid):
             qid = int(qid)
         if isinstance(qid, int) and context.first_qid.get(qid) is not self.domain:
             self.problem("property qid", f"another qube already has qid {qid}")
@@ -618,14 +341,14 @@ class _Domain:
             self.problem("property uuid", "missing (qubesd makes a new one each start)"
                          if last else "missing, and a later qube makes qubesd read it",
                          fatal=not last)
-        elif _UUID.fullmatch(uuid) and context.uuids.get(uuid.lower()) is not self.domain:
+        elif schema.UUID.fullmatch(uuid) and context.uuids.get(uuid.lower()) is not self.domain:
             self.problem("property uuid", "another qube has the same uuid", fatal=False)
 
     # -- references ---------------------------------------------------------------------
     def _references(self) -> None:
         """VMProperty.__set__ (qubes/vm/__init__.py): "" is None, otherwise an existing
         qube of the right class; then each property's setter."""
-        for prop in _REFERENCES:
+        for prop in schema.REFERENCES:
             if prop not in self.props:
                 continue
             value = self.props[prop]
@@ -640,10 +363,10 @@ class _Domain:
             elif prop == "template" and self.klass == "AppVM" and target.klass != "TemplateVM":
                 self.problem(item, f"must name a TemplateVM, {value!r} is {_a(target.klass)}")
             elif prop == "template" and self.klass == "DispVM" and not (
-                    target.klass in DVM_TEMPLATE_CLASSES and target.template_for_dispvms):
+                    target.klass in schema.DVM_TEMPLATE_CLASSES and target.template_for_dispvms):
                 # dispvm.py _setter_template
                 self.problem(item, f"{value!r} must have template_for_dispvms=True")
-            elif prop == "netvm" and not (target.klass in QUBES_VM_CLASSES
+            elif prop == "netvm" and not (target.klass in schema.QUBES_VM_CLASSES
                                           and target.provides_network):
                 # mix/net.py _setter_netvm; a loop is no error: the setter checks loops
                 # only with events enabled, and on_domain_load_netvm_loop_check breaks it
@@ -654,7 +377,7 @@ class _Domain:
             # ext/gui.py, ext/audio.py at domain-load: tag the qube with its (default)
             # guivm's and audiovm's name; Tags.add refuses other characters
             target = self._effective(prop)
-            if target and not _TAG.fullmatch(target):
+            if target and not schema.TAG.fullmatch(target):
                 self.problem(f"property {prop}",
                              f"the tag {tag + target!r} qubesd adds at load is invalid")
 
@@ -670,7 +393,7 @@ class _Domain:
     def _volumes(self) -> None:
         """QubesVM.__init__ reads <volume-config>; at domain-load Storage.init_volume
         builds each volume in its pool (qubes/vm/qubesvm.py, qubes/storage/*.py)."""
-        defaults = _DEFAULT_VOLUMES[self.klass]
+        defaults = schema.DEFAULT_VOLUMES[self.klass]
         volumes: dict[str, etree._Element] = {}
         for node in self.domain.iterfind("volume-config/volume"):
             name = node.get("name")
@@ -691,14 +414,14 @@ class _Domain:
                 default: Optional[tuple[bool, bool, bool]]) -> None:
         item = f"volume {name}"
         attributes = dict(node.attrib)
-        for extra in sorted(set(attributes) - set(_VOLUME_ATTRIBUTES)):
+        for extra in sorted(set(attributes) - set(schema.VOLUME_ATTRIBUTES)):
             self.problem(item, f"no attribute {extra!r} (Volume takes no such argument)")
         for key, value in attributes.items():
-            if key not in _VOLUME_BOOLS and value in ("True", "False"):
+            if key not in schema.VOLUME_BOOLS and value in ("True", "False"):
                 # QubesVM.__init__ turns these values of any attribute into bools
                 self.problem(item, f"{key} cannot be {value!r}")
         flags: dict[str, bool] = {}
-        for flag in _VOLUME_BOOLS:
+        for flag in schema.VOLUME_BOOLS:
             value = attributes.get(flag)
             if value is None:
                 continue
@@ -709,7 +432,7 @@ class _Domain:
             else:
                 self.problem(item, f"{flag} must be True or False")
         for number in ("revisions_to_keep", "size"):
-            if attributes.get(number) is not None and not _INT.fullmatch(attributes[number]):
+            if attributes.get(number) is not None and not schema.INT.fullmatch(attributes[number]):
                 self.problem(item, f"{number} must be an integer")
         pool = attributes.get("pool")
         driver = self.context.pools.get(pool) if pool else None
@@ -727,7 +450,7 @@ class _Domain:
         if snap != has_source:  # Volume.__init__ (qubes/storage/__init__.py)
             self.problem(item, "snap_on_start must be set exactly when the volume has a "
                          "source (the template's volume)")
-        if source is not None and driver in _ORDERED_POOLS and not self._chain_has(pool, source):
+        if source is not None and driver in schema.ORDERED_POOLS and not self._chain_has(pool, source):
             self.problem(item, f"source {source!r} is no volume of its template in pool "
                          f"{pool!r}, which finds only volumes loaded before")
         if source is not None and driver == "linux-kernel":
@@ -736,7 +459,7 @@ class _Domain:
             self.problem(item, "a file pool volume cannot have both snap_on_start and "
                          "save_on_stop")
         if driver == "file" and save and attributes.get("revisions_to_keep") is not None \
-                and _INT.fullmatch(attributes["revisions_to_keep"]) \
+                and schema.INT.fullmatch(attributes["revisions_to_keep"]) \
                 and not -1 <= int(attributes["revisions_to_keep"]) <= 1:
             self.problem(item, "a file pool volume keeps at most 1 revision")  # FileVolume
         if driver == "linux-kernel":  # kernels.py LinuxKernel.init_volume, LinuxModules
@@ -762,13 +485,13 @@ class _Domain:
         features: dict[str, Optional[str]] = {}
         for node in self.domain.iterfind("features/feature"):
             name = node.get("name")
-            if name is None or not _FEATURE_NAME.fullmatch(name):
+            if name is None or not schema.FEATURE_NAME.fullmatch(name):
                 self.problem(f"feature {name!r}", "feature names are letters, digits and _.-")
                 continue
             features[name] = node.text
         preload = features.get("preload-dispvm")
-        if (self.release == "4.3" and preload and self.klass in DVM_TEMPLATE_CLASSES
-                and _as_bool(self.props.get("template_for_dispvms"))):
+        if (self.release == "4.3" and preload and self.klass in schema.DVM_TEMPLATE_CLASSES
+                and schema.as_bool(self.props.get("template_for_dispvms"))):
             # mix/dvmtemplate.py on_domain_loaded (4.3): names that are no qube are taken
             # out and the store saved while loading, which raises if a name is repeated
             missing = [name for name in preload.split(" ") if self.context.qube(name) is None]
@@ -780,7 +503,7 @@ class _Domain:
         # qubes/vm/__init__.py Tags.add (both)
         for node in self.domain.iterfind("tags/tag"):
             name = node.get("name")
-            if name is None or not _TAG.fullmatch(name):
+            if name is None or not schema.TAG.fullmatch(name):
                 self.problem(f"tag {name!r}", "tags are letters, digits, _ and - only")
 
     def _devices(self) -> None:
@@ -801,7 +524,7 @@ class _Domain:
                     if node.get("mode", "required") not in ("required", "ask-to-attach",
                                                             "auto-attach"):
                         self.problem(item, f"mode {node.get('mode')!r} is not loaded")
-                    if devclass == "pci" and not _PCI_PORT.fullmatch(node.get("id", "*")):
+                    if devclass == "pci" and not schema.PCI_PORT.fullmatch(node.get("id", "*")):
                         self.problem(item, "not a PCI port id qubesd parses")
                 backend = node.get("backend-domain")
                 if self.context.qube(backend) is None:
@@ -816,7 +539,7 @@ def _a(klass: str) -> str:
 
 def _valid_name(name: str, release: str) -> bool:
     """qubes/vm/__init__.py validate_name."""
-    return (len(name) <= 31 and bool(_NAME[release].fullmatch(name))
+    return (len(name) <= 31 and bool(schema.NAME[release].fullmatch(name))
             and name not in ("Domain-0", "none", "default") and not name.endswith("-dm"))
 
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from reliant import platform
-from reliant.qubesd_load import RELEASES
+from reliant.qubesd_schema import RELEASES
 
 RELEASE_FILE = platform.RELEASE_FILE
 
