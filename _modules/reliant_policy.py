@@ -1,5 +1,5 @@
 """Execution module `reliant_policy`: the qrexec policy and qubesd extension of
-reliant.isolation (see README.md, Isolation). Thin wrappers over ``_utils/reliant_lib/reliant_policy``.
+reliant.isolation (docs/isolation.md). Thin wrappers over the library's ``reliant.isolation.policy``.
 
 Nothing here reads a shard: the deny rules between shards are written by
 ``reliant-shard suture`` into /run/qubes/policy.d, never by Salt.

@@ -1,7 +1,7 @@
 """reliant's create-snapshot against real loop devices (root) and the dmsetup double.
 
 The expected calls of a read-write volume are those of the stock script
-(DESIGN.md section 5): `losetup --find --nooverlap --show -- FILE` for the image
+(docs/design/decisions-and-benchmarks.md, docs/snapshots.md): `losetup --find --nooverlap --show -- FILE` for the image
 and each COW, `dmsetup create snapshot-<img>-<cow> --table "0 N snapshot
 /dev/fd/3 /dev/fd/4 P 256"`, then the snapshot-origin or the top snapshot.
 """
@@ -148,7 +148,7 @@ def test_wrong_argument_count_is_refused(scenario: Scenario):
 
 
 def test_template_on_overlayfs_is_not_copied_up(scenario: Scenario):
-    """DESIGN.md 5: a 3 GB image with data, on overlayfs with a 64 MB tmpfs upper layer."""
+    """docs/snapshots.md: a 3 GB image with data, on overlayfs with a 64 MB tmpfs upper layer."""
     lower, upper, merged = (scenario.work / name for name in ("lower", "upper", "merged"))
     for path in (lower, upper, merged):
         path.mkdir()

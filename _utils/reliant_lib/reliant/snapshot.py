@@ -1,6 +1,6 @@
 """Read-only loop snapshots: install, verify and remove reliant's create-snapshot.
 
-What is installed in dom0 (see README.md, Read-only loop snapshots):
+What is installed in dom0 (docs/snapshots.md):
 
 * reliant's ``create-snapshot`` over Qubes' ``/usr/lib/qubes/create-snapshot``, whose
   original is kept in the backup directory with a manifest (checksum, mode, owner,

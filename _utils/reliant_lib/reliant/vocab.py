@@ -76,7 +76,7 @@ def is_data_volume(name: str, snap_on_start: bool, source: Optional[str]) -> boo
 
 def referable_groups(group: Optional[str], dependencies: Iterable[str],
                      core: str = CORE) -> set[Optional[str]]:
-    """The reference rule (DESIGN.md 3): the groups whose qubes a qube of `group` may
+    """The reference rule (docs/design/rules-and-qids.md): the groups whose qubes a qube of `group` may
     name. Core (and global properties) name only core; a shard qube names core, its own
     shard and `dependencies` (the shards it depends on). Groups are core's key `core`
     and shard ids in the shard engine, group tags in the isolation guard."""

@@ -3,7 +3,7 @@
 # reliant.snapshots: reliant's create-snapshot (read-only loop devices for images
 # that must not be written) and the qubesd extension that marks rw=False volumes,
 # installed as reliant.isolation installs its own: a package and its .dist-info from
-# files/<component>/extension into site-packages. See README.md, Read-only loop snapshots.
+# files/<component>/extension into site-packages. See docs/snapshots.md.
 reliant-snapshots-installed:
   reliant_snapshot.installed:
     - name: {{ reliant.snapshots.script | json }}

@@ -2,7 +2,7 @@
 """qubesd double: a small stand-in for Qubes' qubesd in the dom0 container and in tests.
 
 It is NOT qubesd. It reproduces only what reliant-formula depends on
-(qubes-core-admin `qubes/app.py`, `qubes/utils.py`, `qubes/tools/qubesd.py`; DESIGN.md section 3):
+(qubes-core-admin `qubes/app.py`, `qubes/utils.py`, `qubes/tools/qubesd.py`; docs/design/shard-format.md):
 
 - the store is the file named by `QUBES_XML_PATH` (default /var/lib/qubes/qubes.xml), read
   at start under `fcntl.lockf`; a missing store, a syntax error, or any store that the real

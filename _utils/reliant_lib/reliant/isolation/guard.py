@@ -5,7 +5,7 @@ the names come from ``reliant.vocab``. The same functions serve the core-admin e
 (live qubes, through `QubeFacts` built from qubesd objects), the ``check`` command and the
 tests (through `facts_from_store`, on a merged qubes.xml).
 
-Rules (DESIGN.md sections 3 and 4):
+Rules (docs/design/rules-and-qids.md, docs/isolation.md):
 - a disposable (class DispVM) belongs to the group of its template;
 - any other qube belongs to the group of the pools that hold its own writable data
   (volumes with rw and without snap_on_start); volumes in core pools do not count,

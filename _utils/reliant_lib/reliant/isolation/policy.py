@@ -1,6 +1,6 @@
 """qrexec policy (format v5) that denies data-moving calls between deniable groups.
 
-Two files (DESIGN.md section 4):
+Two files (docs/isolation.md):
 
 - the *persistent* file in /etc/qubes/policy.d names no shard: with shards hidden there is
   nothing to separate, so it only reserves its place in the sort order and says where the

@@ -1,6 +1,6 @@
 """The suture plan: core plus the visible shards -> the merged store qubesd runs on.
 
-Rules (DESIGN.md 3), each failure a `Problem` naming shard and qube: a shard is refused
+Rules (docs/design/rules-and-qids.md), each failure a `Problem` naming shard and qube: a shard is refused
 as a whole (unreadable, overlapping QID range, pools that redefine others); a pool that
 may not hold its data (`reliant.shards.confine`) is held back in its file; a qube is left
 out (class, name, uuid, label, pools, volumes of another qube or not confined) and stays
