@@ -1,8 +1,9 @@
 """reliant's create-snapshot against real loop devices (root) and the dmsetup double.
 
 The expected calls of a read-write volume are those of the stock script
-(docs/design/decisions-and-benchmarks.md, docs/snapshots.md): `losetup --find --nooverlap --show -- FILE` for the image
-and each COW, `dmsetup create snapshot-<img>-<cow> --table "0 N snapshot
+(docs/design/decisions-and-benchmarks.md, docs/snapshots.md): `losetup --find
+--nooverlap --show -- FILE` for the image and each COW,
+`dmsetup create snapshot-<img>-<cow> --table "0 N snapshot
 /dev/fd/3 /dev/fd/4 P 256"`, then the snapshot-origin or the top snapshot.
 """
 
