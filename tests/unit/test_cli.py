@@ -5,37 +5,12 @@ import subprocess
 import sys
 
 import pytest
+from host_double import HostDouble
 from reliant import cli, commands
 from reliant.shards.files import init_shard, load_shard
 from reliant.shards.records import qube_name
 from repo_paths import ROOT
 from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
-
-
-class FakeHost(commands.Host):
-    """Test double of systemctl/xl: records qubesd actions, reports chosen running qubes
-    and the root's mode (volatile by default: the interlock lets shards be merged)."""
-
-    def __init__(self, active=False, running=(), on_stop=None, on_start=None,
-                 mode="volatile"):
-        self.active, self.running, self.actions = active, set(running), []
-        self.on_stop, self.on_start, self.mode = on_stop, on_start, mode
-
-    def volatile_status(self, settings):
-        return {"mode": self.mode, "root_fstype": "overlay", "problems": []}
-
-    def qubesd_active(self):
-        return self.active
-
-    def running_qubes(self):
-        return set(self.running)
-
-    def qubesd(self, action):
-        self.actions.append(action)
-        hook = self.on_stop if action == "stop" else self.on_start
-        self.active = action == "start"
-        if hook:
-            hook()
 
 
 @pytest.fixture
@@ -51,7 +26,7 @@ def scene(tmp_path, monkeypatch):
 
 
 def run_cli(*argv, host=None):
-    return cli.main(list(argv), host=host or FakeHost())
+    return cli.main(list(argv), host=host or HostDouble())
 
 
 def test_suture_then_dissect_through_the_cli(scene, capsys):
@@ -74,14 +49,14 @@ def test_flags_override_the_configuration(scene, tmp_path):
                                   ["dissect", "--final"]])
 def test_offline_commands_refuse_while_qubesd_runs(scene, capsys, argv):
     before = {p: p.read_bytes() for p in scene.tmp.rglob("*.xml")}
-    assert run_cli(*argv, host=FakeHost(active=True)) == 1
+    assert run_cli(*argv, host=HostDouble(active=True)) == 1
     assert "qubesd is running" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in scene.tmp.rglob("*.xml")} == before
 
 
 def test_dissect_while_qubesd_runs_is_allowed(scene):
     assert run_cli("suture") == 0
-    assert run_cli("dissect", host=FakeHost(active=True)) == 0
+    assert run_cli("dissect", host=HostDouble(active=True)) == 0
 
 
 def test_bad_usage_exits_2(scene, capsys):
@@ -117,7 +92,7 @@ def test_init_and_check(scene, tmp_path, capsys):
 
 def test_detach_refuses_while_a_qube_of_the_shard_runs(scene, capsys):
     assert run_cli("suture") == 0
-    host = FakeHost(active=True, running={"deep-mail", "work"})
+    host = HostDouble(active=True, running={"deep-mail", "work"})
     assert run_cli("detach", "sflc_0_2", host=host) == 1
     assert "deep-mail" in capsys.readouterr().err
     assert host.actions == []
@@ -134,7 +109,7 @@ def test_detach_and_attach_restart_qubesd_around_the_shard(scene):
         assert run_cli("suture") == 0
         assert run_cli("started") == 0
 
-    host = FakeHost(active=True, running={"work"}, on_stop=stop, on_start=start)
+    host = HostDouble(active=True, running={"work"}, on_stop=stop, on_start=start)
     assert run_cli("detach", str(scene.shard_dir("sflc_0_2")), host=host) == 0
     assert host.actions == ["stop", "start"]
     merged = domains_by_name(load(scene.merged))
@@ -192,7 +167,7 @@ def test_the_real_host_reads_xl_list(tmp_path, monkeypatch):
 def test_status_text_names_merged_detached_and_recovered(scene, capsys):
     assert run_cli("suture") == 0
     assert run_cli("started") == 0
-    host = FakeHost(active=True, on_stop=lambda: run_cli("dissect", "--final"),
+    host = HostDouble(active=True, on_stop=lambda: run_cli("dissect", "--final"),
                     on_start=lambda: run_cli("suture") or run_cli("started"))
     assert run_cli("detach", "sflc_0_2", host=host) == 0
     capsys.readouterr()

@@ -8,39 +8,12 @@ from collections import namedtuple
 
 import pytest
 from adopt_scene import etc_dirs
-from reliant import cli, commands, menus
+from host_double import HostDouble
+from reliant import cli, menus
 from repo_paths import ROOT
 from shards_helpers import SHARD_QUBES, domains_by_name, load, set_prop, split_scene
 
 DOUBLES = ROOT / "tests" / "doubles"
-
-
-class DesktopHost(commands.Host):
-    """Test double of systemctl and xl whose qubesd unit sutures and dissects, and of the
-    desktop user (the current one, with `home`)."""
-
-    def __init__(self, home, active=True):
-        self.home, self.active, self.actions = home, active, []
-
-    def volatile_status(self, settings):
-        return {"mode": "volatile", "root_fstype": "overlay", "problems": []}
-
-    def qubesd_active(self):
-        return self.active
-
-    def running_qubes(self):
-        return set()
-
-    def qubesd(self, action):
-        self.actions.append(action)
-        if action == "stop":
-            assert cli.main(["dissect", "--final"], host=DesktopHost(self.home, False)) == 0
-        else:
-            assert cli.main(["suture"], host=DesktopHost(self.home, False)) == 0
-        self.active = action == "start"
-
-    def desktop(self):
-        return menus.Desktop(None, str(self.home))
 
 
 @pytest.fixture
@@ -69,7 +42,7 @@ def with_menus(home):
 def test_attach_makes_the_menus_of_newly_merged_qubes_and_detach_removes_them(
         scene, tmp_path, capsys):
     home = tmp_path / "home"
-    host = DesktopHost(home, active=False)
+    host = HostDouble(unit=True, home=home)
     assert cli.main(["attach"], host=host) == 0
     assert with_menus(home) == SHARD_QUBES["sflc_0_1"] | SHARD_QUBES["sflc_0_2"]
     assert menus.menu_paths(str(home), "secret-vpn") == [str(home / p) for p in (
@@ -94,7 +67,7 @@ def test_attach_makes_the_menus_of_newly_merged_qubes_and_detach_removes_them(
 def test_a_menu_failure_is_a_warning_naming_the_qube(scene, tmp_path, capsys):
     home = tmp_path / "home"
     home.write_text("not a directory")
-    assert cli.main(["attach", "sflc_0_2"], host=DesktopHost(home, active=False)) == 0
+    assert cli.main(["attach", "sflc_0_2"], host=HostDouble(unit=True, home=home)) == 0
     err = capsys.readouterr().err
     for name in SHARD_QUBES["sflc_0_2"]:
         assert f"warning: menus of {name} not made" in err
@@ -115,7 +88,7 @@ def test_menus_only_for_qubes_whose_gui_runs_in_dom0(scene):
 
 def test_leftover_menu_files_are_named_after_detach(scene, tmp_path, capsys):
     home = tmp_path / "home"
-    host = DesktopHost(home, active=False)
+    host = HostDouble(unit=True, home=home)
     assert cli.main(["attach"], host=host) == 0
     stray = home / ".local/share/applications/org.qubes-os.vm._deep_dmail.old.desktop"
     stray.write_text("")  # an entry qvm-appmenus no longer knows of

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from reliant import cli, commands
+from host_double import HostDouble
+from reliant import cli
 from reliant.shards.files import SHARD_FILE
 from reliant.shards.traces import UNIT_TEMPLATE, Libvirt
 from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
@@ -16,34 +17,6 @@ from test_traces import set_autostart
 
 TITLE = "Qubes, volatile dom0 (forgets every change at shutdown)"
 SHARD_NAMES = SHARD_QUBES["sflc_0_1"] | SHARD_QUBES["sflc_0_2"]
-
-
-class HostDouble(commands.Host):
-    """systemctl, xl and the root as reliant-shard sees them: qubesd's unit runs
-    `dissect --final` when it stops and `suture` when it starts; no qube runs; the root is
-    `mode` (running.status's answer for an ext4 root or a volatile overlay)."""
-
-    def __init__(self, mode: str, problems: tuple[str, ...] = ()):
-        self.mode, self.problems, self.active, self.actions = mode, list(problems), True, []
-
-    def volatile_status(self, settings):
-        fstype = "overlay" if self.mode == "volatile" else "ext4"
-        return {"mode": self.mode, "root_fstype": fstype, "problems": self.problems}
-
-    def qubesd_active(self):
-        return self.active
-
-    def running_qubes(self):
-        return set()
-
-    def qubesd(self, action):
-        self.actions.append(action)
-        self.active = False
-        if action == "stop":
-            assert cli.main(["dissect", "--final"], host=self) == 0
-        else:
-            assert cli.main(["suture"], host=self) == 0
-            self.active = True
 
 
 @pytest.fixture
@@ -78,7 +51,7 @@ def merged_names(dom0) -> set[str]:
 
 
 def test_attach_is_refused_off_the_volatile_root_naming_the_boot_entry(dom0, capsys):
-    host = HostDouble("maintenance")
+    host = HostDouble(True, unit=True, mode="maintenance")
     assert cli.main(["attach"], host=host) == 1
     err = capsys.readouterr().err
     assert err.startswith("reliant-shard: refused: dom0 does not run on the volatile root "
@@ -89,7 +62,7 @@ def test_attach_is_refused_off_the_volatile_root_naming_the_boot_entry(dom0, cap
 
 
 def test_off_the_volatile_root_qubesd_starts_on_core_alone(dom0, capsys):
-    host = HostDouble("maintenance")
+    host = HostDouble(True, unit=True, mode="maintenance")
     host.active = False
     assert cli.main(["suture"], host=host) == 0
     assert not merged_names(dom0) & SHARD_NAMES and "work" in merged_names(dom0)
@@ -108,7 +81,7 @@ def test_off_the_volatile_root_qubesd_starts_on_core_alone(dom0, capsys):
 
 def test_require_volatile_false_merges_and_warns(dom0, capsys):
     configure(dom0, require_volatile=False, volatile_title="Qubes RAM")
-    host = HostDouble("maintenance")
+    host = HostDouble(True, unit=True, mode="maintenance")
     assert cli.main(["attach"], host=host) == 0
     assert host.actions == ["stop", "start"]
     assert merged_names(dom0) >= SHARD_NAMES
@@ -126,7 +99,7 @@ def test_require_volatile_false_merges_and_warns(dom0, capsys):
 
 def test_attach_says_when_the_ram_layer_is_nearly_full(dom0, capsys):
     full = "the overlay's RAM layer is 93.0% full (950 of 1021 MiB; ...)"
-    host = HostDouble("volatile", problems=(full,))
+    host = HostDouble(True, unit=True, problems=(full,))
     assert cli.main(["attach"], host=host) == 0
     assert f"reliant-shard: warning: {full}" in capsys.readouterr().err
     assert cli.main(["status", "--json"], host=host) == 0
@@ -148,7 +121,7 @@ def names_under(top: Path, names: set[str]) -> list[str]:
 
 
 def test_autostart_and_libvirt_travel_with_the_shard(dom0, capsys):
-    host = HostDouble("volatile")
+    host = HostDouble(True, unit=True)
     host.active = False  # qubesd stopped: its store is the files, autostart set in one
     set_autostart(dom0.shard_dir("sflc_0_1") / SHARD_FILE, "secret-vpn")
     assert cli.main(["attach"], host=host) == 0

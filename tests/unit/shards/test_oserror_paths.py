@@ -10,21 +10,12 @@ import os
 
 import pytest
 import salt_modules
+from host_double import HostDouble
 from reliant import cli, commands, store
 from salt.exceptions import CommandExecutionError
 from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
 
 module = salt_modules.load("modules", "reliant_shard")
-
-
-class StoppedQubesd(commands.Host):
-    """Test double of systemctl: qubesd is stopped."""
-
-    def qubesd_active(self):
-        return False
-
-    def volatile_status(self, settings):  # the interlock lets shards be merged
-        return {"mode": "volatile", "root_fstype": "overlay", "problems": []}
 
 
 @pytest.fixture
@@ -48,8 +39,10 @@ def write_config(scene, tmp_path, monkeypatch, **changes) -> None:
               **changes}
     (tmp_path / "reliant.json").write_text(json.dumps(config))
     monkeypatch.setenv("RELIANT_CONFIG", str(tmp_path / "reliant.json"))
-    monkeypatch.setattr(commands.Host, "qubesd_active", StoppedQubesd.qubesd_active)
-    monkeypatch.setattr(commands.Host, "volatile_status", StoppedQubesd.volatile_status)
+    # the Salt module's own Host: qubesd stopped, the volatile root (as HostDouble())
+    monkeypatch.setattr(commands.Host, "qubesd_active", lambda self: False)
+    monkeypatch.setattr(commands.Host, "volatile_status",
+                        lambda self, settings: HostDouble().volatile_status(settings))
 
 
 def failing_reads(monkeypatch, inside: str) -> None:
@@ -78,7 +71,7 @@ def test_a_path_that_cannot_be_made_is_named(scene, tmp_path, monkeypatch, capsy
     blocker.write_text("a file where a directory must go")
     write_config(scene, tmp_path, monkeypatch, merged=str(blocker / "run" / "qubes.xml"))
     for argv in (["suture"], ["dissect"]):
-        assert cli.main(argv, host=StoppedQubesd()) == 1
+        assert cli.main(argv, host=HostDouble()) == 1
         err = capsys.readouterr().err
         assert str(blocker) in err and "Traceback" not in err, (argv, err)
     with pytest.raises(CommandExecutionError, match=str(blocker)):
@@ -90,7 +83,7 @@ def test_an_unreadable_saved_directory_leaves_its_shard_out(scene, monkeypatch, 
     saved.mkdir(parents=True)
     (saved / "firewall.xml").write_text("<secret/>")
     failing_reads(monkeypatch, str(saved))
-    assert cli.main(["suture"], host=StoppedQubesd()) == 0
+    assert cli.main(["suture"], host=HostDouble()) == 0
     err = capsys.readouterr().err
     assert f"shard sflc_0_1 ({scene.shard_dir('sflc_0_1')}): its dom0 directories cannot be " \
            f"copied: {saved / 'firewall.xml'}: Input/output error; not merged" in err
@@ -102,7 +95,7 @@ def test_an_unreadable_saved_directory_leaves_its_shard_out(scene, monkeypatch, 
 
 def test_an_unreadable_dom0_directory_at_dissect_costs_only_its_shard(scene, monkeypatch,
                                                                       capsys):
-    assert cli.main(["suture"], host=StoppedQubesd()) == 0
+    assert cli.main(["suture"], host=HostDouble()) == 0
     live = scene.qubes_dir / "appvms" / "secret"
     live.mkdir(parents=True)
     (live / "firewall.xml").write_text("<secret/>")
@@ -110,7 +103,7 @@ def test_an_unreadable_dom0_directory_at_dissect_costs_only_its_shard(scene, mon
     domains_by_name(merged)["work"].find("properties/property[@name='label']").text = "green"
     scene.merged.write_bytes(store.serialize(merged))
     failing_reads(monkeypatch, str(live))
-    assert cli.main(["dissect", "--final"], host=StoppedQubesd()) == 1
+    assert cli.main(["dissect", "--final"], host=HostDouble()) == 1
     err = capsys.readouterr().err
     assert f"{live / 'firewall.xml'}: Input/output error" in err and "Traceback" not in err
     assert "shard sflc_0_1" in err

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from host_double import HostDouble
 from qubes_platforms import R42, R43, image_platform, minion_opts
 from reliant import cli, commands, store
 from reliant.shards.records import feature_value
@@ -20,33 +21,6 @@ NO_RUNTIME_DIR = ("qubes-core-qrexec 4.2.25 has no runtime qrexec policy directo
                   "/run/qubes/policy.d (it starts at qubes-core-qrexec 4.3.0)")
 NO_PROHIBIT_START = ("missing_reference: recover acts as skip: qubes-core-dom0 4.2.39 has no "
                      "qube feature prohibit-start (it starts at qubes-core-dom0 4.3.19)")
-
-
-class ReleaseHost(commands.Host):
-    """systemctl and xl of a dom0 of the Qubes release `facts` describes, booted volatile:
-    qubesd's unit dissects when it stops and sutures when it starts; no qube runs."""
-
-    def __init__(self, facts, active=False):
-        self.facts, self.active, self.actions = facts, active, []
-
-    def qubes_platform(self):
-        return self.facts
-
-    def volatile_status(self, settings):
-        return {"mode": "volatile", "root_fstype": "overlay", "problems": []}
-
-    def qubesd_active(self):
-        return self.active
-
-    def running_qubes(self):
-        return set()
-
-    def qubesd(self, action):
-        self.actions.append(action)
-        self.active = False
-        assert cli.main(["dissect", "--final"] if action == "stop" else ["suture"],
-                        host=self) == 0
-        self.active = action == "start"
 
 
 @pytest.fixture
@@ -93,7 +67,7 @@ def test_the_host_reads_the_release_file_and_rpm(tmp_path, release):
 
 
 def test_r42_attach_refuses_while_isolation_is_enabled(dom0, capsys):
-    host = ReleaseHost(R42, active=True)
+    host = HostDouble(True, unit=True, facts=R42)
     assert cli.main(["attach"], host=host) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"reliant-shard: refused: {NO_RUNTIME_DIR}: the deny rules between "
@@ -103,7 +77,7 @@ def test_r42_attach_refuses_while_isolation_is_enabled(dom0, capsys):
 
 
 def test_r42_qubesd_start_merges_core_alone_while_isolation_is_enabled(dom0, capsys):
-    host = ReleaseHost(R42)
+    host = HostDouble(unit=True, facts=R42)
     assert cli.main(["suture"], host=host) == 0
     assert not merged_names(dom0) & SHARD_NAMES and "work" in merged_names(dom0)
     err = capsys.readouterr().err
@@ -129,7 +103,7 @@ def test_r42_qubesd_start_merges_core_alone_while_isolation_is_enabled(dom0, cap
 
 def test_r42_without_isolation_merges_shards(dom0, capsys):
     configure(dom0, policy_dir="")
-    host = ReleaseHost(R42, active=True)
+    host = HostDouble(True, unit=True, facts=R42)
     assert cli.main(["attach"], host=host) == 0
     assert host.actions == ["stop", "start"]
     assert merged_names(dom0) >= SHARD_NAMES
@@ -137,7 +111,7 @@ def test_r42_without_isolation_merges_shards(dom0, capsys):
 
 
 def test_r43_attach_merges_shards_and_writes_the_runtime_policy(dom0, capsys):
-    host = ReleaseHost(R43, active=True)
+    host = HostDouble(True, unit=True, facts=R43)
     assert cli.main(["attach"], host=host) == 0
     assert merged_names(dom0) >= SHARD_NAMES
     assert [p.name for p in dom0.policy_dir.iterdir()] == ["20-reliant-isolation.policy"]
@@ -149,7 +123,7 @@ def test_r43_attach_merges_shards_and_writes_the_runtime_policy(dom0, capsys):
 def test_r42_recover_acts_as_skip_and_says_so(dom0, capsys, command):
     configure(dom0, policy_dir="")
     remove_template_of_secret(dom0)
-    cli.main(command, host=ReleaseHost(R42))
+    cli.main(command, host=HostDouble(unit=True, facts=R42))
     err = capsys.readouterr().err
     assert f"reliant-shard: warning: {NO_PROHIBIT_START}" in err
     assert "qube secret of shard sflc_0_1 not merged: template 'gone-template' is not visible" \
@@ -157,7 +131,7 @@ def test_r42_recover_acts_as_skip_and_says_so(dom0, capsys, command):
     assert "recovered" not in err
     if command == ["suture"]:
         assert "secret" not in merged_names(dom0) and "secret-vpn" in merged_names(dom0)
-        cli.main(["status"], host=ReleaseHost(R42))
+        cli.main(["status"], host=HostDouble(unit=True, facts=R42))
         out = capsys.readouterr().out
         assert f"warning: {NO_PROHIBIT_START}" in out
         assert "platform: Qubes R4.2 (qubes-core-dom0 4.2.39, qubes-core-qrexec 4.2.25)" in out
@@ -166,7 +140,7 @@ def test_r42_recover_acts_as_skip_and_says_so(dom0, capsys, command):
 def test_r43_recovers_with_prohibit_start(dom0, capsys):
     configure(dom0, policy_dir="")
     remove_template_of_secret(dom0)
-    assert cli.main(["suture"], host=ReleaseHost(R43)) == 0
+    assert cli.main(["suture"], host=HostDouble(unit=True, facts=R43)) == 0
     assert "acts as skip" not in capsys.readouterr().err
     secret = domains_by_name(load(dom0.merged))["secret"]
     assert feature_value(secret, "prohibit-start").startswith("reliant: template")
@@ -175,6 +149,6 @@ def test_r43_recovers_with_prohibit_start(dom0, capsys):
 def test_skip_chosen_by_the_user_needs_no_warning(dom0, capsys):
     configure(dom0, policy_dir="", missing_reference="skip")
     remove_template_of_secret(dom0)
-    assert cli.main(["suture"], host=ReleaseHost(R42)) == 0
+    assert cli.main(["suture"], host=HostDouble(unit=True, facts=R42)) == 0
     err = capsys.readouterr().err
     assert "acts as skip" not in err and "qube secret of shard sflc_0_1 not merged" in err

@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from reliant import cli, commands, store
+from host_double import HostDouble
+from reliant import cli, store
 from reliant.shards.files import SHARD_FILE
 from shards_helpers import domains_by_name, load, split_scene
 
@@ -50,16 +51,6 @@ def read_only(directory: Path):
         yield
 
 
-class StoppedQubesd(commands.Host):
-    """Test double of systemctl: qubesd is stopped (offline commands may run)."""
-
-    def qubesd_active(self):
-        return False
-
-    def volatile_status(self, settings):  # the interlock lets shards be merged
-        return {"mode": "volatile", "root_fstype": "overlay", "problems": []}
-
-
 @pytest.fixture
 def scene(tmp_path, monkeypatch):
     scene = split_scene(tmp_path)
@@ -69,7 +60,7 @@ def scene(tmp_path, monkeypatch):
                                   "policy_dir": "", "systemd_dir": str(tmp_path / "systemd"),
                                   "libvirt_dir": str(tmp_path / "libxl")}))
     monkeypatch.setenv("RELIANT_CONFIG", str(config))
-    assert cli.main(["suture"], host=StoppedQubesd()) == 0
+    assert cli.main(["suture"], host=HostDouble()) == 0
     return scene
 
 
@@ -87,7 +78,7 @@ def label(path: Path, name: str) -> str:
 
 
 def dissect(capsys) -> tuple[int, str]:
-    code = cli.main(["dissect", "--final"], host=StoppedQubesd())
+    code = cli.main(["dissect", "--final"], host=HostDouble())
     return code, capsys.readouterr().err
 
 
