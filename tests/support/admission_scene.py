@@ -13,68 +13,18 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from lxml import etree
-from reliant import operations, store
-from reliant.shards.files import init_shard
-from reliant.shards.records import qube_name
+from reliant import store
 from repo_paths import FIXTURES
+from shards_helpers import Scene, set_prop, split_scene
+from shards_helpers import domains_by_name as domains
 
 CORPUS = FIXTURES / "qubesd-load"
 VERDICTS = json.loads((CORPUS / "verdicts.json").read_text())
 SHARD_QUBES = {"sflc_0_1": {"secret", "secret-dvm", "secret-vpn", "secret-disp", "secret-tmpl"},
                "sflc_0_2": {"deep-mail", "deep-notes"}}
-
-
-@dataclass
-class Scene:
-    tmp: Path
-    core: Path
-    merged: Path
-    root: Path
-    qubes_dir: Path
-
-    @property
-    def roots(self) -> list[str]:
-        return [str(self.root)]
-
-    def shard_file(self, sid: str) -> Path:
-        return self.root / sid / "domains.xml"
-
-    def suture(self, **kwargs) -> operations.Result:
-        return operations.suture(str(self.core), self.roots, str(self.merged),
-                                 qubes_dir=str(self.qubes_dir), **kwargs)
-
-    def dissect(self, **kwargs) -> operations.Result:
-        return operations.dissect(str(self.merged), str(self.core), self.roots,
-                                  qubes_dir=str(self.qubes_dir), **kwargs)
-
-    def edit_shard(self, sid: str, change: Callable[[etree._Element], None]) -> bytes:
-        """Apply `change(root)` to a shard file; returns its new bytes."""
-        path = self.shard_file(sid)
-        root = store.load(str(path))
-        change(root)
-        path.write_bytes(store.serialize(root))
-        return path.read_bytes()
-
-
-def _fixture(name: str, root: Path) -> bytes:
-    return (FIXTURES / name).read_bytes().replace(b"/run/shufflecake", str(root).encode())
-
-
-def domains(root: etree._Element) -> dict[str, etree._Element]:
-    return {qube_name(d): d for d in root.iterfind(".//domains/domain")}
-
-
-def set_prop(domain: etree._Element, name: str, value: str) -> None:
-    props = domain.find("properties")
-    for prop in props:
-        if prop.get("name") == name:
-            prop.text = value
-            return
-    etree.SubElement(props, "property", name=name).text = value
 
 
 def drop_prop(domain: etree._Element, name: str) -> None:
@@ -112,18 +62,7 @@ def _extra_qubes(scene_root: Path) -> list[etree._Element]:
 
 def shard_scene(tmp_path: Path) -> Scene:
     """Core and two shards on disk (split from the merged fixture), qubesd stopped."""
-    scene = Scene(tmp_path, tmp_path / "qubes.xml", tmp_path / "run" / "qubes.xml",
-                  tmp_path / "shufflecake", tmp_path / "varlibqubes")
-    scene.merged.parent.mkdir(parents=True)
-    scene.qubes_dir.mkdir()
-    scene.core.write_bytes(_fixture("qubes-r4.3-core.xml", scene.root))
-    scene.merged.write_bytes(_fixture("qubes-r4.3-merged.xml", scene.root))
-    first = init_shard(str(scene.root / "sflc_0_1"), qid_range=(1000, 1499))
-    init_shard(str(scene.root / "sflc_0_2"), qid_range=(1500, 1999), depends_on=[first.path])
-    for sid in SHARD_QUBES:
-        (scene.root / sid / "pool").mkdir()
-    result = scene.dissect(final=True)
-    assert not result.errors, result.problems
+    scene = split_scene(tmp_path, ranges=((1000, 1499), (1500, 1999)))
     scene.edit_shard("sflc_0_1", lambda root: root.find("domains").extend(
         _extra_qubes(scene.root)))
     for step in (scene.suture, lambda: scene.dissect(final=True)):  # files as dissect writes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,17 @@ class Scene:
 
     def shard_dir(self, sid: str) -> Path:
         return self.root / sid
+
+    def shard_file(self, sid: str) -> Path:
+        return self.root / sid / "domains.xml"
+
+    def edit_shard(self, sid: str, change: Callable[[etree._Element], None]) -> bytes:
+        """Apply `change(root)` to a shard file; returns its new bytes."""
+        path = self.shard_file(sid)
+        root = store.load(str(path))
+        change(root)
+        path.write_bytes(store.serialize(root))
+        return path.read_bytes()
 
     def dissect(self, **kwargs) -> operations.Result:
         return operations.dissect(str(self.merged), str(self.core), self.roots,
