@@ -4,12 +4,11 @@ with `reliant-shard init` over each pool's directory."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from reliant import cli, commands
 from reliant.shards.records import qube_uuid
-from shards_helpers import SHARD_QUBES, Scene, fixture_bytes, load
+from shards_helpers import SHARD_QUBES, Scene, fixture_bytes, load, write_settings
 
 #: qubes that have a dom0 directory (firewall rules) in the scene
 WITH_DIRS = ("secret-vpn", "deep-notes", "work")
@@ -37,11 +36,7 @@ def adopt_scene(tmp_path: Path, monkeypatch) -> Scene:
         directory = scene.qubes_dir / "appvms" / name
         directory.mkdir(parents=True)
         (directory / "firewall.xml").write_text(f"<firewall qube='{name}'/>")
-    config = tmp_path / "reliant.json"
-    config.write_text(json.dumps({"core": str(scene.core), "merged": str(scene.merged),
-                                  "roots": scene.roots, "qubes_dir": str(scene.qubes_dir),
-                                  "policy_dir": None, **etc_dirs(tmp_path)}))
-    monkeypatch.setenv("RELIANT_CONFIG", str(config))
+    write_settings(scene, monkeypatch, **etc_dirs(tmp_path))
     first = str(scene.shard_dir("sflc_0_1"))
     assert shard_cli("init", first) == 0
     assert shard_cli("init", str(scene.shard_dir("sflc_0_2")), "--depends-on", first) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,20 @@ def split_scene(tmp_path: Path, **kwargs) -> Scene:
     result = scene.dissect(final=True)
     assert not result.errors, result.problems
     return scene
+
+
+def write_settings(scene: Scene, monkeypatch, **changes) -> Path:
+    """reliant-shard's settings file for `scene`, named by $RELIANT_CONFIG: its stores,
+    roots and qubes dir, no runtime policy, autostart links and libvirt definitions under
+    the scene's directory; `changes` replace or add keys."""
+    config = scene.tmp / "reliant.json"
+    config.write_text(json.dumps({
+        "core": str(scene.core), "merged": str(scene.merged), "roots": scene.roots,
+        "qubes_dir": str(scene.qubes_dir), "policy_dir": None,
+        "systemd_dir": str(scene.tmp / "systemd"), "libvirt_dir": str(scene.tmp / "libxl"),
+        **changes}))
+    monkeypatch.setenv("RELIANT_CONFIG", str(config))
+    return config
 
 
 def domains_by_name(root: etree._Element) -> dict[str, etree._Element]:

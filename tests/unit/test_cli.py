@@ -10,18 +10,20 @@ from reliant import cli, commands
 from reliant.shards.files import init_shard, load_shard
 from reliant.shards.records import qube_name
 from repo_paths import ROOT
-from shards_helpers import SHARD_QUBES, dispvms_in_own_group, domains_by_name, load, split_scene
+from shards_helpers import (
+    SHARD_QUBES,
+    dispvms_in_own_group,
+    domains_by_name,
+    load,
+    split_scene,
+    write_settings,
+)
 
 
 @pytest.fixture
 def scene(tmp_path, monkeypatch):
     scene = split_scene(tmp_path)
-    config = tmp_path / "reliant.json"
-    config.write_text(json.dumps({"core": str(scene.core), "merged": str(scene.merged),
-                                  "roots": scene.roots, "qubes_dir": str(scene.qubes_dir),
-                                  "policy_dir": None, "systemd_dir": str(tmp_path / "systemd"),
-                                  "libvirt_dir": str(tmp_path / "libxl")}))
-    monkeypatch.setenv("RELIANT_CONFIG", str(config))
+    write_settings(scene, monkeypatch)
     return scene
 
 

@@ -1,7 +1,6 @@
 """Application menus of shard qubes: made after attach, removed at detach, as the desktop
 user; a failure never fails attach (a warning naming the qube)."""
 
-import json
 import os
 import sys
 from collections import namedtuple
@@ -11,7 +10,7 @@ from adopt_scene import etc_dirs
 from host_double import HostDouble
 from reliant import cli, menus
 from repo_paths import ROOT
-from shards_helpers import SHARD_QUBES, domains_by_name, load, set_prop, split_scene
+from shards_helpers import SHARD_QUBES, domains_by_name, load, set_prop, split_scene, write_settings
 
 DOUBLES = ROOT / "tests" / "doubles"
 
@@ -19,11 +18,7 @@ DOUBLES = ROOT / "tests" / "doubles"
 @pytest.fixture
 def scene(tmp_path, monkeypatch):
     scene = split_scene(tmp_path)
-    config = tmp_path / "reliant.json"
-    config.write_text(json.dumps({"core": str(scene.core), "merged": str(scene.merged),
-                                  "roots": scene.roots, "qubes_dir": str(scene.qubes_dir),
-                                  "policy_dir": None, **etc_dirs(tmp_path)}))
-    monkeypatch.setenv("RELIANT_CONFIG", str(config))
+    write_settings(scene, monkeypatch, **etc_dirs(tmp_path))
     fast = tmp_path / "bin"  # the double's python3 without a version manager's shim
     fast.mkdir()
     (fast / "python3").symlink_to(sys.executable)

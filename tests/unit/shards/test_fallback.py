@@ -10,6 +10,7 @@ from admission_scene import SHARD_QUBES, domains, shard_scene
 from qubesd.qubesd_double import Refused, Store
 from reliant import cli, commands, store
 from reliant.vocab import ShardError
+from shards_helpers import write_settings
 
 
 class UnitHost(commands.Host):
@@ -61,12 +62,7 @@ class UnitHost(commands.Host):
 @pytest.fixture
 def unit(tmp_path, monkeypatch):
     scene = shard_scene(tmp_path)
-    config = tmp_path / "reliant.json"
-    config.write_text(json.dumps({
-        "core": str(scene.core), "merged": str(scene.merged), "roots": scene.roots,
-        "qubes_dir": str(scene.qubes_dir), "policy_dir": "", "real_loader_check": False,
-        "systemd_dir": str(tmp_path / "systemd"), "libvirt_dir": str(tmp_path / "libxl")}))
-    monkeypatch.setenv("RELIANT_CONFIG", str(config))
+    write_settings(scene, monkeypatch, policy_dir="", real_loader_check=False)
     monkeypatch.setenv("SERVICE_RESULT", "exit-code")
     monkeypatch.setenv("EXIT_CODE", "exited")
     monkeypatch.setenv("EXIT_STATUS", "1")

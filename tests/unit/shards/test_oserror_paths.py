@@ -5,7 +5,6 @@ for a file that cannot be read (EIO injected into the reads of dom0 directories)
 from __future__ import annotations
 
 import errno
-import json
 import os
 
 import pytest
@@ -13,7 +12,7 @@ import salt_modules
 from host_double import HostDouble
 from reliant import cli, commands, store
 from salt.exceptions import CommandExecutionError
-from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene
+from shards_helpers import SHARD_QUBES, domains_by_name, load, split_scene, write_settings
 
 module = salt_modules.load("modules", "reliant_shard")
 
@@ -33,12 +32,7 @@ def scene(tmp_path, monkeypatch):
 
 
 def write_config(scene, tmp_path, monkeypatch, **changes) -> None:
-    config = {"core": str(scene.core), "merged": str(scene.merged), "roots": scene.roots,
-              "qubes_dir": str(scene.qubes_dir), "policy_dir": "",
-              "systemd_dir": str(tmp_path / "systemd"), "libvirt_dir": str(tmp_path / "libxl"),
-              **changes}
-    (tmp_path / "reliant.json").write_text(json.dumps(config))
-    monkeypatch.setenv("RELIANT_CONFIG", str(tmp_path / "reliant.json"))
+    write_settings(scene, monkeypatch, policy_dir="", **changes)
     # the Salt module's own Host: qubesd stopped, the volatile root (as HostDouble())
     monkeypatch.setattr(commands.Host, "qubesd_active", lambda self: False)
     monkeypatch.setattr(commands.Host, "volatile_status",

@@ -7,7 +7,6 @@ Runs as root (mount); skipped where mounting is not permitted."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 from host_double import HostDouble
 from reliant import cli, store
 from reliant.shards.files import SHARD_FILE
-from shards_helpers import domains_by_name, load, split_scene
+from shards_helpers import domains_by_name, load, split_scene, write_settings
 
 pytestmark = pytest.mark.root
 
@@ -54,12 +53,7 @@ def read_only(directory: Path):
 @pytest.fixture
 def scene(tmp_path, monkeypatch):
     scene = split_scene(tmp_path)
-    config = tmp_path / "reliant.json"
-    config.write_text(json.dumps({"core": str(scene.core), "merged": str(scene.merged),
-                                  "roots": scene.roots, "qubes_dir": str(scene.qubes_dir),
-                                  "policy_dir": "", "systemd_dir": str(tmp_path / "systemd"),
-                                  "libvirt_dir": str(tmp_path / "libxl")}))
-    monkeypatch.setenv("RELIANT_CONFIG", str(config))
+    write_settings(scene, monkeypatch, policy_dir="")
     assert cli.main(["suture"], host=HostDouble()) == 0
     return scene
 
