@@ -202,6 +202,7 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
     present = entries(qubes_dir)
     wanted: list[tuple[str, str]] = []  # dom0 directories of every plan made
     left_out: dict[str, str] = {}
+    scratch = os.path.dirname(os.path.abspath(out))  # tmpfs beside the merged store
     try:
         while True:
             plan, problems = _plan_suture(core, roots, max_depth, missing_reference, detached,
@@ -212,7 +213,6 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
                     f"the merged store would be {len(data)} bytes, more than the "
                     f"{store.MAX_BYTES} dissect reads back")
                 continue
-            scratch = os.path.dirname(os.path.abspath(out))
             os.makedirs(scratch, mode=0o755, exist_ok=True)
             before = len(plan.problems)
             data = admit(plan, release=release, missing_reference=missing_reference,
@@ -233,7 +233,6 @@ def _suture(core: str, roots: Sequence[str], out: str, max_depth: int,
         release_dom0_dirs({q for q in wanted if q not in present and q not in final}, qubes_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(state_path)
-        os.makedirs(os.path.dirname(os.path.abspath(out)), mode=0o755, exist_ok=True)
         try:  # the memo of dissect keeps only what is merged now
             chunking.keep_groups(chunking.memo_dir(state_path), [memo_group(CORE)]
                                        + [memo_group(shard.id) for shard in plan.sutured])
